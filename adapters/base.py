@@ -1,0 +1,129 @@
+"""The adapter seam: what every backend kind implements, and the small types it trades in.
+
+An adapter instance is bound to one backend (kind + URL). It is used concurrently by many
+request tasks and by the health task, so it holds no per-request state; everything a request
+needs to remember travels in the `UpstreamRequest` it builds.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from gateway.errors import GatewayError
+
+
+class Endpoint(enum.StrEnum):
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+
+
+class State(enum.StrEnum):
+    """A backend's state as its native probe reports it (README: "Backend states")."""
+
+    STARTING = "starting"  # not answering yet (connection refused before it was ever ready)
+    LOADING = "loading"  # answering, model not ready
+    READY = "ready"
+    SWAPPED_OUT = "swapped_out"  # known model not resident: serves, slowly at first
+    DOWN = "down"  # was reachable, now is not, or answers errors
+    DRAINING = "draining"
+
+
+SERVING_STATES = frozenset({State.READY, State.SWAPPED_OUT})
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend kind can serve; checked before any upstream call."""
+
+    chat: bool = True
+    completions: bool = True
+    embeddings: bool = True
+    tools: bool = True
+    logprobs: bool = True
+    n: bool = True  # n > 1
+    stream_usage: bool = True  # honours stream_options.include_usage
+    max_concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTarget:
+    """The parts of a backend's config an adapter needs (adapters do not import settings)."""
+
+    name: str
+    url: str  # base URL without trailing slash
+    api_key: str | None = None
+    stream_usage: bool | None = None  # config override of Capabilities.stream_usage
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    id: str
+    context_length: int | None = None
+
+
+@dataclass(slots=True)
+class Probe:
+    state: State
+    models: list[ServedModel] = field(default_factory=list)
+    detail: str = ""
+    load: float | None = None  # outstanding work the backend reports (queue + running), if it does
+    version: str | None = None
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    stream: bool
+    # The gateway asked for stream usage the client did not ask for: strip that chunk.
+    strip_usage: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+# How adapters make probe calls: the gateway's shared client provides it (adapters stay free of
+# any HTTP library). Raises ConnectionError/TimeoutError subclasses on transport failures.
+Fetch = Callable[..., Awaitable[FetchResult]]
+
+
+class Adapter:
+    """Base of every adapter. Subclasses set the class attributes and override what differs."""
+
+    kind: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    default_ports: ClassVar[tuple[int, ...]] = ()
+    # True: the upstream already speaks OpenAI SSE/JSON, the relay passes bytes through.
+    passthrough: ClassVar[bool] = True
+
+    def __init__(self, target: BackendTarget) -> None:
+        self.target = target
+
+    def build_request(self, endpoint: Endpoint, body: dict[str, Any], upstream_model: str,
+                      stream: bool) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def translate_body(self, endpoint: Endpoint, body: bytes) -> bytes:
+        """Non-stream 2xx answer -> OpenAI JSON bytes. Identity for pass-through backends."""
+        return body
+
+    def translate_stream(self, endpoint: Endpoint, chunks: AsyncIterator[bytes],
+                         request: UpstreamRequest) -> AsyncIterator[bytes]:
+        """Upstream stream bytes -> OpenAI SSE events. Only called when `passthrough` is False."""
+        raise NotImplementedError
+
+    def map_error(self, status: int, body: bytes) -> GatewayError:
+        raise NotImplementedError
+
+    async def probe(self, fetch: Fetch) -> Probe:
+        raise NotImplementedError

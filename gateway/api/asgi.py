@@ -1,0 +1,96 @@
+"""Small raw-ASGI helpers for the hot path (no framework objects per request)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.errors import GatewayError, PayloadTooLarge
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+
+class ClientGone(Exception):
+    """The client disconnected before we answered."""
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    cl = header(scope, b"content-length")
+    if cl is not None and cl.isdigit() and int(cl) > limit:
+        raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
+    msg = await receive()
+    if msg["type"] == "http.disconnect":
+        raise ClientGone
+    body: bytes = msg.get("body", b"")
+    if not msg.get("more_body"):  # the usual case: the whole body in one message
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
+        parts.append(chunk)
+        if not msg.get("more_body"):
+            return b"".join(parts)
+
+
+async def send_json(send: Send, status: int, body: bytes,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(send: Send, err: GatewayError) -> None:
+    extra = [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    await send_json(send, err.status, err.body(), extra)
+
+
+class DisconnectWatch:
+    """Cancels the request task when the client goes away, so the upstream request is dropped
+    at once (freeing the backend's slot) instead of running to completion for nobody.
+
+    uvicorn's `send` silently ignores writes after a disconnect, so without this a stream to a
+    vanished client would keep the GPU busy until the answer ended.
+    """
+
+    __slots__ = ("gone", "finished", "_task")
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self.finished = False
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = asyncio.get_running_loop().create_task(self._watch(receive, task))
+
+    async def _watch(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                # uvicorn also reports disconnect once the response is complete: ignore that one.
+                if not self.finished:
+                    self.gone = True
+                    task.cancel()
+                return
+
+    def close(self) -> None:
+        self.finished = True
+        self._task.cancel()

@@ -1,0 +1,187 @@
+"""The OpenAI inference endpoints: POST /v1/chat/completions, /v1/completions, /v1/embeddings.
+
+Raw ASGI on purpose: this is every token's path, and a framework's per-request objects,
+dependency injection and whole-body validation cost more than the rest of the hop. It reads
+top to bottom as: auth -> body -> routing fields -> route -> pick deployment -> adapter builds
+the upstream request -> send -> relay (retry elsewhere while nothing reached the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from adapters.base import Endpoint
+from gateway.api.asgi import (ClientGone, DisconnectWatch, Receive, Scope, Send, header, read_body,
+                              send_error, send_json)
+from gateway.balancer import pick
+from gateway.errors import GatewayError, InvalidRequest, Unauthorized
+from gateway.jsonio import loads
+from gateway.protocol import routing_fields
+from gateway.routing import Deployment, Route
+from gateway.runtime import Gateway
+from gateway.streaming import StreamTap, relay_events, stream_end
+from gateway.upstream import map_transport_errors
+
+log = logging.getLogger("gateway.proxy")
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no")]
+CLIENT_CLOSED = 499  # nginx's convention, for metrics only: nobody receives it
+
+
+class ProxyEndpoint:
+    def __init__(self, gw: Gateway, endpoint: Endpoint) -> None:
+        self.gw = gw
+        self.endpoint = endpoint
+        self.label = endpoint.value
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gw
+        t0 = time.perf_counter()
+        model = backend = ""
+        status = 500
+        watch: DisconnectWatch | None = None
+        try:
+            if gw.api_keys and not gw.authorized(header(scope, b"authorization") or header(scope, b"x-api-key")):
+                raise Unauthorized("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.")
+            raw = await read_body(scope, receive, gw.max_body)
+            try:
+                body = loads(raw)
+            except ValueError:
+                raise InvalidRequest("We could not parse the JSON body of your request: it is not valid JSON.",
+                                     code="invalid_json") from None
+            name, stream, needs = routing_fields(self.endpoint, body)
+            route = gw.table.resolve(name)
+            model = route.name
+            watch = DisconnectWatch(receive)
+            status, backend = await self.dispatch(route, body, stream, needs, send, t0, watch)
+        except GatewayError as err:
+            status = err.status
+            await send_error(send, err)
+        except ClientGone:
+            status = CLIENT_CLOSED
+        except asyncio.CancelledError:
+            if watch is None or not watch.gone:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            status = CLIENT_CLOSED
+        except Exception:  # a gateway bug: log it, answer in the envelope if headers are not out yet
+            log.exception("unhandled error serving %s", self.label)
+            try:
+                await send_error(send, GatewayError("The gateway hit an internal error; it has been logged."))
+            except RuntimeError:
+                pass
+        finally:
+            if watch is not None:
+                watch.close()
+            gw.metrics.observe_request(self.label, model, backend, status, time.perf_counter() - t0)
+
+    async def dispatch(self, route: Route, body: dict[str, Any], stream: bool, needs: int, send: Send,
+                       t0: float, watch: DisconnectWatch) -> tuple[int, str]:
+        """Try deployments until one answers; retry only while nothing reached the client."""
+        gw = self.gw
+        tried: tuple[Deployment, ...] = ()
+        last: GatewayError | None = None
+        for attempt in range(gw.max_attempts):
+            try:
+                dep = pick(route, needs, tried)
+            except GatewayError:
+                if last is not None:
+                    raise last from None
+                raise
+            b = dep.backend
+            adapter = b.adapter
+            # A fresh shallow copy per attempt: the adapter patches it, a retry must not see that.
+            req = adapter.build_request(self.endpoint, dict(body), dep.upstream_model, stream)
+            gauge = gw.metrics.in_flight_child(b.name)
+            b.in_flight += 1
+            gauge.inc()
+            try:
+                resp = await gw.upstream.open(req, b.name)
+                if resp.status >= 400:
+                    try:
+                        with map_transport_errors(b.name):
+                            data = await resp.read()
+                    finally:
+                        resp.release()
+                    raise adapter.map_error(resp.status, data)
+                return await self.respond(resp, req, dep, route.name, send, t0, watch)
+            except GatewayError as err:
+                gw.metrics.observe_upstream_error(b.name, err.code)
+                if err.code == "upstream_connect_failed":
+                    gw.mark_failed(b, err.message)
+                if not err.retryable or attempt + 1 >= gw.max_attempts:
+                    raise
+                log.info("retrying %s elsewhere after %s: %s", route.name, b.name, err.message)
+                gw.metrics.observe_retry(route.name)
+                tried += (dep,)
+                last = err
+            finally:
+                b.in_flight -= 1
+                gauge.dec()
+        raise last or GatewayError("no attempt made")  # unreachable: max_attempts >= 1
+
+    async def respond(self, resp: aiohttp.ClientResponse, req: Any, dep: Deployment, model: str,
+                      send: Send, t0: float, watch: DisconnectWatch) -> tuple[int, str]:
+        b = dep.backend
+        adapter = b.adapter
+        m = self.gw.metrics
+        ok = False
+        try:
+            ctype = resp.headers.get("Content-Type", "")
+            if not (req.stream and ctype.startswith("text/event-stream")):
+                with map_transport_errors(b.name):
+                    data = adapter.translate_body(self.endpoint, await resp.read())
+                if b'"usage"' in data:
+                    _usage_from_body(data, m, model, b.name)
+                watch.finished = True
+                await send_json(send, resp.status, data, [(b"x-llm-gateway-backend", b.name.encode())])
+                ok = True
+                return resp.status, b.name
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [*SSE_HEADERS, (b"x-llm-gateway-backend", b.name.encode())]})
+            tap = StreamTap(req.strip_usage)
+            failure: GatewayError | None = None
+            source = resp.content.iter_any()
+            if not adapter.passthrough:
+                source = adapter.translate_stream(self.endpoint, source, req)
+            try:
+                with map_transport_errors(b.name):
+                    await relay_events(source, send, tap)
+            except GatewayError as err:
+                failure = err
+                log.warning("stream from %s failed after the first byte: %s", b.name, err.message)
+            tail = stream_end(tap, failure)
+            watch.finished = True
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            ok = failure is None and tap.done
+            if tail or tap.error:
+                m.observe_truncated(b.name)
+            if tap.first_at:
+                m.observe_ttft(model, b.name, tap.first_at - t0)
+            m.observe_usage(model, b.name, tap.prompt_tokens, tap.completion_tokens)
+            return 200, b.name
+        finally:
+            # release() returns a fully read connection to the pool; close() aborts one we
+            # abandon mid-body, which is what tells the backend to stop generating.
+            if ok:
+                resp.release()
+            else:
+                resp.close()
+
+
+def _usage_from_body(data: bytes, m: Any, model: str, backend: str) -> None:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return
+    usage = doc.get("usage") if type(doc) is dict else None
+    if type(usage) is dict:
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        m.observe_usage(model, backend, p if type(p) is int else 0, c if type(c) is int else 0)

@@ -1,0 +1,127 @@
+"""The app factory: the whole request path on one screen.
+
+    client -> GatewayApp (raw ASGI)
+                ├─ POST /v1/chat/completions, /v1/completions, /v1/embeddings -> api.proxy.ProxyEndpoint
+                │     auth -> body -> routing fields -> route -> balancer -> adapter -> upstream -> relay
+                └─ everything else -> FastAPI: /v1/models, /healthz, /readyz, /metrics, /admin/backends
+    lifespan: upstream client pool, autodiscovery (zero-config), first probe round, health monitor
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from adapters.base import Endpoint
+from gateway import __version__
+from gateway.api import models, ops
+from gateway.api.asgi import Receive, Scope, Send, send_error
+from gateway.api.proxy import ProxyEndpoint
+from gateway.autodiscover import Autodiscovery
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.health import HealthMonitor
+from gateway.runtime import Gateway
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("gateway")
+
+
+class GatewayApp:
+    """Sends the inference endpoints straight to their raw-ASGI handlers; the rest to FastAPI."""
+
+    def __init__(self, api: FastAPI, gw: Gateway) -> None:
+        self.api = api
+        self.gateway = gw
+        self.hot: dict[str, ProxyEndpoint] = {}
+        for ep, path in ((Endpoint.CHAT, "/chat/completions"), (Endpoint.COMPLETIONS, "/completions"),
+                         (Endpoint.EMBEDDINGS, "/embeddings")):
+            handler = ProxyEndpoint(gw, ep)
+            self.hot["/v1" + path] = handler
+            self.hot[path] = handler  # clients configured with a base URL lacking /v1
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            handler = self.hot.get(scope["path"])
+            if handler is not None:
+                if scope["method"] == "POST":
+                    return await handler(scope, receive, send)
+                return await send_error(send, GatewayError(
+                    f"Method {scope['method']} is not allowed here; use POST.", status=405,
+                    type="invalid_request_error", code="method_not_allowed", headers={"Allow": "POST"}))
+        await self.api(scope, receive, send)
+
+
+def create_app(settings: GatewaySettings) -> GatewayApp:
+    gw = Gateway(settings)
+    monitor = HealthMonitor(gw)
+    discovery = Autodiscovery(gw, monitor) if settings.autodiscover_enabled() else None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gw.upstream.start()
+        await monitor.probe_all()
+        if discovery is not None:
+            await discovery.scan()
+            discovery.start()
+        monitor.start()
+        log_routes(gw)
+        try:
+            yield
+        finally:
+            if discovery is not None:
+                await discovery.stop()
+            await monitor.stop()
+            await gw.upstream.close()
+
+    api = FastAPI(title="llm-gateway", version=__version__, lifespan=lifespan,
+                  description="One OpenAI-compatible endpoint in front of every LLM inference server.")
+    api.state.gateway = gw
+    install_error_handlers(api)
+    api.include_router(models.router)
+    api.include_router(ops.router)
+    return GatewayApp(api, gw)
+
+
+def install_error_handlers(api: FastAPI) -> None:
+    """Every error leaves in the OpenAI envelope, never as a stack trace."""
+
+    @api.exception_handler(GatewayError)
+    async def _gateway(_: Request, err: GatewayError) -> JSONResponse:
+        return JSONResponse(err.envelope(), status_code=err.status, headers=err.headers)
+
+    @api.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        err = GatewayError(str(exc.detail), status=exc.status_code, type=kind,
+                           code="not_found" if exc.status_code == 404 else None)
+        return JSONResponse(err.envelope(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+        err = InvalidRequest(str(first.get("msg", "invalid request")),
+                             param=".".join(str(p) for p in first.get("loc", ())[1:]) or None)
+        return JSONResponse(err.envelope(), status_code=400)
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        err = GatewayError("The gateway hit an internal error; it has been logged.", status=500)
+        return JSONResponse(err.envelope(), status_code=500)
+
+
+def log_routes(gw: Gateway) -> None:
+    if not gw.table.routes:
+        log.warning("no models to serve yet: no backend reported a model and none is configured")
+    for r in gw.table.routes:
+        deps = ", ".join(f"{d.backend.name}:{d.upstream_model} [{d.backend.state.value}]" for d in r.deployments)
+        alias = f" (aliases: {', '.join(r.aliases)})" if r.aliases else ""
+        log.info("model %s%s -> %s", r.name, alias, deps)

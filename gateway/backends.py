@@ -1,0 +1,70 @@
+"""Runtime view of each configured backend: its adapter, state, served models and load.
+
+Mutated only from the event loop (health task and request tasks), so no locks are needed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from adapters.base import SERVING_STATES, Adapter, Endpoint, ServedModel, State
+
+
+# Request needs, as bits, so a capability check per deployment is one AND.
+NEED_CHAT, NEED_COMPLETIONS, NEED_EMBEDDINGS, NEED_TOOLS, NEED_LOGPROBS, NEED_N = (1 << i for i in range(6))
+ENDPOINT_NEED = {Endpoint.CHAT: NEED_CHAT, Endpoint.COMPLETIONS: NEED_COMPLETIONS,
+                 Endpoint.EMBEDDINGS: NEED_EMBEDDINGS}
+NEED_NAMES = {NEED_CHAT: "chat completions", NEED_COMPLETIONS: "text completions",
+              NEED_EMBEDDINGS: "embeddings", NEED_TOOLS: "tools", NEED_LOGPROBS: "logprobs",
+              NEED_N: "n > 1"}
+
+
+@dataclass(eq=False, slots=True)
+class BackendRuntime:
+    name: str
+    kind: str
+    url: str
+    adapter: Adapter
+    weight: float = 1.0
+    discover: bool = True
+    state: State = State.STARTING
+    since: float = field(default_factory=time.time)
+    detail: str = "not probed yet"
+    served: tuple[ServedModel, ...] = ()
+    version: str | None = None
+    reported_load: float | None = None
+    in_flight: int = 0
+    ever_ready: bool = False
+    capmask: int = 0
+
+    def __post_init__(self) -> None:
+        c = self.adapter.capabilities
+        self.capmask = (
+            (NEED_CHAT if c.chat else 0) | (NEED_COMPLETIONS if c.completions else 0)
+            | (NEED_EMBEDDINGS if c.embeddings else 0) | (NEED_TOOLS if c.tools else 0)
+            | (NEED_LOGPROBS if c.logprobs else 0) | (NEED_N if c.n else 0)
+        )
+
+    @property
+    def serving(self) -> bool:
+        return self.state in SERVING_STATES
+
+    def set_state(self, state: State, detail: str = "") -> bool:
+        """Record a probe's verdict; True when the state changed."""
+        self.detail = detail
+        if state is State.READY:
+            self.ever_ready = True
+        if state is self.state:
+            return False
+        self.state = state
+        self.since = time.time()
+        return True
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name, "kind": self.kind, "url": self.url, "state": self.state.value,
+            "since": self.since, "detail": self.detail, "version": self.version,
+            "models": [m.id for m in self.served], "in_flight": self.in_flight,
+            "reported_load": self.reported_load, "weight": self.weight,
+        }

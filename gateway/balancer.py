@@ -1,0 +1,49 @@
+"""Choosing one deployment of a route: least outstanding requests, weighted, ready ones only."""
+
+from __future__ import annotations
+
+from gateway.backends import NEED_NAMES
+from gateway.errors import CapabilityMissing, UpstreamUnavailable
+from gateway.routing import Deployment, Route
+
+
+def pick(route: Route, needs: int, exclude: tuple[Deployment, ...] = ()) -> Deployment:
+    """The serving deployment with the fewest in-flight requests per unit of weight.
+
+    Ties rotate (round robin) so an idle pool spreads sequential requests. Raises
+    CapabilityMissing when no deployment of the route can serve this kind of request at all, and
+    UpstreamUnavailable (503) when some could but none is serving now.
+    """
+    deps = route.deployments
+    n = len(deps)
+    start = route.rr
+    route.rr = start + 1
+    best: Deployment | None = None
+    best_score = 0.0
+    capable = False
+    for i in range(n):
+        d = deps[(start + i) % n]
+        b = d.backend
+        if b.capmask & needs != needs:
+            continue
+        capable = True
+        if not b.serving or d in exclude:
+            continue
+        score = (b.in_flight + 1) / d.weight
+        if best is None or score < best_score:
+            best, best_score = d, score
+    if best is not None:
+        return best
+    if not capable:
+        missing = needs & ~_union(route)
+        what = ", ".join(v for k, v in NEED_NAMES.items() if missing & k) or "this request"
+        raise CapabilityMissing(f"The model '{route.name}' is not served by any backend that supports {what}.")
+    raise UpstreamUnavailable(f"No backend serving '{route.name}' is ready right now; try again shortly.",
+                              code="no_ready_deployment", headers={"Retry-After": "2"})
+
+
+def _union(route: Route) -> int:
+    mask = 0
+    for d in route.deployments:
+        mask |= d.backend.capmask
+    return mask

@@ -1,0 +1,77 @@
+"""`llm-gateway`: serve, check a config, show backends' status."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gateway import __version__
+from gateway.config_loader import ConfigError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="llm-gateway", description="One OpenAI-compatible endpoint in "
+                                "front of llama.cpp, vLLM, TGI, FastChat, RWKV-Runner and Ollama.")
+    p.add_argument("--version", action="version", version=f"llm-gateway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", "-c", help="YAML config file (default: $GATEWAY_CONFIG; none: probe "
+                   "this machine's default ports)")
+    s.add_argument("--host", help="listen address (default: server.host, 127.0.0.1)")
+    s.add_argument("--port", type=int, help="listen port (default: server.port, 4000)")
+    c = sub.add_parser("check-config", help="validate a config file and print the routing table")
+    c.add_argument("path")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        return check_config(args.path)
+    except ConfigError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = load_settings(args.config)
+    if args.host:
+        settings.server.host = args.host
+    if args.port:
+        settings.server.port = args.port
+    level = settings.server.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, loop="uvloop", http="httptools",
+                log_level=settings.server.log_level.lower(), access_log=False, lifespan="on",
+                timeout_graceful_shutdown=30)
+    return 0
+
+
+def check_config(path: str) -> int:
+    from gateway.runtime import Gateway
+
+    settings = load_settings(path)
+    gw = Gateway(settings)  # builds adapters and the static routing table; no network
+    print(f"{path}: OK")
+    print(f"\nbackends ({len(gw.backends)}):")
+    for b in gw.backends.values():
+        extra = "" if b.discover else "  (discovery off)"
+        print(f"  {b.name:<24} {b.kind:<12} {b.url}{extra}")
+    print(f"\nmodels ({len(gw.table.routes)} configured):")
+    for r in gw.table.routes:
+        alias = f"  aliases: {', '.join(r.aliases)}" if r.aliases else ""
+        print(f"  {r.name}{alias}")
+        for d in r.deployments:
+            up = d.upstream_model if d.explicit else f"(resolved at start-up by discovery; default {d.upstream_model})"
+            print(f"    -> {d.backend.name:<22} upstream model: {up}  weight {d.weight:g}")
+    disc = [b.name for b in gw.backends.values() if b.discover]
+    if disc:
+        print(f"\nalso served: every other model reported by {', '.join(disc)}")
+    if settings.autodiscover_enabled():
+        ports = ", ".join(map(str, settings.autodiscover.ports))
+        print(f"\nautodiscovery: probing {settings.autodiscover.host} ports {ports}")
+    return 0

@@ -1,0 +1,89 @@
+"""Background probes: each backend's state and served models, kept fresh through its adapter.
+
+Probes use the adapter's native, free check (never a billed completion). A ready backend is
+probed every `health.interval`, a not-ready one every `health.not_ready_interval`, both with
+jitter so a fleet of gateways does not probe in lockstep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from adapters.base import Probe, State
+from gateway.backends import BackendRuntime
+from gateway.runtime import Gateway
+
+log = logging.getLogger("gateway.health")
+
+
+class HealthMonitor:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def probe_all(self) -> None:
+        """One round over every backend, concurrently (used at start-up before serving)."""
+        await asyncio.gather(*(self.probe(b) for b in list(self.gw.backends.values())))
+
+    def start(self) -> None:
+        for b in self.gw.backends.values():
+            self.watch(b)
+
+    def watch(self, b: BackendRuntime) -> None:
+        if b.name not in self.tasks:
+            self.tasks[b.name] = asyncio.get_running_loop().create_task(self._loop(b), name=f"probe:{b.name}")
+
+    async def stop(self) -> None:
+        for t in self.tasks.values():
+            t.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+
+    async def _loop(self, b: BackendRuntime) -> None:
+        h = self.gw.settings.health
+        while True:
+            base = h.interval if b.serving else h.not_ready_interval
+            await asyncio.sleep(base * random.uniform(0.8, 1.2))
+            await self.probe(b)
+
+    async def probe(self, b: BackendRuntime) -> None:
+        timeout = self.gw.settings.health.timeout
+
+        async def fetch(method: str, url: str, *, headers: dict[str, str] | None = None,
+                        body: bytes | None = None, timeout: float = timeout):  # type: ignore[no-untyped-def]
+            return await self.gw.upstream.fetch(method, url, headers=headers, body=body, timeout=timeout)
+
+        try:
+            result = await asyncio.wait_for(b.adapter.probe(fetch), timeout * 2)
+        except ConnectionError as exc:
+            # Nothing listening: a backend that never answered is still starting (vLLM and TGI
+            # do not listen until their model is loaded); one that did answer before is down.
+            result = Probe(State.DOWN if b.ever_ready else State.STARTING, detail=str(exc))
+        except (TimeoutError, asyncio.TimeoutError):
+            result = Probe(State.DOWN if b.ever_ready else State.STARTING, detail="probe timed out")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a probe bug must not kill the monitor
+            log.exception("probe of backend %s failed", b.name)
+            result = Probe(State.DOWN, detail=f"probe error: {exc!r}")
+        self.apply(b, result)
+
+    def apply(self, b: BackendRuntime, p: Probe) -> None:
+        before = b.state
+        changed = b.set_state(p.state, p.detail)
+        b.version = p.version or b.version
+        b.reported_load = p.load
+        served = tuple(p.models) if p.state is State.READY or p.models else b.served
+        models_changed = served != b.served
+        if models_changed:
+            b.served = served
+        if changed:
+            names = ", ".join(m.id for m in b.served) or "no models"
+            log.info("backend %s (%s): %s -> %s [%s]%s", b.name, b.kind, before.value, b.state.value,
+                     names, f" ({p.detail})" if p.detail else "")
+        if changed or models_changed:
+            self.gw.state_changed(b)
+        if models_changed:
+            self.gw.rebuild()

@@ -1,0 +1,26 @@
+"""JSON in and out of the hot path: orjson, with a stdlib fallback for what orjson refuses.
+
+orjson rejects integers beyond 64 bits, which are valid JSON; a request must not be refused (or
+altered) for that, so those rare bodies take the slow path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+
+def loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)  # raises ValueError (JSONDecodeError) for truly malformed input
+
+
+def dumps(obj: Any) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,94 @@
+"""Every Prometheus metric the gateway exports, and the helpers that record them.
+
+Labels come from closed sets only: configured/discovered model and backend names, the endpoint,
+the status code. Never a raw client string (an unknown model is recorded as model="").
+Children are cached per label tuple: `.labels()` takes a lock and builds a key on every call,
+which the token path should not pay.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """One instance per app (tests build several apps in one process: no global registry)."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # the *_created series double the exposition for no use here
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("llm_gateway_requests", "Requests answered, by final HTTP status.",
+                                ["endpoint", "model", "backend", "status"], registry=r)
+        self.duration = Histogram("llm_gateway_request_duration_seconds",
+                                  "Time from request received to last byte sent.",
+                                  ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("llm_gateway_time_to_first_token_seconds",
+                              "Streams: time from request received to the first event sent.",
+                              ["model", "backend"], buckets=TTFT_BUCKETS, registry=r)
+        self.in_flight = Gauge("llm_gateway_in_flight_requests", "Requests being served, per backend.",
+                               ["backend"], registry=r)
+        self.tokens = Counter("llm_gateway_tokens", "Tokens reported by backends' usage.",
+                              ["model", "backend", "kind"], registry=r)
+        self.upstream_errors = Counter("llm_gateway_upstream_errors",
+                                       "Failed upstream attempts, by gateway error code.",
+                                       ["backend", "code"], registry=r)
+        self.retries = Counter("llm_gateway_retries", "Requests retried on another deployment.",
+                               ["model"], registry=r)
+        self.truncated = Counter("llm_gateway_streams_truncated",
+                                 "Streams that ended without [DONE] or failed after the first byte.",
+                                 ["backend"], registry=r)
+        self.backend_state = Gauge("llm_gateway_backend_state",
+                                   "1 for the state each backend is in now.", ["backend", "state"],
+                                   registry=r)
+        self.backend_models = Gauge("llm_gateway_backend_models", "Models a backend reports serving.",
+                                    ["backend"], registry=r)
+        self._cache: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        c = self._cache.get(key)
+        if c is None:
+            c = self._cache[key] = metric.labels(*labels)
+        return c
+
+    # -- recording, once per request, at its end --------------------------------------------
+    def observe_request(self, endpoint: str, model: str, backend: str, status: int, seconds: float) -> None:
+        self._child(self.requests, endpoint, model, backend, str(status)).inc()
+        self._child(self.duration, endpoint, model).observe(seconds)
+
+    def observe_ttft(self, model: str, backend: str, seconds: float) -> None:
+        self._child(self.ttft, model, backend).observe(seconds)
+
+    def observe_usage(self, model: str, backend: str, prompt: int, completion: int) -> None:
+        if prompt:
+            self._child(self.tokens, model, backend, "prompt").inc(prompt)
+        if completion:
+            self._child(self.tokens, model, backend, "completion").inc(completion)
+
+    def observe_upstream_error(self, backend: str, code: str | None) -> None:
+        self._child(self.upstream_errors, backend, code or "error").inc()
+
+    def observe_retry(self, model: str) -> None:
+        self._child(self.retries, model).inc()
+
+    def observe_truncated(self, backend: str) -> None:
+        self._child(self.truncated, backend).inc()
+
+    def in_flight_child(self, backend: str) -> Any:
+        return self._child(self.in_flight, backend)
+
+    def set_backend_state(self, backend: str, state: str, states: list[str], n_models: int) -> None:
+        for s in states:
+            self._child(self.backend_state, backend, s).set(1 if s == state else 0)
+        self._child(self.backend_models, backend).set(n_models)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+

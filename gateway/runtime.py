@@ -1,0 +1,77 @@
+"""The gateway's live state: settings, the shared upstream client, backends, the routing table.
+
+One instance per app, created by the lifespan; request handlers and background tasks share it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from adapters import get_adapter
+from adapters.base import BackendTarget, State
+from gateway.backends import BackendRuntime
+from gateway.metrics import Metrics
+from gateway.routing import RoutingTable, build_table
+from gateway.settings import BackendSettings, GatewaySettings
+from gateway.upstream import Upstream
+
+log = logging.getLogger("gateway")
+STATES = [s.value for s in State]
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        u = settings.upstream
+        self.upstream = Upstream(connect_timeout=u.connect_timeout, read_timeout=u.read_timeout,
+                                 total_timeout=u.total_timeout, max_connections=u.max_connections)
+        self.api_keys = [k.get_secret_value().encode() for k in settings.auth.api_keys]
+        self.backends: dict[str, BackendRuntime] = {}
+        for b in settings.backends:
+            self.add_backend(b, rebuild=False)
+        self.table: RoutingTable = build_table(settings.models, self.backends)
+        self.max_body = settings.server.max_body_bytes
+        self.max_attempts = u.max_attempts
+        self.draining = False
+        self.started_at = time.time()
+
+    def add_backend(self, b: BackendSettings, *, rebuild: bool = True) -> BackendRuntime:
+        target = BackendTarget(b.name, b.url, b.api_key.get_secret_value() if b.api_key else None,
+                               b.stream_usage)
+        rt = BackendRuntime(b.name, b.kind, b.url, get_adapter(b.kind)(target), b.weight, b.discover)
+        self.backends[b.name] = rt
+        self.metrics.set_backend_state(rt.name, rt.state.value, STATES, 0)
+        if rebuild:
+            self.rebuild()
+        return rt
+
+    def rebuild(self) -> None:
+        """Swap in a new routing table built from config and what backends serve now."""
+        self.table = build_table(self.settings.models, self.backends)
+
+    def state_changed(self, b: BackendRuntime) -> None:
+        self.metrics.set_backend_state(b.name, b.state.value, STATES, len(b.served))
+
+    def mark_failed(self, b: BackendRuntime, detail: str) -> None:
+        """Passive health: a connect failure on a real request takes the backend out at once;
+        its next probe (at the not-ready interval) brings it back."""
+        if b.set_state(State.DOWN if b.ever_ready else State.STARTING, detail):
+            log.warning("backend %s: %s -> marked %s", b.name, detail, b.state.value)
+            self.state_changed(b)
+
+    def authorized(self, header: bytes | None) -> bool:
+        if not self.api_keys:
+            return True
+        if not header:
+            return False
+        token = header[7:] if header[:7].lower() == b"bearer " else header
+        ok = False
+        for k in self.api_keys:  # constant-time, and over every key
+            ok |= hmac.compare_digest(token, k)
+        return ok
+
+    def ready(self) -> bool:
+        return any(d.backend.serving for r in self.table.routes for d in r.deployments)

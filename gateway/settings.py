@@ -1,0 +1,169 @@
+"""The gateway's configuration: one YAML file validated by these models, plus GATEWAY_* overrides.
+
+Environment variables override the file, nested with `__`: `GATEWAY_SERVER__PORT=9000`,
+`GATEWAY_AUTH__API_KEYS='["k1"]'`. Every key is documented in README.md ("Configuration").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from adapters import ADAPTERS
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+# Placeholder secrets copied from examples must not reach production.
+PLACEHOLDER_KEYS = frozenset({"changeme", "changethis", "change-me", "secret", "sk-xxx", "your-api-key"})
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(4000, ge=1, le=65535)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    log_level: str = "info"
+
+
+class AuthSettings(Strict):
+    api_keys: list[SecretStr] = []
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_placeholders(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for k in keys:
+            v = k.get_secret_value()
+            if not v.strip():
+                raise ValueError("an API key may not be empty")
+            if v.lower() in PLACEHOLDER_KEYS:
+                raise ValueError("an API key is a placeholder value; set a real secret")
+        return keys
+
+
+class UpstreamSettings(Strict):
+    connect_timeout: float = Field(5.0, gt=0)
+    # Longest silence allowed while reading an answer: generous, long prompts prefill for minutes.
+    read_timeout: float = Field(600.0, gt=0)
+    total_timeout: float | None = Field(None, gt=0)
+    max_connections: int = Field(1000, ge=1)
+    # Attempts per request on other deployments when one fails before any byte reached the client.
+    max_attempts: int = Field(2, ge=1, le=10)
+
+
+class HealthSettings(Strict):
+    interval: float = Field(10.0, gt=0)  # between probes of a ready backend
+    not_ready_interval: float = Field(2.0, gt=0)  # while starting/loading/down
+    timeout: float = Field(5.0, gt=0)
+
+
+class AutodiscoverSettings(Strict):
+    # None: probe only when no backend is configured (the zero-config start).
+    enabled: bool | None = None
+    host: str = "127.0.0.1"
+    # vLLM/RWKV-Runner/FastChat API 8000, llama.cpp/TGI 8080, TGI 3000, Ollama 11434.
+    ports: list[int] = [8000, 8080, 3000, 11434]
+
+
+class BackendSettings(Strict):
+    name: str
+    kind: str
+    url: str
+    api_key: SecretStr | None = None
+    discover: bool = True  # serve the models the backend reports, even if not in `models:`
+    weight: float = Field(1.0, gt=0)
+    stream_usage: bool | None = None  # override: does it honour stream_options.include_usage?
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid name (letters, digits and . _ : / @ + -)")
+        return v
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in ADAPTERS:
+            raise ValueError(f"unknown backend kind {v!r}; expected one of: {', '.join(ADAPTERS)}")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"{v!r} is not an http(s) URL like http://127.0.0.1:8000")
+        return v.rstrip("/")
+
+
+class DeploymentRef(Strict):
+    backend: str
+    model: str | None = None  # upstream model name; default: discovered (see README)
+    weight: float | None = Field(None, gt=0)
+
+
+class ModelSettings(Strict):
+    name: str
+    aliases: list[str] = []
+    backends: list[DeploymentRef] = Field(min_length=1)
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _short_form(cls, v: Any) -> Any:
+        # `backends: [gpu1-vllm]` is shorthand for `[{backend: gpu1-vllm}]`.
+        if isinstance(v, list):
+            return [{"backend": x} if isinstance(x, str) else x for x in v]
+        return v
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid")
+
+    server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    health: HealthSettings = HealthSettings()
+    autodiscover: AutodiscoverSettings = AutodiscoverSettings()
+    backends: list[BackendSettings] = []
+    models: list[ModelSettings] = []
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; environment variables take precedence over it.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> GatewaySettings:
+        names: dict[str, int] = {}
+        for i, b in enumerate(self.backends):
+            if b.name in names:
+                raise ValueError(f"backends[{i}].name: duplicate backend name {b.name!r} "
+                                 f"(also backends[{names[b.name]}])")
+            names[b.name] = i
+        public: dict[str, str] = {}
+        for i, m in enumerate(self.models):
+            for j, name in enumerate([m.name, *m.aliases]):
+                where = f"models[{i}].name" if j == 0 else f"models[{i}].aliases[{j - 1}]"
+                if not NAME_RE.match(name):
+                    raise ValueError(f"{where}: {name!r} is not a valid model name")
+                if name in public:
+                    raise ValueError(f"{where}: {name!r} is already used by {public[name]}")
+                public[name] = where
+            for j, ref in enumerate(m.backends):
+                if ref.backend not in names:
+                    raise ValueError(f"models[{i}].backends[{j}]: unknown backend {ref.backend!r}; "
+                                     f"configured backends: {', '.join(names) or '(none)'}")
+        return self
+
+    def autodiscover_enabled(self) -> bool:
+        enabled = self.autodiscover.enabled
+        return not self.backends if enabled is None else enabled

@@ -1,0 +1,221 @@
+"""A small real OpenAI-compatible server (vLLM's wire format) for the gateway's tests.
+
+Run: python -m tests.doubles.openai_server --port P --models m1,m2 --name up1
+
+Behaviour per request comes from an extra body field, which also proves the gateway forwards
+unknown fields untouched:  "x_double": {"status": 500, "chunks": 5, "delay": 0.05, "hold": true,
+"truncate": true, "text": "..."}.
+Test hooks: GET /_requests (every body received), GET /_stats (in-flight, max in-flight,
+cancelled), POST /_release (let held requests go on), POST /_reset.
+
+Wire format follows backends.md part A §2 (vLLM 0.33): role chunk with content "", content chunks,
+a finish chunk, the usage chunk (choices: []) only with stream_options.include_usage, then
+`data: [DONE]`; unknown model -> 404 NotFoundError; stream_options without stream -> 400.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+
+from aiohttp import web
+
+
+class State:
+    def __init__(self, name: str, models: list[str], strict: bool, owned_by: str) -> None:
+        self.name = name
+        self.models = models
+        self.strict = strict
+        self.owned_by = owned_by
+        self.requests: list[dict] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.cancelled = 0
+        self.completed = 0
+        self.release = asyncio.Event()
+
+
+def error(status: int, message: str, etype: str, param: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": etype, "param": param, "code": status}}
+    return web.json_response(body, status=status)
+
+
+def answer_text(st: State, body: dict, ctl: dict) -> str:
+    if "text" in ctl:
+        return ctl["text"]
+    return f"Hello from {st.name}, this is a streamed answer"
+
+
+def pieces(text: str, n: int | None) -> list[str]:
+    words = text.split(" ")
+    toks = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    if n is None or n >= len(toks):
+        return toks
+    out = toks[: n - 1]
+    out.append("".join(toks[n - 1:]))
+    return out
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    st: State = request.app["state"]
+    kind = request.match_info.get("kind", "chat")
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return error(400, "Invalid JSON", "BadRequestError")
+    st.requests.append({"path": request.path, "body": body,
+                        "authorization": request.headers.get("Authorization")})
+    ctl = body.get("x_double") or {}
+    if ctl.get("status"):
+        return error(ctl["status"], ctl.get("message", f"injected {ctl['status']}"),
+                     ctl.get("type", "BadRequestError"))
+    model = body.get("model")
+    if st.strict and model is not None and model not in st.models:
+        return error(404, f"The model `{model}` does not exist. Valid aliases: {', '.join(st.models)}.",
+                     "NotFoundError", "model")
+    stream = bool(body.get("stream"))
+    if body.get("stream_options") is not None and not stream:
+        return error(400, "Stream options can only be defined when `stream=True`.", "BadRequestError",
+                     "stream_options")
+    st.in_flight += 1
+    st.max_in_flight = max(st.max_in_flight, st.in_flight)
+    try:
+        if kind == "embeddings":
+            return await embeddings(st, body)
+        if stream:
+            return await stream_answer(request, st, body, ctl, kind)
+        if ctl.get("hold"):
+            await st.release.wait()
+        if ctl.get("delay"):
+            await asyncio.sleep(ctl["delay"])
+        text = answer_text(st, body, ctl)
+        n_out = len(pieces(text, None))
+        usage = {"prompt_tokens": 7, "total_tokens": 7 + n_out, "completion_tokens": n_out}
+        served = st.models[0] if model is None else model
+        if kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": "stop", "stop_reason": None}
+            doc = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                   "created": int(time.time()), "model": served, "choices": [choice], "usage": usage}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop", "stop_reason": None}
+            doc = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                   "model": served, "choices": [choice], "usage": usage}
+        st.completed += 1
+        return web.json_response(doc)
+    except asyncio.CancelledError:
+        st.cancelled += 1
+        raise
+    finally:
+        st.in_flight -= 1
+
+
+async def stream_answer(request: web.Request, st: State, body: dict, ctl: dict, kind: str) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    await resp.prepare(request)
+    cid = f"chatcmpl-{uuid.uuid4().hex}" if kind == "chat" else f"cmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    model = body.get("model") or st.models[0]
+    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+
+    def chunk(choices: list, **extra: object) -> bytes:
+        doc = {"id": cid, "object": obj, "created": created, "model": model, "choices": choices, **extra}
+        return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
+
+    def piece(text: str, finish: str | None = None) -> dict:
+        if kind == "chat":
+            return {"index": 0, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+
+    parts = pieces(answer_text(st, body, ctl), ctl.get("chunks"))
+    delay = ctl.get("delay", 0)
+    if kind == "chat":
+        await resp.write(chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                 "finish_reason": None}]))
+    for i, p in enumerate(parts):
+        if delay:
+            await asyncio.sleep(delay)
+        await resp.write(chunk([piece(p)]))
+        if i == 0 and ctl.get("hold"):
+            await st.release.wait()
+        if ctl.get("truncate") and i == len(parts) // 2:
+            request.transport.close()  # die mid-answer, as a crashed backend would
+            return resp
+    await resp.write(chunk([piece("", "stop")]))
+    opts = body.get("stream_options") or {}
+    if opts.get("include_usage"):
+        await resp.write(chunk([], usage={"prompt_tokens": 7, "total_tokens": 7 + len(parts),
+                                          "completion_tokens": len(parts)}))
+    await resp.write(b"data: [DONE]\n\n")
+    st.completed += 1
+    return resp
+
+
+async def embeddings(st: State, body: dict) -> web.Response:
+    inputs = body.get("input")
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    data = [{"index": i, "object": "embedding", "embedding": [float(len(str(x))), 0.5, -0.25]}
+            for i, x in enumerate(inputs)]
+    st.completed += 1
+    return web.json_response({"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+                              "model": body.get("model"), "data": data,
+                              "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+
+
+async def models(request: web.Request) -> web.Response:
+    st: State = request.app["state"]
+    return web.json_response({"object": "list", "data": [
+        {"id": m, "object": "model", "created": int(time.time()), "owned_by": st.owned_by, "root": m,
+         "parent": None, "max_model_len": 4096} for m in st.models]})
+
+
+async def hooks(request: web.Request) -> web.Response:
+    st: State = request.app["state"]
+    what = request.match_info["what"]
+    if what == "requests":
+        return web.json_response(st.requests)
+    if what == "stats":
+        return web.json_response({"in_flight": st.in_flight, "max_in_flight": st.max_in_flight,
+                                  "cancelled": st.cancelled, "completed": st.completed,
+                                  "received": len(st.requests)})
+    if what == "release":
+        st.release.set()
+        return web.json_response({"released": True})
+    if what == "reset":
+        st.requests.clear()
+        st.release = asyncio.Event()
+        st.max_in_flight = st.in_flight
+        st.cancelled = st.completed = 0
+        return web.json_response({"reset": True})
+    raise web.HTTPNotFound()
+
+
+def make_app(name: str, models_: list[str], strict: bool, owned_by: str) -> web.Application:
+    app = web.Application()
+    app["state"] = State(name, models_, strict, owned_by)
+    app.router.add_post("/v1/chat/completions", handle)
+    app.router.add_route("POST", "/v1/{kind:completions|embeddings}", handle)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", lambda r: web.Response())
+    app.router.add_route("*", "/_{what}", hooks)
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--name", default="double")
+    p.add_argument("--models", default="test-model")
+    p.add_argument("--owned-by", default="vllm")
+    p.add_argument("--lenient-model", action="store_true", help="accept any model name (llama.cpp-like)")
+    a = p.parse_args()
+    web.run_app(make_app(a.name, a.models.split(","), not a.lenient_model, a.owned_by), host="127.0.0.1",
+                port=a.port, print=None, access_log=None, handler_cancellation=True)
+
+
+if __name__ == "__main__":
+    main()
