@@ -1,0 +1,217 @@
+"""The benchmark: direct vs through this gateway vs peer gateways, side by side in one run.
+
+    python bench/run.py [--quick] [--peers litellm] [--out bench/RESULTS.md]
+
+Layout (2 cores): the upstream (nginx, fixed answer) and the load generator (wrk) share core 0;
+the proxy under test runs alone on core 1, one at a time. Streams use a paced upstream
+(bench/paced_upstream.py) and an async client that timestamps each event (bench/stream_client.py).
+Heavy peers (LiteLLM) are installed once into ~/.cache/llm-gateway/bench/, keyed by version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / ".work"
+LOAD_CORE, PROXY_CORE = "0", "1"
+PORTS = {"nginx": 18900, "paced": 18902, "gateway": 18910, "litellm": 18920}
+sys.path.insert(0, str(HERE))
+import peers  # noqa: E402  (bench/peers.py: how each peer gateway is installed and started)
+
+
+def ensure_tools() -> None:
+    missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx")) if not shutil.which(b)
+               and not Path("/usr/sbin/" + b).exists()]
+    if missing:
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def spawn(args: list[str], core: str, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log = open(WORK / f"{name}.log", "wb")
+    return subprocess.Popen(["taskset", "-c", core, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, **(env or {})})
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120, headers: dict | None = None) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1, headers=headers).status_code < 500:
+                return time.monotonic() - t0
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wrk(url: str, conc: int, seconds: float) -> dict[str, Any]:
+    out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                          "-s", str(HERE / "post.lua"), url], capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("JSON "))
+    r = json.loads(line[5:])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure(url: str, secs: float) -> dict[str, Any]:
+    wrk(url, 64, 2)  # warm-up: connection pools, caches
+    return {"c1": wrk(url, 1, secs), "c64": wrk(url, 64, secs)}
+
+
+def stream(url: str, streams: int) -> dict[str, Any]:
+    out = subprocess.run(["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "stream_client.py"), url,
+                          str(streams), "8", "50", "10"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def gateway_config() -> Path:
+    cfg = WORK / "gateway.yaml"
+    cfg.write_text(json.dumps({
+        "server": {"log_level": "warning"},
+        "auth": {"api_keys": ["sk-bench"]},
+        "backends": [{"name": "nginx", "kind": "openai", "url": f"http://127.0.0.1:{PORTS['nginx']}"},
+                     {"name": "paced", "kind": "openai", "url": f"http://127.0.0.1:{PORTS['paced']}"}],
+    }))
+    return cfg
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    secs = 3 if args.quick else 10
+    WORK.mkdir(exist_ok=True)
+    ensure_tools()
+    conf = (HERE / "nginx.conf.template").read_text().replace("{WORK}", str(WORK)).replace("{PORT}", str(PORTS["nginx"]))
+    (WORK / "nginx.conf").write_text(conf)
+    nginx = spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(WORK / "nginx.conf")], LOAD_CORE, "nginx")
+    paced = spawn([sys.executable, str(HERE / "paced_upstream.py"), str(PORTS["paced"])], LOAD_CORE, "paced")
+    res: dict[str, Any] = {}
+    try:
+        wait_ready(f"http://127.0.0.1:{PORTS['nginx']}/v1/models", nginx)
+        wait_ready(f"http://127.0.0.1:{PORTS['paced']}/v1/models", paced)
+        path = "/v1/chat/completions"
+        res["direct"] = measure(f"http://127.0.0.1:{PORTS['nginx']}{path}", secs)
+        res["direct"]["stream"] = stream(f"http://127.0.0.1:{PORTS['paced']}{path}", 16 if args.quick else 64)
+
+        gw = spawn([sys.executable, "-m", "gateway", "serve", "--config", str(gateway_config()),
+                    "--port", str(PORTS["gateway"])], PROXY_CORE, "gateway")
+        try:
+            wait_ready(f"http://127.0.0.1:{PORTS['gateway']}/readyz", gw)
+            url = f"http://127.0.0.1:{PORTS['gateway']}{path}"
+            res["gateway"] = measure(url, secs)
+            res["gateway"]["stream"] = stream(url, 16 if args.quick else 64)
+            before = rss_kb(gw.pid)
+            total, target = 0, (20_000 if args.quick else 200_000)
+            while total < target:
+                total += wrk(url, 64, max(2.0, (target - total) / max(res["gateway"]["c64"]["rps"], 1) + 1))["requests"]
+            res["gateway"]["rss"] = {"requests": total, "before_kb": before, "after_kb": rss_kb(gw.pid)}
+        finally:
+            stop(gw)
+
+        for name in args.peers:
+            peer = peers.PEERS[name]
+            proc, ready_url, headers = peer.start(WORK, PORTS[name], f"http://127.0.0.1:{PORTS['nginx']}", PROXY_CORE)
+            try:
+                wait_ready(ready_url, proc, timeout=300, headers=headers)
+                res[name] = measure(f"http://127.0.0.1:{PORTS[name]}{path}", secs)
+                res[name]["version"] = peer.version
+            finally:
+                stop(proc)
+    finally:
+        stop(paced)
+        stop(nginx)
+    return res
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def report(res: dict[str, Any], quick: bool) -> str:
+    d, g = res["direct"], res["gateway"]
+    lines = [
+        "# Benchmark results", "",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {machine()}.",
+        "Upstream nginx (fixed answer) and wrk on core 0; each proxy alone on core 1, one worker.",
+        f"Mode: {'quick (3 s runs)' if quick else '10 s runs'}. Produced by `python bench/run.py`.", "",
+        "## Non-streaming (POST /v1/chat/completions)", "",
+        "| target | req/s c=64 | p99 c=64 (ms) | p50 c=1 (us) | p99 c=1 (us) | added p50 c=1 (us) | added p99 c=1 (us) | non-2xx |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in res.items():
+        c1, c64 = r["c1"], r["c64"]
+        added = "" if name == "direct" else f"{c1['p50'] - d['c1']['p50']} | {c1['p99'] - d['c1']['p99']}"
+        lines.append(f"| {name}{' ' + r['version'] if 'version' in r else ''} | {c64['rps']:,.0f} | "
+                     f"{c64['p99'] / 1000:.1f} | {c1['p50']} | {c1['p99']} | {added or '— | —'} | "
+                     f"{c64['non2xx'] + c1['non2xx'] + c64['errors'] + c1['errors']} |")
+    lines += ["", "Ratios (throughput at c=64): gateway / direct = "
+              f"{g['c64']['rps'] / d['c64']['rps']:.3f}"]
+    for name in res:
+        if name not in ("direct", "gateway"):
+            lines.append(f"; gateway / {name} = {g['c64']['rps'] / res[name]['c64']['rps']:.1f}x")
+    ds, gs = d["stream"], g["stream"]
+    lines += ["", "## Streaming (paced upstream: 50 events, 10 ms apart, 8 streams at once)", "",
+              "| target | events | TTFT p50 (us) | TTFT p99 (us) | event delay p50 (us) | event delay p99 (us) | coalesced reads |",
+              "|---|---|---|---|---|---|---|"]
+    for name, s in (("direct", ds), ("gateway", gs)):
+        lines.append(f"| {name} | {s['events']} | {s['ttft_p50_us']:.0f} | {s['ttft_p99_us']:.0f} | "
+                     f"{s['delay_p50_us']:.0f} | {s['delay_p99_us']:.0f} | {s['coalesced_reads']} |")
+    lines += ["", f"Added by the gateway: first event {gs['ttft_p50_us'] - ds['ttft_p50_us']:.0f} us (p50), "
+              f"per event {gs['delay_p50_us'] - ds['delay_p50_us']:.0f} us p50 / "
+              f"{gs['delay_p99_us'] - ds['delay_p99_us']:.0f} us p99.", ""]
+    rss = g["rss"]
+    lines += ["## Memory", "", f"Gateway RSS {rss['before_kb'] / 1024:.1f} MiB before and "
+              f"{rss['after_kb'] / 1024:.1f} MiB after {rss['requests']:,} requests "
+              f"(growth {(rss['after_kb'] - rss['before_kb']) / 1024:.1f} MiB).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="short runs (smoke test of the harness)")
+    p.add_argument("--peers", default="", help="comma-separated peer gateways to include: " + ", ".join(peers.PEERS))
+    p.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    a = p.parse_args()
+    a.peers = [x for x in a.peers.split(",") if x]
+    res = run(a)
+    (WORK / "results.json").write_text(json.dumps(res, indent=1))
+    text = report(res, a.quick)
+    Path(a.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

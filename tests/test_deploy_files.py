@@ -1,0 +1,48 @@
+"""Deploy files are validated (Docker is not available here): compose schema, config, image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from gateway.config_loader import load_settings
+from tests.procs import ROOT
+
+SPEC = ROOT.parent / "shared" / "compose-spec.json"
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    schema = json.loads(SPEC.read_text())
+    # the spec names draft-07 by an id jsonschema does not know; validate with draft 7 explicitly
+    jsonschema.Draft7Validator.check_schema(schema)
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(compose))
+    assert not errors, [e.message for e in errors]
+    gw = compose["services"]["gateway"]
+    assert gw["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert (ROOT / gw["build"]["dockerfile"]).exists()
+    for vol in gw["volumes"] + compose["services"]["prometheus"]["volumes"]:
+        assert (ROOT / vol.split(":")[0]).exists(), vol
+
+
+def test_compose_gateway_config_points_at_compose_services() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    settings = load_settings(ROOT / "deploy" / "gateway.compose.yaml")
+    for b in settings.backends:
+        host_port = b.url.split("://")[1]
+        assert host_port.split(":")[0] in compose["services"], b.url
+    assert settings.server.port == 4000 and "4000:4000" in compose["services"]["gateway"]["ports"]
+
+
+def test_dockerfile_runs_the_console_script_non_root() -> None:
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "USER 10001" in text and 'ENTRYPOINT ["llm-gateway"]' in text
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway:4000"]
+
+
+def test_shared_spec_present() -> None:
+    assert Path(SPEC).exists(), "shared/compose-spec.json is expected beside the checkout"
