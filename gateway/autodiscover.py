@@ -41,6 +41,9 @@ async def fingerprint(fetch, url: str) -> tuple[str, str] | None:  # type: ignor
     root = await _get(fetch, url + "/")
     if models is None and root is None:
         return None
+    test = await _get(fetch, url + "/test_connection")
+    if test is not None and test.status == 200 and test.body.strip() == b'"success"':
+        return "fastchat-controller", "GET /test_connection answers \"success\" (FastChat controller)"
     if root is not None and root.status == 200 and root.body.startswith(b"Ollama is running"):
         return "ollama", "GET / answers 'Ollama is running'"
     root_doc = _json(root)
@@ -81,6 +84,7 @@ class Autodiscovery:
         self.ports = list(s.ports)
         self.task: asyncio.Task[None] | None = None
         self.told_empty = False
+        self.told_unsupported: set[int] = set()
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
@@ -94,6 +98,14 @@ class Autodiscovery:
             if hit is None:
                 continue
             kind, evidence = hit
+            if kind == "fastchat-controller":
+                # The controller/worker protocol is not spoken yet (README "Backend kinds").
+                if port not in self.told_unsupported:
+                    self.told_unsupported.add(port)
+                    log.warning("found a FastChat controller at %s (%s), but serving FastChat through its "
+                                "controller is not supported yet: run FastChat's openai_api_server and "
+                                "add it as kind fastchat", self.url(port), evidence)
+                continue
             name = f"{kind}-{port}"
             log.info("found %s at %s (%s)", kind, self.url(port), evidence)
             rt = self.gw.add_backend(BackendSettings(name=name, kind=kind, url=self.url(port)))

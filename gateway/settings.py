@@ -65,8 +65,9 @@ class AutodiscoverSettings(Strict):
     # None: probe only when no backend is configured (the zero-config start).
     enabled: bool | None = None
     host: str = "127.0.0.1"
-    # vLLM/RWKV-Runner/FastChat API 8000, llama.cpp/TGI 8080, TGI 3000, Ollama 11434.
-    ports: list[int] = [8000, 8080, 3000, 11434]
+    # vLLM/RWKV-Runner/FastChat API 8000, llama.cpp/TGI 8080, TGI 3000, Ollama 11434,
+    # FastChat controller 21001.
+    ports: list[int] = [8000, 8080, 3000, 11434, 21001]
 
 
 class BackendSettings(Strict):

@@ -46,3 +46,21 @@ def test_gateway_config_env_var_selects_the_file(spawn: Spawner, tmp_path) -> No
     assert sorted(m["id"] for m in httpx.get(gw.v1 + "/models").json()["data"]) == ["public"]
     r = httpx.post(gw.v1 + "/chat/completions", json={"model": "public", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 200 and up.requests()[-1]["body"]["model"] == "m"
+
+
+def test_fastchat_controller_is_recognised_and_reported(spawn: Spawner, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A minimal stand-in answering FastChat controller's liveness route exactly as it does.
+    port = free_port()
+    script = tmp_path / "ctl.py"
+    script.write_text(
+        "from aiohttp import web\n"
+        "app = web.Application()\n"
+        "app.router.add_get('/test_connection', lambda r: web.json_response('success'))\n"
+        f"web.run_app(app, host='127.0.0.1', port={port}, print=None)\n")
+    import sys
+    ctl = spawn.proc([sys.executable, str(script)], "controller")
+    ctl.wait_http(f"http://127.0.0.1:{port}/test_connection")
+    gw = spawn.gateway(None, env={"GATEWAY_AUTODISCOVER__PORTS": json.dumps([port])})
+    log = gw.proc.output()
+    assert f"found a FastChat controller at http://127.0.0.1:{port}" in log
+    assert httpx.get(gw.v1 + "/models").json()["data"] == []
