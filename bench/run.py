@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORK = HERE / ".work"
 LOAD_CORE, PROXY_CORE = "0", "1"
-PORTS = {"nginx": 18900, "paced": 18902, "gateway": 18910, "litellm": 18920}
+PORTS = {"nginx": 18900, "paced": 18902, "nginx-proxy": 18903, "gateway": 18910, "litellm": 18920,
+         "vllm-router": 18925}
 sys.path.insert(0, str(HERE))
 import peers  # noqa: E402  (bench/peers.py: how each peer gateway is installed and started)
 
@@ -85,15 +86,35 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def measure(url: str, secs: float) -> dict[str, Any]:
-    wrk(url, 64, 2)  # warm-up: connection pools, caches
+def measure(url: str, secs: float, warmup: float = 2) -> dict[str, Any]:
+    wrk(url, 64, warmup)  # warm-up: connection pools, caches
     return {"c1": wrk(url, 1, secs), "c64": wrk(url, 64, secs)}
 
 
 def stream(url: str, streams: int) -> dict[str, Any]:
-    out = subprocess.run(["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "stream_client.py"), url,
-                          str(streams), "8", "50", "10"], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    """Latency figures from one stream at a time (a busy client would measure itself), then the
+    coalescing check with 8 streams at once."""
+    def client(n: int, conc: int) -> dict[str, Any]:
+        out = subprocess.run(["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "stream_client.py"), url,
+                              str(n), str(conc), "50", "10"], capture_output=True, text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    res = client(streams, 1)
+    busy = client(streams, 8)
+    res["concurrent_events"], res["coalesced_reads"] = busy["events"], busy["coalesced_reads"]
+    return res
+
+
+def reference_hop(path: str, streams: int) -> dict[str, Any]:
+    conf = (HERE / "nginx-proxy.conf.template").read_text().replace("{WORK}", str(WORK)).replace(
+        "{PORT}", str(PORTS["nginx-proxy"])).replace("{UPSTREAM}", str(PORTS["paced"]))
+    (WORK / "nginx-proxy.conf").write_text(conf)
+    proc = spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(WORK / "nginx-proxy.conf")], PROXY_CORE,
+                 "nginx-proxy")
+    try:
+        wait_ready(f"http://127.0.0.1:{PORTS['nginx-proxy']}/v1/models", proc)
+        return stream(f"http://127.0.0.1:{PORTS['nginx-proxy']}{path}", streams)
+    finally:
+        stop(proc)
 
 
 def gateway_config() -> Path:
@@ -121,7 +142,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wait_ready(f"http://127.0.0.1:{PORTS['paced']}/v1/models", paced)
         path = "/v1/chat/completions"
         res["direct"] = measure(f"http://127.0.0.1:{PORTS['nginx']}{path}", secs)
-        res["direct"]["stream"] = stream(f"http://127.0.0.1:{PORTS['paced']}{path}", 16 if args.quick else 64)
+        res["direct"]["stream"] = stream(f"http://127.0.0.1:{PORTS['paced']}{path}", 8 if args.quick else 40)
+        res["nginx-proxy"] = {"stream": reference_hop(path, 8 if args.quick else 40)}
 
         gw = spawn([sys.executable, "-m", "gateway", "serve", "--config", str(gateway_config()),
                     "--port", str(PORTS["gateway"])], PROXY_CORE, "gateway")
@@ -129,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wait_ready(f"http://127.0.0.1:{PORTS['gateway']}/readyz", gw)
             url = f"http://127.0.0.1:{PORTS['gateway']}{path}"
             res["gateway"] = measure(url, secs)
-            res["gateway"]["stream"] = stream(url, 16 if args.quick else 64)
+            res["gateway"]["stream"] = stream(url, 8 if args.quick else 40)
             before = rss_kb(gw.pid)
             total, target = 0, (20_000 if args.quick else 200_000)
             while total < target:
@@ -143,7 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             proc, ready_url, headers = peer.start(WORK, PORTS[name], f"http://127.0.0.1:{PORTS['nginx']}", PROXY_CORE)
             try:
                 wait_ready(ready_url, proc, timeout=300, headers=headers)
-                res[name] = measure(f"http://127.0.0.1:{PORTS[name]}{path}", secs)
+                res[name] = measure(f"http://127.0.0.1:{PORTS[name]}{path}", secs, peer.warmup_seconds)
                 res[name]["version"] = peer.version
             finally:
                 stop(proc)
@@ -172,26 +194,31 @@ def report(res: dict[str, Any], quick: bool) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res.items():
+        if "c1" not in r:
+            continue
         c1, c64 = r["c1"], r["c64"]
         added = "" if name == "direct" else f"{c1['p50'] - d['c1']['p50']} | {c1['p99'] - d['c1']['p99']}"
         lines.append(f"| {name}{' ' + r['version'] if 'version' in r else ''} | {c64['rps']:,.0f} | "
                      f"{c64['p99'] / 1000:.1f} | {c1['p50']} | {c1['p99']} | {added or '— | —'} | "
                      f"{c64['non2xx'] + c1['non2xx'] + c64['errors'] + c1['errors']} |")
-    lines += ["", "Ratios (throughput at c=64): gateway / direct = "
-              f"{g['c64']['rps'] / d['c64']['rps']:.3f}"]
-    for name in res:
-        if name not in ("direct", "gateway"):
-            lines.append(f"; gateway / {name} = {g['c64']['rps'] / res[name]['c64']['rps']:.1f}x")
+    ratios = [f"gateway / direct = {g['c64']['rps'] / d['c64']['rps']:.3f}"]
+    ratios += [f"gateway / {n} = {g['c64']['rps'] / r['c64']['rps']:.2f}" for n, r in res.items()
+               if n not in ("direct", "gateway") and "c64" in r]
+    lines += ["", "Throughput ratios at c=64: " + "; ".join(ratios) + "."]
     ds, gs = d["stream"], g["stream"]
-    lines += ["", "## Streaming (paced upstream: 50 events, 10 ms apart, 8 streams at once)", "",
-              "| target | events | TTFT p50 (us) | TTFT p99 (us) | event delay p50 (us) | event delay p99 (us) | coalesced reads |",
+    lines += ["", "## Streaming (paced upstream: 50 events, 10 ms apart)", "",
+              "Latency: one stream at a time, each event's arrival minus its upstream send time. "
+              "Coalescing: reads carrying more than one event, with 8 streams at once.", "",
+              "| target | events | TTFT p50 (us) | TTFT p99 (us) | event delay p50 (us) | event delay p99 (us) | coalesced reads (8 streams) |",
               "|---|---|---|---|---|---|---|"]
-    for name, s in (("direct", ds), ("gateway", gs)):
+    for name, s in (("direct", ds), ("nginx-proxy (reference hop)", res["nginx-proxy"]["stream"]), ("gateway", gs)):
         lines.append(f"| {name} | {s['events']} | {s['ttft_p50_us']:.0f} | {s['ttft_p99_us']:.0f} | "
-                     f"{s['delay_p50_us']:.0f} | {s['delay_p99_us']:.0f} | {s['coalesced_reads']} |")
+                     f"{s['delay_p50_us']:.0f} | {s['delay_p99_us']:.0f} | {s['coalesced_reads']} of {s['concurrent_events']} events |")
     lines += ["", f"Added by the gateway: first event {gs['ttft_p50_us'] - ds['ttft_p50_us']:.0f} us (p50), "
               f"per event {gs['delay_p50_us'] - ds['delay_p50_us']:.0f} us p50 / "
-              f"{gs['delay_p99_us'] - ds['delay_p99_us']:.0f} us p99.", ""]
+              f"{gs['delay_p99_us'] - ds['delay_p99_us']:.0f} us p99. A plain nginx hop adds "
+              f"{res['nginx-proxy']['stream']['delay_p50_us'] - ds['delay_p50_us']:.0f} us p50 / "
+              f"{res['nginx-proxy']['stream']['delay_p99_us'] - ds['delay_p99_us']:.0f} us p99 per event.", ""]
     rss = g["rss"]
     lines += ["## Memory", "", f"Gateway RSS {rss['before_kb'] / 1024:.1f} MiB before and "
               f"{rss['after_kb'] / 1024:.1f} MiB after {rss['requests']:,} requests "

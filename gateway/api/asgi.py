@@ -69,28 +69,41 @@ class DisconnectWatch:
     at once (freeing the backend's slot) instead of running to completion for nobody.
 
     uvicorn's `send` silently ignores writes after a disconnect, so without this a stream to a
-    vanished client would keep the GPU busy until the answer ended.
+    vanished client would keep the GPU busy until the answer ended. The watching task starts
+    only once a request has lasted `DELAY` seconds: fast answers never pay for a task (and the
+    cyclic garbage a cancelled task leaves, which showed up as GC pauses in the p99 latency).
     """
 
-    __slots__ = ("gone", "finished", "_task")
+    DELAY = 0.05
+    __slots__ = ("gone", "finished", "_task", "_timer", "_receive", "_target")
 
     def __init__(self, receive: Receive) -> None:
         self.gone = False
         self.finished = False
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = asyncio.get_running_loop().create_task(self._watch(receive, task))
+        self._task: asyncio.Task[Any] | None = None
+        self._receive = receive
+        self._target = asyncio.current_task()
+        self._timer = asyncio.get_running_loop().call_later(self.DELAY, self._start)
 
-    async def _watch(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+    def _start(self) -> None:
+        self._timer = None
+        if not self.finished:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
         while True:
-            msg = await receive()
+            msg = await self._receive()
             if msg["type"] == "http.disconnect":
                 # uvicorn also reports disconnect once the response is complete: ignore that one.
-                if not self.finished:
+                if not self.finished and self._target is not None:
                     self.gone = True
-                    task.cancel()
+                    self._target.cancel()
                 return
 
     def close(self) -> None:
         self.finished = True
-        self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        self._target = None

@@ -13,7 +13,6 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from adapters.base import Endpoint
@@ -21,6 +20,7 @@ from gateway.api.asgi import (ClientGone, DisconnectWatch, Receive, Scope, Send,
                               send_error, send_json)
 from gateway.balancer import pick
 from gateway.errors import GatewayError, InvalidRequest, Unauthorized
+from gateway.http1 import Response
 from gateway.jsonio import loads
 from gateway.protocol import routing_fields
 from gateway.routing import Deployment, Route
@@ -127,15 +127,15 @@ class ProxyEndpoint:
                 gauge.dec()
         raise last or GatewayError("no attempt made")  # unreachable: max_attempts >= 1
 
-    async def respond(self, resp: aiohttp.ClientResponse, req: Any, dep: Deployment, model: str,
+    async def respond(self, resp: Response, req: Any, dep: Deployment, model: str,
                       send: Send, t0: float, watch: DisconnectWatch) -> tuple[int, str]:
         b = dep.backend
         adapter = b.adapter
         m = self.gw.metrics
         ok = False
         try:
-            ctype = resp.headers.get("Content-Type", "")
-            if not (req.stream and ctype.startswith("text/event-stream")):
+            ctype = resp.header(b"content-type") or b""
+            if not (req.stream and ctype.startswith(b"text/event-stream")):
                 with map_transport_errors(b.name):
                     data = adapter.translate_body(self.endpoint, await resp.read())
                 if b'"usage"' in data:
@@ -148,7 +148,7 @@ class ProxyEndpoint:
                         "headers": [*SSE_HEADERS, (b"x-llm-gateway-backend", b.name.encode())]})
             tap = StreamTap(req.strip_usage)
             failure: GatewayError | None = None
-            source = resp.content.iter_any()
+            source = resp.iter_chunks()
             if not adapter.passthrough:
                 source = adapter.translate_stream(self.endpoint, source, req)
             try:
