@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     (WORK / "nginx.conf").write_text(conf)
     nginx = spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(WORK / "nginx.conf")], LOAD_CORE, "nginx")
     paced = spawn([sys.executable, str(HERE / "paced_upstream.py"), str(PORTS["paced"])], LOAD_CORE, "paced")
-    res: dict[str, Any] = {}
+    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     try:
         wait_ready(f"http://127.0.0.1:{PORTS['nginx']}/v1/models", nginx)
         wait_ready(f"http://127.0.0.1:{PORTS['paced']}/v1/models", paced)
@@ -183,10 +183,11 @@ def machine() -> str:
 
 
 def report(res: dict[str, Any], quick: bool) -> str:
+    res = dict(res)
     d, g = res["direct"], res["gateway"]
     lines = [
         "# Benchmark results", "",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {machine()}.",
+        f"Date: {res.pop('date', '?')}. Machine: {machine()}.",
         "Upstream nginx (fixed answer) and wrk on core 0; each proxy alone on core 1, one worker.",
         f"Mode: {'quick (3 s runs)' if quick else '10 s runs'}. Produced by `python bench/run.py`.", "",
         "## Non-streaming (POST /v1/chat/completions)", "",
