@@ -57,6 +57,7 @@ class BackendTarget:
     url: str  # base URL without trailing slash
     api_key: str | None = None
     stream_usage: bool | None = None  # config override of Capabilities.stream_usage
+    reasoning_field: str | None = None  # rename reasoning text to this field (vLLM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,10 @@ class UpstreamRequest:
     stream: bool
     # The gateway asked for stream usage the client did not ask for: strip that chunk.
     strip_usage: bool = False
+    # True: the upstream answers in OpenAI's dialect and the relay passes its bytes through;
+    # False: a native protocol, turned into OpenAI's by translate_stream / translate_body.
+    passthrough: bool = True
+    upstream_model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +108,11 @@ class Adapter:
     kind: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
     default_ports: ClassVar[tuple[int, ...]] = ()
-    # True: the upstream already speaks OpenAI SSE/JSON, the relay passes bytes through.
-    passthrough: ClassVar[bool] = True
+    # Byte markers that make the relay's tap parse an event for usage (see extract_usage).
+    usage_markers: ClassVar[tuple[bytes, ...]] = (b'"usage"',)
+    # Read the first stream event before answering the client: a backend that reports some
+    # failures in-band after HTTP 200 (TGI's overload) can then still be retried elsewhere.
+    peek_first_event: ClassVar[bool] = False
 
     def __init__(self, target: BackendTarget) -> None:
         self.target = target
@@ -113,14 +121,32 @@ class Adapter:
                       stream: bool) -> UpstreamRequest:
         raise NotImplementedError
 
-    def translate_body(self, endpoint: Endpoint, body: bytes) -> bytes:
+    def translate_body(self, endpoint: Endpoint, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+                       request: UpstreamRequest | None = None) -> bytes:
         """Non-stream 2xx answer -> OpenAI JSON bytes. Identity for pass-through backends."""
         return body
 
     def translate_stream(self, endpoint: Endpoint, chunks: AsyncIterator[bytes],
                          request: UpstreamRequest) -> AsyncIterator[bytes]:
-        """Upstream stream bytes -> OpenAI SSE events. Only called when `passthrough` is False."""
+        """Upstream stream bytes -> OpenAI SSE events. Only called when `request.passthrough` is False."""
         raise NotImplementedError
+
+    def stream_rewriter(self, request: UpstreamRequest) -> Callable[[bytes], bytes] | None:
+        """Pass-through fix-ups for one stream: a function from a block of complete SSE events to
+        the same events in OpenAI's dialect (cheap byte-level repairs), or None (pure pass-through)."""
+        return None
+
+    def extract_usage(self, doc: dict[str, Any]) -> tuple[int, int] | None:
+        """(prompt_tokens, completion_tokens) from one parsed stream event, if it reports usage."""
+        usage = doc.get("usage")
+        if type(usage) is dict:
+            p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            return (p if type(p) is int else 0, c if type(c) is int else 0)
+        return None
+
+    def first_event_error(self, event: bytes) -> GatewayError | None:
+        """With peek_first_event: the error a first event reports in-band, if it is one."""
+        return None
 
     def map_error(self, status: int, body: bytes) -> GatewayError:
         raise NotImplementedError

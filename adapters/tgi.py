@@ -1,19 +1,190 @@
-"""Hugging Face TGI's Messages API (backends.md part A §3).
+"""Hugging Face TGI (backends.md part A §3; router/src in huggingface/text-generation-inference).
 
-Foundation level: pass-through on `/v1/chat/completions` and `/v1/completions`. TGI has no
-embeddings route (that is TEI) and ignores `n`. `/info` limits, native `/generate_stream`, its
-quirks (`top_p: 1.0`, empty ids, `stop_sequence`) and in-stream errors come with issue 4.
+Only its quirks on top of the OpenAI-compatible base:
+- health: nothing listens while shards load (connection refused = starting); `/health` 200 empty,
+  503 `{"error":"unhealthy"}` after a failed generation's health check;
+- discovery and limits from `/info` (`model_id`, `max_total_tokens`, `max_input_tokens`,
+  `max_concurrent_requests`); load from `/metrics` (`tgi_queue_size` + `tgi_batch_current_size`);
+- the request `model` is a LoRA adapter id unless it is "tgi": the base model is sent as "tgi";
+- `top_p` must be < 1.0 (1.0 is a 422): dropped, which means the same; `presence_penalty` p is
+  turned into `repetition_penalty = p + 2` by TGI (so OpenAI's neutral 0 would become a strong
+  2.0): the gateway sends the value that yields repetition_penalty 1 + p/2 (0 -> none);
+- answers carry `"id":""` (filled with a fresh id) and finish reasons `eos_token` /
+  `stop_sequence` (-> `stop`);
+- failures after HTTP 200 arrive in-band (`data:{"error":{"message","http_status_code"}}`):
+  rewritten to OpenAI's envelope; the first event is peeked so an overload reported there is
+  retried elsewhere like a 429;
+- `/v1/completions` is served by the native `/generate(_stream)` on servers that lack it
+  (adapters/tgi_generate.py), detected from the server's OpenAPI document.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
 
-from adapters.base import Capabilities
-from adapters.openai_compatible import OpenAICompatibleAdapter
+import orjson
+
+from adapters import tgi_generate
+from adapters.base import Capabilities, Endpoint, Fetch, Probe, ServedModel, State, UpstreamRequest
+from adapters.openai_compatible import OpenAICompatibleAdapter, parse_error_body
+from adapters.prometheus_text import gauges
+from gateway.errors import GatewayError, InvalidRequest, Overloaded, status_error
+
+LOAD_METRICS = ("tgi_queue_size", "tgi_batch_current_size")
+FINISH_FIXES = ((b'"finish_reason":"eos_token"', b'"finish_reason":"stop"'),
+                (b'"finish_reason":"stop_sequence"', b'"finish_reason":"stop"'))
+IN_BAND_TYPES = {429: "rate_limit_error", 422: "invalid_request_error", 400: "invalid_request_error"}
 
 
 class TGIAdapter(OpenAICompatibleAdapter):
     kind: ClassVar[str] = "tgi"
     default_ports: ClassVar[tuple[int, ...]] = (3000, 8080)
     capabilities: ClassVar[Capabilities] = Capabilities(embeddings=False, n=False)
+    peek_first_event: ClassVar[bool] = True
+
+    def __init__(self, target: Any) -> None:
+        super().__init__(target)
+        self.model_id: str | None = None
+        self.max_concurrent_requests: int | None = None
+        self.version: str | None = None
+        self.native_completions: bool | None = None  # None: not known yet
+
+    # -- requests ------------------------------------------------------------------------------
+    def build_request(self, endpoint: Endpoint, body: dict[str, Any], upstream_model: str,
+                      stream: bool) -> UpstreamRequest:
+        top_p = body.get("top_p")
+        if isinstance(top_p, (int, float)) and top_p >= 1.0:
+            del body["top_p"]
+        p = body.get("presence_penalty")
+        if isinstance(p, (int, float)):
+            if p == 0:
+                del body["presence_penalty"]
+            else:
+                body["presence_penalty"] = max(1.0 + p / 2.0, 0.05) - 2.0
+        if endpoint is Endpoint.COMPLETIONS and self.native_completions:
+            return tgi_generate.build(self, body, upstream_model, stream)
+        # TGI reads `model` as a LoRA adapter id; "tgi" means the base model.
+        req = super().build_request(endpoint, body, "tgi" if upstream_model == self.model_id else upstream_model,
+                                    stream)
+        return req
+
+    def translate_body(self, endpoint: Endpoint, body: bytes, headers: Any = None, request: Any = None) -> bytes:
+        if request is not None and not request.passthrough:
+            return tgi_generate.translate_body(body, headers or [], request)
+        return _repair(body, _new_id(endpoint))
+
+    def translate_stream(self, endpoint: Endpoint, chunks: AsyncIterator[bytes],
+                         request: UpstreamRequest) -> AsyncIterator[bytes]:
+        return tgi_generate.translate_stream(chunks, request)
+
+    def stream_rewriter(self, request: UpstreamRequest) -> Callable[[bytes], bytes] | None:
+        if not request.passthrough:
+            return None  # already OpenAI-shaped by translate_stream
+        id_field = b'"id":"' + _new_id(Endpoint.CHAT if "chat" in request.url else Endpoint.COMPLETIONS) + b'"'
+        return lambda chunk: _repair(chunk, id_field, fill=True)
+
+    def first_event_error(self, event: bytes) -> GatewayError | None:
+        if b'{"error"' not in event:
+            return None
+        for line in event.splitlines():
+            if line.startswith(b"data:") and b'{"error"' in line:
+                return self._in_band_error(line[5:].strip())
+        return None
+
+    def _in_band_error(self, payload: bytes) -> GatewayError:
+        message, etype, _, _ = parse_error_body(payload)
+        if "overloaded" in message.lower() or etype == "overloaded":
+            return Overloaded(f"backend {self.target.name} is overloaded", headers={"Retry-After": "1"})
+        if "validation" in message.lower() or etype == "validation":
+            return _validation(message)
+        return status_error(502, message or "generation failed")
+
+    # -- errors ----------------------------------------------------------------------------------
+    def map_error(self, status: int, body: bytes) -> GatewayError:
+        message, etype, _, _ = parse_error_body(body)
+        if etype == "overloaded" or status == 429:
+            return Overloaded(message or f"backend {self.target.name} is overloaded", headers={"Retry-After": "1"})
+        if etype == "validation" or (status == 422 and etype in (None, "template_error", "tool_error",
+                                                                   "missing_template_variable")):
+            return _validation(message or "invalid request")
+        if etype == "generation" or status == 424:
+            return status_error(502, message or "generation failed")
+        return super().map_error(status, body)
+
+    # -- health, discovery, load -------------------------------------------------------------
+    async def probe(self, fetch: Fetch) -> Probe:
+        health = await fetch("GET", self.target.url + "/health")
+        if health.status != 200:
+            return Probe(State.DOWN, detail=parse_error_body(health.body)[0] or f"/health answered {health.status}")
+        info = await fetch("GET", self.target.url + "/info")
+        doc = _json(info.body) if info.status == 200 else None
+        if not isinstance(doc, dict) or not isinstance(doc.get("model_id"), str):
+            return Probe(State.DOWN, detail=f"/info answered HTTP {info.status}")
+        self.model_id = doc["model_id"]
+        ctx = doc.get("max_total_tokens")
+        mcr = doc.get("max_concurrent_requests")
+        self.max_concurrent_requests = mcr if isinstance(mcr, int) else None
+        self.version = doc.get("version") if isinstance(doc.get("version"), str) else None
+        probe = Probe(State.READY, [ServedModel(self.model_id, ctx if isinstance(ctx, int) else None)],
+                      version=self.version)
+        metrics = await fetch("GET", self.target.url + "/metrics")
+        if metrics.status == 200:
+            g = gauges(metrics.body.decode("utf-8", "replace"), LOAD_METRICS)
+            probe.load = sum(g.values()) if g else None
+        if self.native_completions is None:
+            spec = await fetch("GET", self.target.url + "/api-doc/openapi.json")
+            paths = (_json(spec.body) or {}).get("paths") if spec.status == 200 else None
+            if isinstance(paths, dict):
+                self.native_completions = "/v1/completions" not in paths
+        return probe
+
+
+def _new_id(endpoint: Endpoint) -> bytes:
+    return (b"chatcmpl-" if endpoint is Endpoint.CHAT else b"cmpl-") + uuid.uuid4().hex.encode()
+
+
+def _repair(data: bytes, id_value: bytes, fill: bool = False) -> bytes:
+    """Fill TGI's empty ids, translate its finish reasons and in-band errors (bytes only)."""
+    if b'"id":""' in data:
+        data = data.replace(b'"id":""', id_value if fill else b'"id":"' + id_value + b'"')
+    if b'"finish_reason":"' in data:
+        for old, new in FINISH_FIXES:
+            if old in data:
+                data = data.replace(old, new)
+    if b'{"error"' in data and b'"http_status_code"' in data:
+        data = _fix_error_events(data)
+    return data
+
+
+def _fix_error_events(chunk: bytes) -> bytes:
+    out = []
+    for line in chunk.split(b"\n"):
+        if line.startswith(b"data:") and b'"http_status_code"' in line:
+            doc = _json(line[5:].strip())
+            err = doc.get("error") if isinstance(doc, dict) else None
+            if isinstance(err, dict):
+                status = err.get("http_status_code")
+                message = str(err.get("message") or "generation failed")
+                overloaded = "overloaded" in message.lower()
+                envelope = {"error": {
+                    "message": message,
+                    "type": "rate_limit_error" if overloaded else IN_BAND_TYPES.get(status, "server_error"),
+                    "param": None, "code": "overloaded" if overloaded else None}}
+                line = b"data: " + orjson.dumps(envelope)
+        out.append(line)
+    return b"\n".join(out)
+
+
+def _validation(message: str) -> GatewayError:
+    if ("max_new_tokens" in message and "must be <=" in message) or "must have less than" in message:
+        return InvalidRequest(message, code="context_length_exceeded", param="messages")
+    return InvalidRequest(message)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None

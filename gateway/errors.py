@@ -50,6 +50,8 @@ class GatewayError(Exception):
             self.retryable = retryable
         self.param = param
         self.headers = headers or {}
+        # What this failure says about the backend, for the health picture (e.g. "loading").
+        self.backend_state: str | None = None
 
     def envelope(self) -> dict[str, dict[str, object]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -40,7 +40,7 @@ class Gateway:
 
     def add_backend(self, b: BackendSettings, *, rebuild: bool = True) -> BackendRuntime:
         target = BackendTarget(b.name, b.url, b.api_key.get_secret_value() if b.api_key else None,
-                               b.stream_usage)
+                               b.stream_usage, b.reasoning_field)
         rt = BackendRuntime(b.name, b.kind, b.url, get_adapter(b.kind)(target), b.weight, b.discover)
         self.backends[b.name] = rt
         self.metrics.set_backend_state(rt.name, rt.state.value, STATES, 0)
@@ -59,6 +59,12 @@ class Gateway:
         """Passive health: a connect failure on a real request takes the backend out at once;
         its next probe (at the not-ready interval) brings it back."""
         if b.set_state(State.DOWN if b.ever_ready else State.STARTING, detail):
+            log.warning("backend %s: %s -> marked %s", b.name, detail, b.state.value)
+            self.state_changed(b)
+
+    def mark_state(self, b: BackendRuntime, state: str, detail: str) -> None:
+        """A request learned the backend's state before its probe did (e.g. llama.cpp loading)."""
+        if b.set_state(State(state), detail):
             log.warning("backend %s: %s -> marked %s", b.name, detail, b.state.value)
             self.state_changed(b)
 

@@ -7,7 +7,7 @@ Environment variables override the file, nested with `__`: `GATEWAY_SERVER__PORT
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -78,6 +78,9 @@ class BackendSettings(Strict):
     discover: bool = True  # serve the models the backend reports, even if not in `models:`
     weight: float = Field(1.0, gt=0)
     stream_usage: bool | None = None  # override: does it honour stream_options.include_usage?
+    # vLLM names reasoning text `reasoning` (>= late 2025) or `reasoning_content` (older):
+    # rename it to the one your clients read.
+    reasoning_field: Literal["reasoning", "reasoning_content"] | None = None
 
     @field_validator("name")
     @classmethod

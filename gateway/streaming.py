@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -26,15 +26,27 @@ _EVENT_SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
 class StreamTap:
     """What the relay saw: first event time, usage, [DONE], upstream error event."""
 
-    __slots__ = ("first_at", "prompt_tokens", "completion_tokens", "done", "error", "strip_usage")
+    __slots__ = ("first_at", "prompt_tokens", "completion_tokens", "done", "error", "strip_usage",
+                 "markers", "extract_usage")
 
-    def __init__(self, strip_usage: bool) -> None:
+    def __init__(self, strip_usage: bool, markers: tuple[bytes, ...] = (b'"usage"',),
+                 extract_usage: Any = None) -> None:
         self.first_at = 0.0
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.done = False
         self.error = False
         self.strip_usage = strip_usage
+        self.markers = markers
+        self.extract_usage = extract_usage or _openai_usage
+
+    def wants(self, chunk: bytes) -> bool:
+        if b"[DONE]" in chunk or b'{"error"' in chunk:
+            return True
+        for m in self.markers:
+            if m in chunk:
+                return True
+        return False
 
     def inspect(self, block: bytes) -> bytes:
         """Record what a block of complete events says; return it minus a stripped usage event."""
@@ -62,22 +74,27 @@ class StreamTap:
                 self.done = True
             elif data.startswith(b'{"error"'):
                 self.error = True
-            elif b'"usage"' in data:
+            elif any(m in data for m in self.markers):
                 try:
                     doc = orjson.loads(data)
                 except orjson.JSONDecodeError:
                     continue
-                usage = doc.get("usage") if type(doc) is dict else None
-                if type(usage) is dict:
-                    self.prompt_tokens = _int(usage.get("prompt_tokens"))
-                    self.completion_tokens = _int(usage.get("completion_tokens"))
-                    if self.strip_usage and doc.get("choices") == []:
+                if type(doc) is not dict:
+                    continue
+                usage = self.extract_usage(doc)
+                if usage is not None:
+                    self.prompt_tokens, self.completion_tokens = usage
+                    if self.strip_usage and doc.get("choices") == [] and "usage" in doc:
                         return False
         return True
 
 
-def _int(v: object) -> int:
-    return v if type(v) is int else 0
+def _openai_usage(doc: dict[str, Any]) -> tuple[int, int] | None:
+    usage = doc.get("usage")
+    if type(usage) is dict:
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        return (p if type(p) is int else 0, c if type(c) is int else 0)
+    return None
 
 
 def complete_end(buf: bytes) -> int:
@@ -88,9 +105,13 @@ def complete_end(buf: bytes) -> int:
     return max(i + 2 if i >= 0 else 0, j + 4 if j >= 0 else 0, k + 2 if k >= 0 else 0)
 
 
-async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: StreamTap) -> None:
-    """Forward SSE events from `source` to the client as they arrive. Raises on upstream failure."""
-    pending = b""
+async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: StreamTap,
+                       rewrite: Callable[[bytes], bytes] | None = None, first: bytes = b"") -> None:
+    """Forward SSE events from `source` to the client as they arrive. Raises on upstream failure.
+
+    `rewrite` repairs a dialect's quirks on complete events; `first` is what a peek already read.
+    """
+    pending = first
     async for chunk in source:
         if pending:
             chunk = pending + chunk
@@ -105,7 +126,9 @@ async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: Stream
                                        code="upstream_protocol_error")
                 if not chunk:
                     continue
-        if b'"usage"' in chunk or b"[DONE]" in chunk or b'{"error"' in chunk:
+        if rewrite is not None:
+            chunk = rewrite(chunk)
+        if tap.wants(chunk):
             chunk = tap.inspect(chunk)
             if not chunk:
                 continue
@@ -113,9 +136,24 @@ async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: Stream
             tap.first_at = time.perf_counter()
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     if pending:  # the upstream's last event lacked its blank line: still the client's data
-        pending = tap.inspect(pending + b"\n\n")
+        pending += b"\n\n"
+        if rewrite is not None:
+            pending = rewrite(pending)
+        pending = tap.inspect(pending)
         if pending:
             await send({"type": "http.response.body", "body": pending, "more_body": True})
+
+
+async def peek_first_event(source: AsyncIterator[bytes]) -> bytes:
+    """Read until the first complete SSE event (comments included); returns all bytes read."""
+    buf = b""
+    async for chunk in source:
+        buf += chunk
+        if complete_end(buf):
+            return buf
+        if len(buf) > MAX_EVENT_BYTES:
+            break
+    return buf
 
 
 def stream_end(tap: StreamTap, failure: GatewayError | None) -> bytes:

@@ -25,7 +25,7 @@ from gateway.jsonio import loads
 from gateway.protocol import routing_fields
 from gateway.routing import Deployment, Route
 from gateway.runtime import Gateway
-from gateway.streaming import StreamTap, relay_events, stream_end
+from gateway.streaming import StreamTap, peek_first_event, relay_events, stream_end
 from gateway.upstream import map_transport_errors
 
 log = logging.getLogger("gateway.proxy")
@@ -116,6 +116,8 @@ class ProxyEndpoint:
                 gw.metrics.observe_upstream_error(b.name, err.code)
                 if err.code == "upstream_connect_failed":
                     gw.mark_failed(b, err.message)
+                elif err.backend_state is not None:
+                    gw.mark_state(b, err.backend_state, err.message)
                 if not err.retryable or attempt + 1 >= gw.max_attempts:
                     raise
                 log.info("retrying %s elsewhere after %s: %s", route.name, b.name, err.message)
@@ -137,23 +139,31 @@ class ProxyEndpoint:
             ctype = resp.header(b"content-type") or b""
             if not (req.stream and ctype.startswith(b"text/event-stream")):
                 with map_transport_errors(b.name):
-                    data = adapter.translate_body(self.endpoint, await resp.read())
+                    data = adapter.translate_body(self.endpoint, await resp.read(), resp.headers, req)
                 if b'"usage"' in data:
                     _usage_from_body(data, m, model, b.name)
                 watch.finished = True
                 await send_json(send, resp.status, data, [(b"x-llm-gateway-backend", b.name.encode())])
                 ok = True
                 return resp.status, b.name
+            source = resp.iter_chunks()
+            if not req.passthrough:
+                source = adapter.translate_stream(self.endpoint, source, req)
+            first = b""
+            if adapter.peek_first_event:
+                # Still before the first byte to the client: an in-band failure here can be retried.
+                with map_transport_errors(b.name):
+                    first = await peek_first_event(source)
+                err = adapter.first_event_error(first)
+                if err is not None:
+                    raise err
             await send({"type": "http.response.start", "status": 200,
                         "headers": [*SSE_HEADERS, (b"x-llm-gateway-backend", b.name.encode())]})
-            tap = StreamTap(req.strip_usage)
+            tap = StreamTap(req.strip_usage, adapter.usage_markers, adapter.extract_usage)
             failure: GatewayError | None = None
-            source = resp.iter_chunks()
-            if not adapter.passthrough:
-                source = adapter.translate_stream(self.endpoint, source, req)
             try:
                 with map_transport_errors(b.name):
-                    await relay_events(source, send, tap)
+                    await relay_events(source, send, tap, adapter.stream_rewriter(req), first)
             except GatewayError as err:
                 failure = err
                 log.warning("stream from %s failed after the first byte: %s", b.name, err.message)

@@ -1,0 +1,129 @@
+"""OpenAI `/v1/completions` over TGI's native `/generate` and `/generate_stream`.
+
+For TGI servers whose Messages API lacks `/v1/completions`. Native request: `{"inputs",
+"parameters"}`; native stream: one `data:{"index","token":{id,text,logprob,special},
+"generated_text","details"}` event per token, the last carrying `generated_text` and (with
+`details: true`) `details.{finish_reason,generated_tokens,input_length}`, and no `[DONE]`;
+in-stream errors are `data:{"error","error_type"}` (backends.md §3.1, router/src/server.rs).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from adapters.base import UpstreamRequest
+from gateway.errors import CapabilityMissing
+from gateway.jsonio import dumps
+
+FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+
+
+def build(adapter: Any, body: dict[str, Any], upstream_model: str, stream: bool) -> UpstreamRequest:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise CapabilityMissing("This TGI backend serves completions through /generate, which takes one "
+                                "prompt string.", param="prompt")
+    params: dict[str, Any] = {"details": True}
+    if isinstance(body.get("max_tokens"), int):
+        params["max_new_tokens"] = body["max_tokens"]
+    temperature = body.get("temperature")
+    if isinstance(temperature, (int, float)):
+        if temperature > 0:
+            params["temperature"] = temperature
+            params["do_sample"] = True
+    if isinstance(body.get("top_p"), (int, float)):
+        params["top_p"] = body["top_p"]
+        params["do_sample"] = True
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        params["stop"] = [stop]
+    elif isinstance(stop, list):
+        params["stop"] = stop
+    for key in ("seed", "frequency_penalty", "repetition_penalty", "top_k", "typical_p", "truncate"):
+        if body.get(key) is not None:
+            params[key] = body[key]
+    path = "/generate_stream" if stream else "/generate"
+    return UpstreamRequest("POST", adapter.target.url + path, adapter.headers,
+                           dumps({"inputs": prompt, "parameters": params}), stream,
+                           passthrough=False, upstream_model=upstream_model)
+
+
+def _chunk(cid: str, created: int, model: str, text: str, finish: str | None, **extra: Any) -> bytes:
+    doc = {"id": cid, "object": "text_completion", "created": created, "model": model,
+           "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], **extra}
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+async def translate_stream(chunks: AsyncIterator[bytes], request: UpstreamRequest) -> AsyncIterator[bytes]:
+    cid = f"cmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    model = request.upstream_model
+    buf = b""
+    async for data in chunks:
+        buf += data
+        while True:
+            end = buf.find(b"\n\n")
+            if end < 0:
+                break
+            event, buf = buf[:end], buf[end + 2:]
+            out = _event(event, cid, created, model)
+            if out:
+                yield out
+    if buf.strip():
+        out = _event(buf, cid, created, model)
+        if out:
+            yield out
+
+
+def _event(event: bytes, cid: str, created: int, model: str) -> bytes:
+    payload = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    if not payload:
+        return event + b"\n\n" if event.startswith(b":") else b""  # keep-alive comments pass
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return b""
+    if not isinstance(doc, dict):
+        return b""
+    if "error" in doc:
+        err = {"error": {"message": str(doc.get("error")), "type": "server_error", "param": None,
+                         "code": doc.get("error_type")}}
+        return b"data: " + orjson.dumps(err) + b"\n\n" + b"data: [DONE]\n\n"
+    token = doc.get("token") or {}
+    text = "" if token.get("special") else str(token.get("text") or "")
+    out = _chunk(cid, created, model, text, None) if text else b""
+    if doc.get("generated_text") is not None:  # the last event
+        details = doc.get("details") or {}
+        finish = FINISH.get(details.get("finish_reason"), "stop")
+        out += _chunk(cid, created, model, "", finish)
+        if "generated_tokens" in details:
+            p, c = int(details.get("input_length") or 0), int(details["generated_tokens"])
+            usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            out += b"data: " + orjson.dumps({"id": cid, "object": "text_completion", "created": created,
+                                             "model": model, "choices": [], "usage": usage}) + b"\n\n"
+        out += b"data: [DONE]\n\n"
+    return out
+
+
+def translate_body(body: bytes, headers: list[tuple[bytes, bytes]], request: UpstreamRequest) -> bytes:
+    doc = orjson.loads(body)
+    if isinstance(doc, list):  # the compat route answers a one-element array
+        doc = doc[0] if doc else {}
+    details = doc.get("details") or {}
+    h = {k: v for k, v in headers}
+    prompt = int(h.get(b"x-prompt-tokens", b"0") or 0)
+    completion = int(h.get(b"x-generated-tokens", b"0") or details.get("generated_tokens") or 0)
+    return orjson.dumps({
+        "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+        "model": request.upstream_model,
+        "choices": [{"index": 0, "text": doc.get("generated_text", ""), "logprobs": None,
+                     "finish_reason": FINISH.get(details.get("finish_reason"), "stop")}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    })
