@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends_under_test import BackendUnderTest
 from tests.procs import Spawner
 
 
@@ -20,3 +21,17 @@ def module_spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spawner]:
     s = Spawner(tmp_path_factory.mktemp("procs"))
     yield s
     s.stop_all()
+
+
+@pytest.fixture(scope="session")
+def session_spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spawner]:
+    """For heavy backends: started once per test session, shared by every module."""
+    s = Spawner(tmp_path_factory.mktemp("session-procs"))
+    yield s
+    s.stop_all()
+
+
+@pytest.fixture(scope="session")
+def backend_vllm_double(session_spawn: Spawner) -> BackendUnderTest:
+    d = session_spawn.double("conf-vllm-double", "Qwen/Qwen2.5-0.5B-Instruct")
+    return BackendUnderTest("vllm-double", "vllm", d.url, "Qwen/Qwen2.5-0.5B-Instruct")

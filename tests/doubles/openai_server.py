@@ -49,6 +49,14 @@ def answer_text(st: State, body: dict, ctl: dict) -> str:
     return f"Hello from {st.name}, this is a streamed answer"
 
 
+def limit(body: dict, parts: list[str]) -> tuple[list[str], str]:
+    """Cut the answer at max_tokens (or max_completion_tokens) like a real server: finish "length"."""
+    m = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(m, int) and 0 < m < len(parts):
+        return parts[:m], "length"
+    return parts, "stop"
+
+
 def pieces(text: str, n: int | None) -> list[str]:
     words = text.split(" ")
     toks = [w if i == 0 else " " + w for i, w in enumerate(words)]
@@ -92,17 +100,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
             await st.release.wait()
         if ctl.get("delay"):
             await asyncio.sleep(ctl["delay"])
-        text = answer_text(st, body, ctl)
-        n_out = len(pieces(text, None))
+        toks, finish = limit(body, pieces(answer_text(st, body, ctl), None))
+        text = "".join(toks)
+        n_out = len(toks)
         usage = {"prompt_tokens": 7, "total_tokens": 7 + n_out, "completion_tokens": n_out}
         served = st.models[0] if model is None else model
         if kind == "chat":
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": "stop", "stop_reason": None}
+                      "finish_reason": finish, "stop_reason": None}
             doc = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                    "created": int(time.time()), "model": served, "choices": [choice], "usage": usage}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop", "stop_reason": None}
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}
             doc = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                    "model": served, "choices": [choice], "usage": usage}
         st.completed += 1
@@ -131,7 +140,7 @@ async def stream_answer(request: web.Request, st: State, body: dict, ctl: dict, 
             return {"index": 0, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
-    parts = pieces(answer_text(st, body, ctl), ctl.get("chunks"))
+    parts, finish = limit(body, pieces(answer_text(st, body, ctl), ctl.get("chunks")))
     delay = ctl.get("delay", 0)
     if kind == "chat":
         await resp.write(chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -145,7 +154,7 @@ async def stream_answer(request: web.Request, st: State, body: dict, ctl: dict, 
         if ctl.get("truncate") and i == len(parts) // 2:
             request.transport.close()  # die mid-answer, as a crashed backend would
             return resp
-    await resp.write(chunk([piece("", "stop")]))
+    await resp.write(chunk([piece("", finish)]))
     opts = body.get("stream_options") or {}
     if opts.get("include_usage"):
         await resp.write(chunk([], usage={"prompt_tokens": 7, "total_tokens": 7 + len(parts),
