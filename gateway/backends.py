@@ -6,7 +6,7 @@ Mutated only from the event loop (health task and request tasks), so no locks ar
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from adapters.base import SERVING_STATES, Adapter, Endpoint, ServedModel, State
 
@@ -37,9 +37,10 @@ class BackendRuntime:
     in_flight: int = 0
     ever_ready: bool = False
     capmask: int = 0
+    overrides: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        c = self.adapter.capabilities
+        c = replace(self.adapter.capabilities, **self.overrides)
         self.capmask = (
             (NEED_CHAT if c.chat else 0) | (NEED_COMPLETIONS if c.completions else 0)
             | (NEED_EMBEDDINGS if c.embeddings else 0) | (NEED_TOOLS if c.tools else 0)

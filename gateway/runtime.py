@@ -41,7 +41,9 @@ class Gateway:
     def add_backend(self, b: BackendSettings, *, rebuild: bool = True) -> BackendRuntime:
         target = BackendTarget(b.name, b.url, b.api_key.get_secret_value() if b.api_key else None,
                                b.stream_usage, b.reasoning_field)
-        rt = BackendRuntime(b.name, b.kind, b.url, get_adapter(b.kind)(target), b.weight, b.discover)
+        overrides = {k: v for k, v in b.capabilities.model_dump().items() if v is not None}
+        rt = BackendRuntime(b.name, b.kind, b.url, get_adapter(b.kind)(target), b.weight, b.discover,
+                            overrides=overrides)
         self.backends[b.name] = rt
         self.metrics.set_backend_state(rt.name, rt.state.value, STATES, 0)
         if rebuild:

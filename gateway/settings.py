@@ -70,6 +70,17 @@ class AutodiscoverSettings(Strict):
     ports: list[int] = [8000, 8080, 3000, 11434, 21001]
 
 
+class CapabilityOverrides(Strict):
+    """Per-backend corrections of its kind's declared capabilities (None = kind's default)."""
+
+    chat: bool | None = None
+    completions: bool | None = None
+    embeddings: bool | None = None
+    tools: bool | None = None
+    logprobs: bool | None = None
+    n: bool | None = None
+
+
 class BackendSettings(Strict):
     name: str
     kind: str
@@ -81,6 +92,7 @@ class BackendSettings(Strict):
     # vLLM names reasoning text `reasoning` (>= late 2025) or `reasoning_content` (older):
     # rename it to the one your clients read.
     reasoning_field: Literal["reasoning", "reasoning_content"] | None = None
+    capabilities: CapabilityOverrides = CapabilityOverrides()
 
     @field_validator("name")
     @classmethod

@@ -145,3 +145,17 @@ def test_routing_fields() -> None:
                 {"model": "m", "messages": [{}], "n": 0}):
         with pytest.raises(InvalidRequest):
             routing_fields(Endpoint.CHAT, bad)
+
+
+def test_capability_overrides_from_config() -> None:
+    s = GatewaySettings(backends=[{"name": "l", "kind": "llamacpp", "url": "http://x",
+                                   "capabilities": {"embeddings": False}}])
+    from gateway.runtime import Gateway
+    b = Gateway(s).backends["l"]
+    b.served = (ServedModel("m"),)
+    b.state = State.READY
+    r = build_table([], {"l": b}).resolve("m")
+    from gateway.backends import NEED_EMBEDDINGS
+    with pytest.raises(CapabilityMissing, match="embeddings"):
+        pick(r, NEED_EMBEDDINGS)
+    assert pick(r, NEED_CHAT).backend is b
