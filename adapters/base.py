@@ -64,6 +64,14 @@ class BackendTarget:
 class ServedModel:
     id: str
     context_length: int | None = None
+    # Residency where the backend reports it per model (llama.cpp router, Ollama): "loaded",
+    # "loading", "unloaded", "sleeping", "failed"; None = not reported (always resident).
+    residency: str | None = None
+
+    @property
+    def cold(self) -> bool:
+        """Servable, but the first request waits for a load."""
+        return self.residency in ("unloaded", "sleeping", "loading")
 
 
 @dataclass(slots=True)

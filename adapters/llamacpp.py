@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from adapters.base import Capabilities, Fetch, Probe, State, UpstreamRequest
+from adapters.base import Capabilities, Endpoint, Fetch, Probe, ServedModel, State, UpstreamRequest
 from adapters.openai_compatible import OpenAICompatibleAdapter, parse_error_body
 from adapters.prometheus_text import gauges
 from gateway.errors import CapabilityMissing, GatewayError, InvalidRequest, UpstreamUnavailable
@@ -39,6 +39,8 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
         self.load_source: str | None = None  # "slots", "metrics" or "none", learned by probing
         self.total_slots: int | None = None
         self.version: str | None = None
+        self.router: bool = False  # one llama-server serving several models (router mode)
+        self.router_urls = {ep: url + "?autoload=true" for ep, url in self.urls.items()}
 
     # -- health, discovery, load -------------------------------------------------------------
     async def probe(self, fetch: Fetch) -> Probe:
@@ -53,8 +55,6 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
         if res.status != 200:
             return Probe(State.DOWN, detail=f"/v1/models answered HTTP {res.status}"
                          + (" (check the backend's api_key)" if res.status == 401 else ""))
-        probe = Probe(State.READY, self.parse_models(res.body))
-        probe.load = await self.load(fetch)
         if self.version is None:
             props = await fetch("GET", self.target.url + "/props", headers=self.probe_headers())
             doc = _json(props.body) if props.status == 200 else None
@@ -62,8 +62,35 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
                 self.version = str(doc.get("build_info") or "") or None
                 slots = doc.get("total_slots")
                 self.total_slots = slots if isinstance(slots, int) else None
-        probe.version = self.version
+                self.router = doc.get("role") == "router"
+        probe = Probe(State.READY, self.parse_models(res.body), version=self.version)
+        if not self.router:  # a router's /slots and /metrics need ?model=: per model, not per server
+            probe.load = await self.load(fetch)
         return probe
+
+    def parse_models(self, body: bytes) -> list[ServedModel]:
+        models = super().parse_models(body)
+        if not self.router:
+            return models
+        # Router mode: every model it can serve, each with its own status (loaded, loading,
+        # unloaded, sleeping; failed ones carry "failed": true).
+        doc = _json(body)
+        status = {}
+        for card in doc.get("data") or [] if isinstance(doc, dict) else []:
+            st = card.get("status") if isinstance(card, dict) else None
+            if isinstance(st, dict):
+                status[card.get("id")] = "failed" if st.get("failed") and st.get("value") != "loaded" \
+                    else str(st.get("value"))
+        return [ServedModel(m.id, m.context_length, status.get(m.id)) for m in models]
+
+    def build_request(self, endpoint: Endpoint, body: dict[str, Any], upstream_model: str,
+                      stream: bool) -> UpstreamRequest:
+        req = super().build_request(endpoint, body, upstream_model, stream)
+        if self.router:
+            # The router routes by body `model`; autoload makes it load an unloaded model on
+            # demand even when it was started with --no-models-autoload.
+            req.url = self.router_urls[endpoint]
+        return req
 
     async def load(self, fetch: Fetch) -> float | None:
         """Requests the server is working on or queueing, from whichever source it exposes."""

@@ -67,5 +67,6 @@ class BackendRuntime:
             "name": self.name, "kind": self.kind, "url": self.url, "state": self.state.value,
             "since": self.since, "detail": self.detail, "version": self.version,
             "models": [m.id for m in self.served], "in_flight": self.in_flight,
+            "residency": {m.id: m.residency for m in self.served if m.residency is not None},
             "reported_load": self.reported_load, "weight": self.weight,
         }

@@ -6,9 +6,14 @@ from gateway.backends import NEED_NAMES
 from gateway.errors import CapabilityMissing, UpstreamUnavailable
 from gateway.routing import Deployment, Route
 
+# A deployment whose model is not resident is picked only when no warm one can take the request:
+# its first token waits for a model load (seconds to minutes).
+COLD_PENALTY = 1_000_000.0
+
 
 def pick(route: Route, needs: int, exclude: tuple[Deployment, ...] = ()) -> Deployment:
-    """The serving deployment with the fewest in-flight requests per unit of weight.
+    """The serving deployment with the fewest in-flight requests per unit of weight, preferring
+    deployments whose model is resident.
 
     Ties rotate (round robin) so an idle pool spreads sequential requests. Raises
     CapabilityMissing when no deployment of the route can serve this kind of request at all, and
@@ -29,7 +34,7 @@ def pick(route: Route, needs: int, exclude: tuple[Deployment, ...] = ()) -> Depl
         capable = True
         if not b.serving or d in exclude:
             continue
-        score = (b.in_flight + 1) / d.weight
+        score = (b.in_flight + 1) / d.weight + (COLD_PENALTY if d.cold else 0.0)
         if best is None or score < best_score:
             best, best_score = d, score
     if best is not None:

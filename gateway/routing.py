@@ -23,6 +23,7 @@ class Deployment:
     upstream_model: str
     weight: float
     explicit: bool = True  # upstream name written in config (else resolved from discovery)
+    cold: bool = False  # the backend reports this model not resident: its first request loads it
 
 
 @dataclass(slots=True)
@@ -55,6 +56,7 @@ class RoutingTable:
             {"model": r.name, "aliases": list(r.aliases), "source": "config" if r.configured else "discovered",
              "deployments": [{"backend": d.backend.name, "kind": d.backend.kind,
                               "upstream_model": d.upstream_model, "explicit": d.explicit, "weight": d.weight,
+                              "cold": d.cold,
                               "state": d.backend.state.value} for d in r.deployments]}
             for r in self.routes
         ]
@@ -71,7 +73,7 @@ def build_table(models: Iterable[ModelSettings], backends: dict[str, BackendRunt
         for ref in m.backends:
             b = backends[ref.backend]
             upstream = ref.model or upstream_name(names, b)
-            deps.append(Deployment(b, upstream, ref.weight or b.weight, ref.model is not None))
+            deps.append(Deployment(b, upstream, ref.weight or b.weight, ref.model is not None, _cold(b, upstream)))
             covered.add((b.name, upstream))
         routes.append(Route(m.name, tuple(m.aliases), tuple(deps), True, _ctx(deps)))
         public.update(names)
@@ -83,7 +85,9 @@ def build_table(models: Iterable[ModelSettings], backends: dict[str, BackendRunt
             for sm in b.served:
                 if sm.id in public or (b.name, sm.id) in covered:
                     continue  # a configured model owns this name / this upstream model
-                found.setdefault(sm.id, []).append(Deployment(b, sm.id, b.weight))
+                if sm.residency == "failed":
+                    continue
+                found.setdefault(sm.id, []).append(Deployment(b, sm.id, b.weight, True, sm.cold))
         for name, deps in found.items():
             routes.append(Route(name, (), tuple(deps), False, _ctx(deps)))
     return RoutingTable(routes)
@@ -102,6 +106,10 @@ def upstream_name(names: tuple[str, ...], b: BackendRuntime) -> str:
     if len(served) == 1:
         return served[0]
     return names[0]
+
+
+def _cold(b: BackendRuntime, upstream: str) -> bool:
+    return any(m.cold for m in b.served if m.id == upstream)
 
 
 def _ctx(deps: list[Deployment]) -> int | None:

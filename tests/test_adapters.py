@@ -190,3 +190,40 @@ def test_tgi_generate_stream_translation() -> None:
 def test_prometheus_gauges() -> None:
     text = '# TYPE a gauge\na{x="1"} 1.5\na{x="2"} 2\nab 7\nb 3\n'
     assert gauges(text, ("a", "b")) == {"a": 3.5, "b": 3.0}
+
+
+def test_llamacpp_router_mode_models_residency_and_autoload() -> None:
+    a = LlamaCppAdapter(target())
+    models = (b'{"object":"list","data":['
+              b'{"id":"a","object":"model","status":{"value":"loaded","args":["llama-server"]}},'
+              b'{"id":"b","object":"model","status":{"value":"unloaded"}},'
+              b'{"id":"c","object":"model","status":{"value":"unloaded","failed":true,"exit_code":1}}]}')
+    f = fake_fetch({"/health": (200, b'{"status":"ok"}'), "/v1/models": (200, models),
+                    "/props": (200, b'{"role":"router","max_instances":4,"models_autoload":false,"build_info":"b1"}')})
+    p = asyncio.run(a.probe(f))
+    assert a.router and p.load is None
+    assert [(m.id, m.residency, m.cold) for m in p.models] == [("a", "loaded", False), ("b", "unloaded", True),
+                                                               ("c", "failed", False)]
+    req = a.build_request(Endpoint.CHAT, {"messages": [{}]}, "b", False)
+    assert req.url == "http://up/v1/chat/completions?autoload=true" and orjson.loads(req.body)["model"] == "b"
+
+
+def test_balancer_prefers_resident_models() -> None:
+    from adapters.base import ServedModel
+    from gateway.backends import NEED_CHAT, BackendRuntime
+    from gateway.balancer import pick
+    from gateway.routing import build_table
+
+    def rt(name: str, residency: str | None) -> BackendRuntime:
+        b = BackendRuntime(name, "llamacpp", "http://x", LlamaCppAdapter(BackendTarget(name, "http://x")))
+        b.served, b.state = (ServedModel("m", None, residency),), State.READY
+        return b
+
+    warm, cold = rt("warm", "loaded"), rt("cold", "unloaded")
+    route = build_table([], {"cold": cold, "warm": warm}).resolve("m")
+    warm.in_flight = 5  # busy, yet still preferred over a load
+    assert pick(route, NEED_CHAT).backend is warm
+    assert pick(route, NEED_CHAT, exclude=(next(d for d in route.deployments if d.backend is warm),)).backend is cold
+    # failed router models are not served at all
+    failed = rt("f", "failed")
+    assert build_table([], {"f": failed}).routes == []
