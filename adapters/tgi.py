@@ -6,6 +6,9 @@ Only its quirks on top of the OpenAI-compatible base:
 - discovery and limits from `/info` (`model_id`, `max_total_tokens`, `max_input_tokens`,
   `max_concurrent_requests`); load from `/metrics` (`tgi_queue_size` + `tgi_batch_current_size`);
 - the request `model` is a LoRA adapter id unless it is "tgi": the base model is sent as "tgi";
+- TGI's typed parser answers 422 to some valid OpenAI bodies: a string `stop` (sent as a list),
+  a `logit_bias` object (unused by TGI: dropped), `stream_options: null` and
+  `response_format: {"type": "text"}` (dropped: text is the default);
 - `top_p` must be < 1.0 (1.0 is a 422): dropped, which means the same; `presence_penalty` p is
   turned into `repetition_penalty = p + 2` by TGI (so OpenAI's neutral 0 would become a strong
   2.0): the gateway sends the value that yields repetition_penalty 1 + p/2 (0 -> none);
@@ -34,7 +37,9 @@ from gateway.errors import GatewayError, InvalidRequest, Overloaded, status_erro
 
 LOAD_METRICS = ("tgi_queue_size", "tgi_batch_current_size")
 FINISH_FIXES = ((b'"finish_reason":"eos_token"', b'"finish_reason":"stop"'),
-                (b'"finish_reason":"stop_sequence"', b'"finish_reason":"stop"'))
+                (b'"finish_reason":"stop_sequence"', b'"finish_reason":"stop"'),
+                # streamed /v1/completions says "" (not null) on every chunk before the last
+                (b'"finish_reason":""', b'"finish_reason":null'))
 IN_BAND_TYPES = {429: "rate_limit_error", 422: "invalid_request_error", 400: "invalid_request_error"}
 
 
@@ -54,6 +59,16 @@ class TGIAdapter(OpenAICompatibleAdapter):
     # -- requests ------------------------------------------------------------------------------
     def build_request(self, endpoint: Endpoint, body: dict[str, Any], upstream_model: str,
                       stream: bool) -> UpstreamRequest:
+        # Valid OpenAI requests TGI's typed parser rejects with 422 (serde): repaired or dropped.
+        if isinstance(body.get("stop"), str):
+            body["stop"] = [body["stop"]]
+        if "logit_bias" in body:  # unused by TGI, and a dict is not the list it parses
+            del body["logit_bias"]
+        if "stream_options" in body and body["stream_options"] is None:
+            del body["stream_options"]
+        rf = body.get("response_format")
+        if isinstance(rf, dict) and rf.get("type") == "text":  # plain text is TGI's default
+            del body["response_format"]
         top_p = body.get("top_p")
         if isinstance(top_p, (int, float)) and top_p >= 1.0:
             del body["top_p"]

@@ -50,9 +50,13 @@ def build(adapter: Any, body: dict[str, Any], upstream_model: str, stream: bool)
         if body.get(key) is not None:
             params[key] = body[key]
     path = "/generate_stream" if stream else "/generate"
+    opts = body.get("stream_options")
+    asked = isinstance(opts, dict) and bool(opts.get("include_usage"))
+    # translate_stream always reports usage (the gateway counts tokens); the relay strips it
+    # again when the client did not ask for it, as for pass-through backends.
     return UpstreamRequest("POST", adapter.target.url + path, adapter.headers,
                            dumps({"inputs": prompt, "parameters": params}), stream,
-                           passthrough=False, upstream_model=upstream_model)
+                           strip_usage=stream and not asked, passthrough=False, upstream_model=upstream_model)
 
 
 def _chunk(cid: str, created: int, model: str, text: str, finish: str | None, **extra: Any) -> bytes:

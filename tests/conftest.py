@@ -35,3 +35,16 @@ def session_spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spawner]
 def backend_vllm_double(session_spawn: Spawner) -> BackendUnderTest:
     d = session_spawn.double("conf-vllm-double", "Qwen/Qwen2.5-0.5B-Instruct")
     return BackendUnderTest("vllm-double", "vllm", d.url, "Qwen/Qwen2.5-0.5B-Instruct")
+
+
+@pytest.fixture(scope="session")
+def backend_tgi_double(session_spawn: Spawner) -> BackendUnderTest:
+    import sys
+
+    from tests.procs import free_port
+    port = free_port()
+    p = session_spawn.proc([sys.executable, "-m", "tests.doubles.tgi_server", "--port", str(port),
+                            "--model-id", "meta-llama/Llama-3.1-8B-Instruct", "--max-input-tokens", "1000",
+                            "--max-total-tokens", "2048"], "conf-tgi-double")
+    p.wait_http(f"http://127.0.0.1:{port}/health")
+    return BackendUnderTest("tgi-double", "tgi", f"http://127.0.0.1:{port}", "meta-llama/Llama-3.1-8B-Instruct")
