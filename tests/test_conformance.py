@@ -18,6 +18,9 @@ from tests.backends_under_test import BACKENDS, BackendUnderTest
 
 MESSAGES = [{"role": "user", "content": "Hello there, how are you?"}]
 PUBLIC = "conf-model"
+# The real backends run random-weight models that may emit EOS at any step: ignore_eos (llama.cpp,
+# vLLM; an unknown field the doubles ignore) makes the max_tokens checks deterministic.
+GEN = {"extra_body": {"ignore_eos": True}}
 
 
 class Setup:
@@ -51,7 +54,7 @@ def test_model_is_listed_and_backend_ready(setup: Setup) -> None:
 
 def test_chat_non_stream(setup: Setup) -> None:
     before = setup.tokens("completion")
-    r = setup.client.chat.completions.create(model=PUBLIC, messages=MESSAGES, max_tokens=12)
+    r = setup.client.chat.completions.create(model=PUBLIC, messages=MESSAGES, max_tokens=12, **GEN)
     assert r.id and r.object == "chat.completion"
     c = r.choices[0]
     assert c.message.role == "assistant" and isinstance(c.message.content, str)
@@ -62,7 +65,7 @@ def test_chat_non_stream(setup: Setup) -> None:
 
 def test_chat_stream(setup: Setup) -> None:
     before = setup.tokens("completion")
-    chunks = list(setup.client.chat.completions.create(model=PUBLIC, messages=MESSAGES, max_tokens=12, stream=True))
+    chunks = list(setup.client.chat.completions.create(model=PUBLIC, messages=MESSAGES, max_tokens=12, stream=True, **GEN))
     assert chunks, "no chunk arrived"
     ids = {c.id for c in chunks}
     assert len(ids) == 1 and all(ids), ids  # one non-empty id per stream
@@ -75,7 +78,7 @@ def test_chat_stream(setup: Setup) -> None:
 
 def test_chat_stream_with_usage(setup: Setup) -> None:
     chunks = list(setup.client.chat.completions.create(
-        model=PUBLIC, messages=MESSAGES, max_tokens=8, stream=True, stream_options={"include_usage": True}))
+        model=PUBLIC, messages=MESSAGES, max_tokens=8, stream=True, stream_options={"include_usage": True}, **GEN))
     usage = [c.usage for c in chunks if c.usage is not None]
     if not setup.but.stream_usage:
         pytest.skip(f"{setup.but.kind} does not report usage in streams")
@@ -83,16 +86,17 @@ def test_chat_stream_with_usage(setup: Setup) -> None:
 
 
 def test_max_tokens_gives_length(setup: Setup) -> None:
-    r = setup.client.chat.completions.create(model=PUBLIC, messages=MESSAGES, max_tokens=2)
+    r = setup.client.chat.completions.create(model=PUBLIC, messages=MESSAGES, max_tokens=2, **GEN)
     assert r.usage is not None and r.usage.completion_tokens <= 2
     assert r.choices[0].finish_reason == "length"
 
 
 def test_completions(setup: Setup) -> None:
-    r = setup.client.completions.create(model=PUBLIC, prompt="Once upon a time", max_tokens=6)
+    r = setup.client.completions.create(model=PUBLIC, prompt="Once upon a time", max_tokens=6, **GEN)
     assert r.choices[0].finish_reason in ("stop", "length") and isinstance(r.choices[0].text, str)
     assert r.usage is not None and 0 < r.usage.completion_tokens <= 6
-    chunks = list(setup.client.completions.create(model=PUBLIC, prompt="Once upon a time", max_tokens=6, stream=True))
+    chunks = list(setup.client.completions.create(model=PUBLIC, prompt="Once upon a time", max_tokens=6, stream=True,
+                                                  **GEN))
     assert chunks and all(c.id for c in chunks)
     assert [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason][-1] in ("stop", "length")
 
