@@ -58,6 +58,9 @@ class BackendTarget:
     api_key: str | None = None
     stream_usage: bool | None = None  # config override of Capabilities.stream_usage
     reasoning_field: str | None = None  # rename reasoning text to this field (vLLM)
+    keep_alive: str | int | None = None  # how long Ollama keeps a model resident after a request
+    num_ctx: int | None = None  # Ollama context window per request
+    load: dict[str, Any] | None = None  # RWKV-Runner /switch-model body
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,9 @@ class Adapter:
     # Read the first stream event before answering the client: a backend that reports some
     # failures in-band after HTTP 200 (TGI's overload) can then still be retried elsewhere.
     peek_first_event: ClassVar[bool] = False
+    # True: requests are built by the async prepare() (it may call the backend first, e.g.
+    # FastChat's /count_token); False: by build_request() alone, with no I/O.
+    needs_prepare: ClassVar[bool] = False
 
     def __init__(self, target: BackendTarget) -> None:
         self.target = target
@@ -128,6 +134,10 @@ class Adapter:
     def build_request(self, endpoint: Endpoint, body: dict[str, Any], upstream_model: str,
                       stream: bool) -> UpstreamRequest:
         raise NotImplementedError
+
+    async def prepare(self, endpoint: Endpoint, body: dict[str, Any], upstream_model: str, stream: bool,
+                      fetch: Fetch) -> UpstreamRequest:
+        return self.build_request(endpoint, body, upstream_model, stream)
 
     def translate_body(self, endpoint: Endpoint, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
                        request: UpstreamRequest | None = None) -> bytes:

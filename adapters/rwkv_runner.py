@@ -1,16 +1,39 @@
-"""RWKV-Runner's backend-python (backends.md part B §2).
+"""RWKV-Runner's backend-python (backends.md part B §2; backend-python/routes in josStorer/RWKV-Runner).
 
-Foundation level: its OpenAI-like routes. It serves one generation at a time (a global lock),
-has no `n`, no logprobs and never streams usage. `/status` states, `/switch-model`, its
-`\\r\\n\\r\\n` framing fix-ups, fake model entries and stop-list quirks come with issue 5.
+Its routes are OpenAI-like; only its quirks are handled here:
+- state from `GET /status` (0 no model, 2 loading, 3 working); with a `load:` block in the
+  backend's config the gateway itself loads that model through `/switch-model` when it finds the
+  backend up without one (the call blocks for the whole load, so it runs in the background);
+- one generation at a time behind a global lock: the kind's concurrency limit is 1 and the
+  gateway queues (gateway/limiter.py) instead of piling requests onto that unbounded lock;
+- `/v1/models` lists two fake OpenAI ids (and "rwkv" with no model loaded): hidden;
+- message `content` must be a string: content-part arrays are flattened to their text;
+- its default stop list contains "\\n\\nA" and "\\n\\nQ", which cut any answer paragraph starting
+  with those letters: an explicit (empty) list is sent when the client gave none;
+- answers have no `id`/`created` (filled), `finish_reason` is always "stop" (reported as "length"
+  when `max_tokens` was used up), stream events end in `\\r\\n\\r\\n` (normalised) with `: ping`
+  comments (passed through);
+- generation errors are swallowed and answered 200 with an empty answer: detected and retried.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, ClassVar
 
-from adapters.base import Capabilities
-from adapters.openai_compatible import OpenAICompatibleAdapter
+import orjson
+
+from adapters.base import BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State, UpstreamRequest
+from adapters.openai_compatible import OpenAICompatibleAdapter, parse_error_body
+from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable, status_error
+
+log = logging.getLogger("adapters.rwkv_runner")
+FAKE_MODELS = frozenset({"gpt-3.5-turbo", "text-davinci-003", "rwkv"})
+LOAD_TIMEOUT = 3600.0  # /switch-model answers only when the load is over
 
 
 class RWKVRunnerAdapter(OpenAICompatibleAdapter):
@@ -18,3 +41,139 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
     default_ports: ClassVar[tuple[int, ...]] = (8000,)
     capabilities: ClassVar[Capabilities] = Capabilities(
         n=False, logprobs=False, stream_usage=False, max_concurrency=1)
+
+    def __init__(self, target: BackendTarget) -> None:
+        super().__init__(target)
+        self.load_spec = target.load
+        self.loading: asyncio.Task[None] | None = None
+        self.load_error: str | None = None
+
+    # -- health, discovery, loading ------------------------------------------------------------
+    async def probe(self, fetch: Fetch) -> Probe:
+        res = await fetch("GET", self.target.url + "/status")
+        doc = _json(res.body) if res.status == 200 else None
+        if not isinstance(doc, dict) or "status" not in doc:
+            return Probe(State.DOWN, detail=f"/status answered HTTP {res.status}")
+        status = doc.get("status")
+        if status == 2 or (self.loading is not None and not self.loading.done()):
+            return Probe(State.LOADING, detail="loading a model")
+        if status != 3:
+            if self.load_spec and self.load_error is None:
+                self.loading = asyncio.get_running_loop().create_task(self._load(fetch))
+                return Probe(State.LOADING, detail=f"loading {self.load_spec['model']} (requested by the gateway)")
+            why = f"load failed: {self.load_error}" if self.load_error else \
+                "no model loaded (give the backend a `load:` block to let the gateway load one)"
+            return Probe(State.DOWN, detail=why)
+        models = await fetch("GET", self.target.url + "/v1/models")
+        cards = (_json(models.body) or {}).get("data") or [] if models.status == 200 else []
+        served = [ServedModel(c["id"]) for c in cards
+                  if isinstance(c, dict) and isinstance(c.get("id"), str) and c["id"] not in FAKE_MODELS]
+        return Probe(State.READY, served)
+
+    async def _load(self, fetch: Fetch) -> None:
+        assert self.load_spec is not None
+        body = orjson.dumps({k: v for k, v in self.load_spec.items() if v is not None})
+        try:
+            res = await fetch("POST", self.target.url + "/switch-model", body=body,
+                              headers={"Content-Type": "application/json"}, timeout=LOAD_TIMEOUT)
+        except (ConnectionError, TimeoutError) as exc:
+            log.warning("backend %s: /switch-model failed: %s", self.target.name, exc)
+            return
+        if res.status == 304:  # a load was already running
+            return
+        if res.status != 200:
+            self.load_error = parse_error_body(res.body)[0] or f"HTTP {res.status}"
+            log.error("backend %s: loading %s failed: %s", self.target.name, self.load_spec["model"], self.load_error)
+
+    # -- requests ------------------------------------------------------------------------------
+    def build_request(self, endpoint: Endpoint, body: dict[str, Any], upstream_model: str,
+                      stream: bool) -> UpstreamRequest:
+        if endpoint is Endpoint.CHAT:
+            body["messages"] = [_flatten(m) for m in body.get("messages") or []]
+        elif endpoint is Endpoint.COMPLETIONS and isinstance(body.get("prompt"), list):
+            prompts = body["prompt"]
+            if len(prompts) != 1 or not isinstance(prompts[0], str):
+                raise InvalidRequest("RWKV-Runner completes one prompt string per request.", param="prompt")
+            body["prompt"] = prompts[0]
+        if endpoint is not Endpoint.EMBEDDINGS and body.get("stop") is None:
+            body["stop"] = []  # its default list cuts answers at any paragraph starting "A" or "Q"
+        return super().build_request(endpoint, body, upstream_model, stream)
+
+    # -- answers -------------------------------------------------------------------------------
+    def translate_body(self, endpoint: Endpoint, body: bytes, headers: Any = None, request: Any = None) -> bytes:
+        if endpoint is Endpoint.EMBEDDINGS:
+            return body
+        doc = _json(body)
+        if not isinstance(doc, dict) or not doc.get("choices"):
+            raise UpstreamUnavailable(f"backend {self.target.name} returned no answer", status=502,
+                                      code="upstream_empty_answer")
+        usage = doc.get("usage") or {}
+        choice = doc["choices"][0]
+        text = (choice.get("message") or {}).get("content") if endpoint is Endpoint.CHAT else choice.get("text")
+        if not text and not (choice.get("message") or {}).get("tool_calls") and not usage.get("completion_tokens"):
+            # RWKV-Runner catches a generation exception, prints it and answers 200 with nothing
+            raise UpstreamUnavailable(f"backend {self.target.name} failed to generate (empty answer)", status=502,
+                                      code="upstream_generation_failed")
+        limit = _max_tokens(request)
+        if limit and usage.get("completion_tokens", 0) >= limit and choice.get("finish_reason") == "stop":
+            choice["finish_reason"] = "length"
+        doc.setdefault("id", f"{'chatcmpl' if endpoint is Endpoint.CHAT else 'cmpl'}-{uuid.uuid4().hex}")
+        doc.setdefault("created", int(time.time()))
+        return orjson.dumps(doc)
+
+    def stream_rewriter(self, request: UpstreamRequest) -> Callable[[bytes], bytes] | None:
+        chat = request.url.endswith("chat/completions")
+        head = b'data: {"id": "%s", "created": %d, ' % (
+            (b"chatcmpl-" if chat else b"cmpl-") + uuid.uuid4().hex.encode(), int(time.time()))
+        limit = _max_tokens(request)
+        seen = [0]
+
+        def fix(chunk: bytes) -> bytes:
+            if b"\r\n" in chunk:  # CRLF framing: valid SSE, but some clients only split on \n\n
+                chunk = chunk.replace(b"\r\n", b"\n")
+            chunk = chunk.replace(b"data: {", head)
+            seen[0] += chunk.count(b'"finish_reason": null') + chunk.count(b'"finish_reason":null')
+            if limit and seen[0] >= limit:
+                chunk = chunk.replace(b'"finish_reason": "stop"', b'"finish_reason": "length"').replace(
+                    b'"finish_reason":"stop"', b'"finish_reason":"length"')
+            return chunk
+        return fix
+
+    def map_error(self, status: int, body: bytes) -> GatewayError:
+        message = parse_error_body(body)[0]
+        if status == 400 and "model not loaded" in message:
+            err = UpstreamUnavailable(f"backend {self.target.name} has no model loaded", code="backend_loading",
+                                      headers={"Retry-After": "5"})
+            err.backend_state = State.LOADING.value
+            return err
+        if status == 422:
+            return InvalidRequest(f"backend {self.target.name} rejected the request: {message}")
+        return status_error(status, message or f"backend {self.target.name} answered HTTP {status}")
+
+
+def _flatten(m: Any) -> Any:
+    """RWKV-Runner requires string content: content-part arrays become their joined text."""
+    if isinstance(m, dict) and isinstance(m.get("content"), list):
+        texts = []
+        for part in m["content"]:
+            if isinstance(part, dict) and part.get("type") == "text":
+                texts.append(str(part.get("text", "")))
+            elif isinstance(part, dict):
+                raise InvalidRequest(f"RWKV-Runner takes text only, not {part.get('type')!r} parts.", param="messages")
+        return {**m, "content": "\n".join(texts)}
+    return m
+
+
+def _max_tokens(request: UpstreamRequest | None) -> int | None:
+    if request is None:
+        return None
+    doc = _json(request.body) or {}
+    v = doc.get("max_tokens")
+    return v if isinstance(v, int) else 500  # RWKV-Runner's own default
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from adapters.base import SERVING_STATES, Adapter, Endpoint, ServedModel, State
 
@@ -38,6 +39,7 @@ class BackendRuntime:
     ever_ready: bool = False
     capmask: int = 0
     overrides: dict[str, bool] = field(default_factory=dict)
+    limiter: Any = None  # gateway.limiter.Limiter when the backend has a concurrency limit
 
     def __post_init__(self) -> None:
         c = replace(self.adapter.capabilities, **self.overrides)
@@ -69,4 +71,7 @@ class BackendRuntime:
             "models": [m.id for m in self.served], "in_flight": self.in_flight,
             "residency": {m.id: m.residency for m in self.served if m.residency is not None},
             "reported_load": self.reported_load, "weight": self.weight,
+            "limit": None if self.limiter is None else {"max_concurrency": self.limiter.limit,
+                                                        "in_use": self.limiter.in_use,
+                                                        "queued": self.limiter.queued},
         }

@@ -12,6 +12,7 @@ import time
 from adapters import get_adapter
 from adapters.base import BackendTarget, State
 from gateway.backends import BackendRuntime
+from gateway.limiter import Limiter
 from gateway.metrics import Metrics
 from gateway.routing import RoutingTable, build_table
 from gateway.settings import BackendSettings, GatewaySettings
@@ -40,10 +41,14 @@ class Gateway:
 
     def add_backend(self, b: BackendSettings, *, rebuild: bool = True) -> BackendRuntime:
         target = BackendTarget(b.name, b.url, b.api_key.get_secret_value() if b.api_key else None,
-                               b.stream_usage, b.reasoning_field)
+                               b.stream_usage, b.reasoning_field, b.keep_alive, b.num_ctx,
+                               b.load.model_dump() if b.load else None)
         overrides = {k: v for k, v in b.capabilities.model_dump().items() if v is not None}
-        rt = BackendRuntime(b.name, b.kind, b.url, get_adapter(b.kind)(target), b.weight, b.discover,
-                            overrides=overrides)
+        adapter = get_adapter(b.kind)(target)
+        rt = BackendRuntime(b.name, b.kind, b.url, adapter, b.weight, b.discover, overrides=overrides)
+        limit = b.max_concurrency or adapter.capabilities.max_concurrency
+        if limit:
+            rt.limiter = Limiter(b.name, limit, b.max_queue, b.queue_timeout)
         self.backends[b.name] = rt
         self.metrics.set_backend_state(rt.name, rt.state.value, STATES, 0)
         if rebuild:

@@ -81,6 +81,16 @@ class CapabilityOverrides(Strict):
     n: bool | None = None
 
 
+class RWKVLoad(Strict):
+    """RWKV-Runner /switch-model request: model path (on the backend's machine) and strategy."""
+
+    model: str
+    strategy: str = "cuda fp16"
+    tokenizer: str | None = None
+    customCuda: bool = False  # noqa: N815 (RWKV-Runner's own field name)
+    deploy: bool = False
+
+
 class BackendSettings(Strict):
     name: str
     kind: str
@@ -93,6 +103,17 @@ class BackendSettings(Strict):
     # rename it to the one your clients read.
     reasoning_field: Literal["reasoning", "reasoning_content"] | None = None
     capabilities: CapabilityOverrides = CapabilityOverrides()
+    # At most this many requests at once to this backend (default: the kind's, e.g. RWKV-Runner 1;
+    # none = unlimited); more wait in a queue of max_queue for queue_timeout seconds, then 429.
+    max_concurrency: int | None = Field(None, ge=1)
+    max_queue: int = Field(100, ge=0)
+    queue_timeout: float = Field(60.0, gt=0)
+    # RWKV-Runner: the model the gateway loads with /switch-model when the backend has none.
+    load: RWKVLoad | None = None
+    # Ollama: how long a model stays resident after a request ("30m", "-1" = forever, 0 = unload)
+    # and the context window to load it with (its default is small).
+    keep_alive: str | int | None = None
+    num_ctx: int | None = Field(None, ge=1)
 
     @field_validator("name")
     @classmethod

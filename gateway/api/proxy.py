@@ -97,12 +97,21 @@ class ProxyEndpoint:
                 raise
             b = dep.backend
             adapter = b.adapter
-            # A fresh shallow copy per attempt: the adapter patches it, a retry must not see that.
-            req = adapter.build_request(self.endpoint, dict(body), dep.upstream_model, stream)
             gauge = gw.metrics.in_flight_child(b.name)
             b.in_flight += 1
             gauge.inc()
+            limiter = b.limiter
+            acquired = False
             try:
+                if limiter is not None:
+                    await limiter.acquire()  # 429 when its bounded queue is full or the wait too long
+                    acquired = True
+                # A fresh shallow copy per attempt: the adapter patches it, a retry must not see that.
+                if adapter.needs_prepare:
+                    req = await adapter.prepare(self.endpoint, dict(body), dep.upstream_model, stream,
+                                                gw.upstream.fetch)
+                else:
+                    req = adapter.build_request(self.endpoint, dict(body), dep.upstream_model, stream)
                 resp = await gw.upstream.open(req, b.name)
                 if resp.status >= 400:
                     try:
@@ -125,6 +134,8 @@ class ProxyEndpoint:
                 tried += (dep,)
                 last = err
             finally:
+                if acquired:
+                    limiter.release()
                 b.in_flight -= 1
                 gauge.dec()
         raise last or GatewayError("no attempt made")  # unreachable: max_attempts >= 1
@@ -136,8 +147,10 @@ class ProxyEndpoint:
         m = self.gw.metrics
         ok = False
         try:
-            ctype = resp.header(b"content-type") or b""
-            if not (req.stream and ctype.startswith(b"text/event-stream")):
+            # A pass-through stream is SSE; a translated one is whatever the native protocol uses
+            # (Ollama NDJSON, FastChat NUL-delimited JSON), so only the request decides there.
+            if not req.stream or (req.passthrough
+                                  and not (resp.header(b"content-type") or b"").startswith(b"text/event-stream")):
                 with map_transport_errors(b.name):
                     data = adapter.translate_body(self.endpoint, await resp.read(), resp.headers, req)
                 if b'"usage"' in data:
