@@ -34,6 +34,14 @@ from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, status_e
 from gateway.jsonio import dumps
 
 FINISH = {"stop": "stop", "length": "length"}
+# OpenAI's own request fields: translated above or meaningless natively. Anything else a client
+# sends (Ollama's own `think`, `format`, `truncate`, vendor extensions) reaches Ollama untouched.
+OPENAI_FIELDS = frozenset({
+    "model", "messages", "prompt", "input", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "n", "stop", "seed", "frequency_penalty", "presence_penalty", "tools", "tool_choice",
+    "parallel_tool_calls", "response_format", "logprobs", "top_logprobs", "logit_bias", "user", "metadata",
+    "store", "service_tier", "reasoning_effort", "suffix", "echo", "best_of", "encoding_format", "dimensions",
+    "options", "top_k", "min_p", "repeat_penalty"})
 OPTION_FIELDS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
                  "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
                  "top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repeat_penalty"}
@@ -124,6 +132,9 @@ class OllamaAdapter(Adapter):
                 native["suffix"] = body["suffix"]
                 native["raw"] = False
             path = "/api/generate"
+        for key, value in body.items():
+            if key not in OPENAI_FIELDS:
+                native.setdefault(key, value)
         opts = body.get("stream_options")
         asked = isinstance(opts, dict) and bool(opts.get("include_usage"))
         return UpstreamRequest("POST", self.target.url + path, self.headers, dumps(native), stream,

@@ -104,3 +104,15 @@ def backend_vllm(session_spawn: Spawner, tmp_path_factory: pytest.TempPathFactor
     vllm_cpu.wait_ready(p, url, timeout=600)
     yield BackendUnderTest("vllm", "vllm", url, "tiny-vllm")
     vllm_cpu.stop_server(p)
+
+
+@pytest.fixture(scope="session")
+def backend_ollama_double(session_spawn: Spawner) -> BackendUnderTest:
+    import sys
+
+    from tests.procs import free_port
+    port = free_port()
+    p = session_spawn.proc([sys.executable, "-m", "tests.doubles.ollama_server", "--port", str(port),
+                            "--models", "llama3.2", "--loaded", "llama3.2"], "conf-ollama-double")
+    p.wait_http(f"http://127.0.0.1:{port}/api/version")
+    return BackendUnderTest("ollama-double", "ollama", f"http://127.0.0.1:{port}", "llama3.2:latest")

@@ -1,0 +1,124 @@
+"""Ollama's native API behind the gateway (tests/doubles/ollama_server.py reproduces it)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.procs import Spawner, free_port
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+class Ollama:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def requests(self) -> list[dict]:
+        return httpx.get(self.url + "/_requests").json()
+
+    def stats(self) -> dict:
+        return httpx.get(self.url + "/_stats").json()
+
+
+def start_ollama(spawn: Spawner, *args: str) -> Ollama:
+    port = free_port()
+    p = spawn.proc([sys.executable, "-m", "tests.doubles.ollama_server", "--port", str(port), *args], f"ollama-{port}")
+    p.wait_http(f"http://127.0.0.1:{port}/api/version")
+    return Ollama(f"http://127.0.0.1:{port}")
+
+
+def admin(gw_url: str) -> dict:
+    return httpx.get(gw_url + "/admin/backends").json()["backends"][0]
+
+
+def test_residency_keep_alive_num_ctx_and_usage(spawn: Spawner) -> None:
+    o = start_ollama(spawn, "--models", "llama3.2,qwen2.5:0.5b", "--loaded", "llama3.2", "--load-seconds", "0.3")
+    gw = spawn.gateway({"health": {"interval": 0.2},
+                        "backends": [{"name": "o", "kind": "ollama", "url": o.url, "keep_alive": "30m",
+                                      "num_ctx": 8192}]})
+    b = admin(gw.url)
+    assert b["state"] == "ready" and b["residency"] == {"llama3.2:latest": "loaded", "qwen2.5:0.5b": "unloaded"}
+    route = {r["model"]: r for r in httpx.get(gw.url + "/admin/backends").json()["routes"]}
+    assert route["qwen2.5:0.5b"]["deployments"][0]["cold"] is True
+    client = openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=0)
+    r = client.chat.completions.create(model="qwen2.5:0.5b", messages=MESSAGES, max_tokens=3, temperature=0.2,
+                                       stop=["\n\n"], seed=7)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
+    sent = o.requests()[-1]["body"]
+    assert sent["keep_alive"] == "30m" and sent["stream"] is False
+    assert sent["options"] == {"num_predict": 3, "temperature": 0.2, "stop": ["\n\n"], "seed": 7, "num_ctx": 8192}
+    deadline = time.monotonic() + 10
+    while admin(gw.url)["residency"]["qwen2.5:0.5b"] != "loaded":  # the request loaded it
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_tool_calls_and_images(spawn: Spawner) -> None:
+    o = start_ollama(spawn, "--models", "llama3.2", "--vision-models", "llama3.2", "--loaded", "llama3.2")
+    gw = spawn.gateway({"backends": [{"name": "o", "kind": "ollama", "url": o.url}]})
+    client = openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=0)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    knob = {"x_double": {"tool_call": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}}
+    r = client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, tools=tools, extra_body=knob)
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Tokyo"}  # an object natively, a string here
+    chunks = list(client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, tools=tools,
+                                                 stream=True, extra_body=knob))
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert calls and json.loads(calls[0].function.arguments) == {"city": "Tokyo"}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
+    client.chat.completions.create(model="llama3.2:latest", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}]}])
+    msg = o.requests()[-1]["body"]["messages"][0]
+    assert msg == {"role": "user", "content": "What is this?", "images": [png]}
+    with pytest.raises(openai.BadRequestError):  # Ollama cannot fetch image links
+        client.chat.completions.create(model="llama3.2:latest", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+
+
+def test_errors_mid_stream_unknown_model_and_queue_full(spawn: Spawner) -> None:
+    o = start_ollama(spawn, "--models", "llama3.2", "--loaded", "llama3.2", "--max-queue", "0")
+    gw = spawn.gateway({"backends": [{"name": "o", "kind": "ollama", "url": o.url}],
+                        "models": [{"name": "ghost", "backends": [{"backend": "o", "model": "ghost:latest"}]}]})
+    with httpx.stream("POST", gw.v1 + "/chat/completions", json={
+            "model": "llama3.2:latest", "messages": MESSAGES, "stream": True, "x_double": {"error_after": 2}}) as r:
+        events = [ln for ln in r.iter_lines() if ln.startswith("data:")]
+    assert events[-1] == "data: [DONE]" and '"error"' in events[-2]
+    r = httpx.post(gw.v1 + "/chat/completions", json={"model": "ghost", "messages": MESSAGES})
+    assert r.status_code == 404 and "ghost" in r.json()["error"]["message"]
+    # one request in flight fills Ollama's only slot and its (zero-length) queue: 503 -> retried, then 503
+    import threading
+    t = threading.Thread(target=lambda: httpx.post(gw.v1 + "/chat/completions", timeout=30, json={
+        "model": "llama3.2:latest", "messages": MESSAGES, "x_double": {"hold": True}}))
+    t.start()
+    deadline = time.monotonic() + 10
+    while o.stats()["in_flight"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    r = httpx.post(gw.v1 + "/chat/completions", json={"model": "llama3.2:latest", "messages": MESSAGES})
+    assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+    httpx.post(o.url + "/_release")
+    t.join(10)
+
+
+def test_completions_are_raw_and_embeddings(spawn: Spawner) -> None:
+    o = start_ollama(spawn, "--models", "llama3.2", "--embed-models", "nomic-embed-text", "--loaded", "llama3.2")
+    gw = spawn.gateway({"backends": [{"name": "o", "kind": "ollama", "url": o.url}]})
+    client = openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=0)
+    r = client.completions.create(model="llama3.2:latest", prompt="Once upon", max_tokens=2)
+    assert r.choices[0].text and r.usage.completion_tokens == 2
+    sent = o.requests()[-1]["body"]
+    assert sent["raw"] is True and sent["prompt"] == "Once upon"
+    e = client.embeddings.create(model="nomic-embed-text:latest", input=["a", "b"])
+    assert len(e.data) == 2 and len(e.data[0].embedding) > 1 and e.usage.prompt_tokens > 0
