@@ -97,7 +97,9 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
             body["prompt"] = prompts[0]
         if endpoint is not Endpoint.EMBEDDINGS and body.get("stop") is None:
             body["stop"] = []  # its default list cuts answers at any paragraph starting "A" or "Q"
-        return super().build_request(endpoint, body, upstream_model, stream)
+        req = super().build_request(endpoint, body, upstream_model, stream)
+        req.strip_usage = stream  # the usage chunk the rewriter adds is an estimate: metrics only
+        return req
 
     # -- answers -------------------------------------------------------------------------------
     def translate_body(self, endpoint: Endpoint, body: bytes, headers: Any = None, request: Any = None) -> bytes:
@@ -136,6 +138,11 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
             if limit and seen[0] >= limit:
                 chunk = chunk.replace(b'"finish_reason": "stop"', b'"finish_reason": "length"').replace(
                     b'"finish_reason":"stop"', b'"finish_reason":"length"')
+            if b"[DONE]" in chunk:
+                # No usage in its streams, but one chunk per generated token: count them for the
+                # gateway's token metrics (an estimate; the relay always strips this chunk).
+                usage = b'data: {"choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": %d}}\n\n' % seen[0]
+                chunk = chunk.replace(b"data: [DONE]", usage + b"data: [DONE]", 1)
             return chunk
         return fix
 

@@ -116,3 +116,16 @@ def backend_ollama_double(session_spawn: Spawner) -> BackendUnderTest:
                             "--models", "llama3.2", "--loaded", "llama3.2"], "conf-ollama-double")
     p.wait_http(f"http://127.0.0.1:{port}/api/version")
     return BackendUnderTest("ollama-double", "ollama", f"http://127.0.0.1:{port}", "llama3.2:latest")
+
+
+@pytest.fixture(scope="session")
+def backend_rwkv_double(session_spawn: Spawner) -> BackendUnderTest:
+    import sys
+
+    from tests.procs import free_port
+    port = free_port()
+    p = session_spawn.proc([sys.executable, "-m", "tests.doubles.rwkv_server", "--port", str(port), "--preload",
+                            "models/RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth"], "conf-rwkv-double")
+    p.wait_http(f"http://127.0.0.1:{port}/status")
+    return BackendUnderTest("rwkv-double", "rwkv-runner", f"http://127.0.0.1:{port}",
+                            "RWKV-x070-World-0.1B-v2.8-20241210-ctx4096", stream_usage=False)
