@@ -162,6 +162,12 @@ class Adapter:
             return (p if type(p) is int else 0, c if type(c) is int else 0)
         return None
 
+    def connect_failed(self, request: UpstreamRequest) -> bool:
+        """The backend refused a connection for `request`. True when the adapter can send a retry
+        elsewhere within the same backend (e.g. another FastChat worker); False: the backend is
+        taken out (passive health)."""
+        return False
+
     def first_event_error(self, event: bytes) -> GatewayError | None:
         """With peek_first_event: the error a first event reports in-band, if it is one."""
         return None

@@ -1,19 +1,330 @@
-"""FastChat (backends.md part B §1).
+"""FastChat controller and model workers, spoken to directly: no FastChat API server needed
+(backends.md part B §1; fastchat/serve/{controller,base_model_worker,model_worker}.py).
 
-Foundation level: FastChat's own `openai_api_server` as an OpenAI-compatible upstream (no tools,
-no logprobs, no streamed usage; its flat always-400 error bodies are parsed by the shared error
-parser). Speaking to the controller and workers directly, without that server, is issue 5.
+- The backend's URL is a controller (`GET /test_connection` says "success") or one worker.
+  Workers are found through the controller (`/list_models`, then `/get_worker_address` per
+  model); from then on the gateway's own probes of each worker (`/worker_get_status`) decide
+  whether it is alive: the controller keeps listing a dead worker for 90-180 s.
+- Requests go to the least busy live worker of the model: its reported `queue_length` plus what
+  the gateway sent it since that report.
+- Chat messages are rendered with the worker's conversation template
+  (`/worker_get_conv_template`, adapters/fastchat_conv.py); its `stop_str` and `stop_token_ids`
+  are added; `echo` is off (the worker's default would repeat the prompt). `/count_token` and
+  `/model_details` size `max_new_tokens` (no `max_tokens` = the rest of the context) and turn an
+  over-long prompt into `context_length_exceeded` before generation.
+- `/worker_generate_stream` sends NUL-delimited JSON objects with the CUMULATIVE text: turned into
+  OpenAI deltas; usage comes from the last object; worker errors (`error_code`, HTTP 200) become
+  proper errors: 4030x -> 400/404, 5000x -> 502/503 (retried elsewhere when nothing was sent).
+- Embeddings via `/worker_get_embeddings` (HF model workers have it; vLLM workers do not).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from adapters.base import Capabilities
-from adapters.openai_compatible import OpenAICompatibleAdapter
+import orjson
+
+from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
+                           UpstreamRequest)
+from adapters.fastchat_conv import render
+from adapters.openai_compatible import parse_error_body
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamUnavailable, status_error
+from gateway.jsonio import dumps
+
+HEADERS = {"Content-Type": "application/json"}
+MAX_DISCOVERY_CALLS = 16
+CODE_STATUS = {40001: 400, 40302: 400, 40303: 400, 40301: 404, 50001: 502, 50002: 503, 50003: 502, 50004: 502,
+               50005: 503, 50006: 503, 42901: 429, 42902: 429, 42903: 429}
 
 
-class FastChatAdapter(OpenAICompatibleAdapter):
+@dataclass
+class Worker:
+    url: str
+    models: list[str] = field(default_factory=list)
+    queue_length: int = 0
+    sent: int = 0  # requests sent since the last status report (which will count them)
+    alive: bool = False
+    convs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    context: dict[str, int] = field(default_factory=dict)
+
+
+class FastChatAdapter(Adapter):
     kind: ClassVar[str] = "fastchat"
-    default_ports: ClassVar[tuple[int, ...]] = (8000,)
-    capabilities: ClassVar[Capabilities] = Capabilities(tools=False, logprobs=False, stream_usage=False)
+    default_ports: ClassVar[tuple[int, ...]] = (21001,)
+    capabilities: ClassVar[Capabilities] = Capabilities(tools=False, logprobs=False, n=False)
+    needs_prepare: ClassVar[bool] = True
+
+    def __init__(self, target: BackendTarget) -> None:
+        super().__init__(target)
+        self.mode: str | None = None  # "controller" or "worker"
+        self.workers: dict[str, Worker] = {}
+
+    # -- discovery and health --------------------------------------------------------------------
+    async def probe(self, fetch: Fetch) -> Probe:
+        url = self.target.url
+        if self.mode is None:
+            test = await _try(fetch, "GET", url + "/test_connection")
+            if test is not None and test.status == 200 and test.body.strip() == b'"success"':
+                self.mode = "controller"
+            else:
+                self.mode = "worker"
+                self.workers = {url: Worker(url)}
+        if self.mode == "controller":
+            listed = await fetch("POST", url + "/list_models", headers=HEADERS)
+            names = (_json(listed.body) or {}).get("models") or [] if listed.status == 200 else []
+            if listed.status != 200:
+                return Probe(State.DOWN, detail=f"controller /list_models answered HTTP {listed.status}")
+            for name in names:
+                # The controller hands out one worker per call (shortest queue or lottery) and
+                # has no route that lists them: ask until an address repeats. Its queue
+                # estimates grow by these calls until the workers' next heartbeat corrects them.
+                seen: set[str] = set()
+                for _ in range(MAX_DISCOVERY_CALLS):
+                    res = await fetch("POST", url + "/get_worker_address", headers=HEADERS,
+                                      body=orjson.dumps({"model": name}))
+                    addr = (_json(res.body) or {}).get("address") if res.status == 200 else None
+                    if not isinstance(addr, str) or not addr or addr.rstrip("/") in seen:
+                        break
+                    seen.add(addr.rstrip("/"))
+                    self.workers.setdefault(addr.rstrip("/"), Worker(addr.rstrip("/")))
+        for w in list(self.workers.values()):
+            await self._probe_worker(fetch, w)
+        alive = [w for w in self.workers.values() if w.alive]
+        served: dict[str, int | None] = {}
+        for w in alive:
+            for m in w.models:
+                served[m] = min(filter(None, (served.get(m), w.context.get(m))), default=None)
+        if not alive:
+            return Probe(State.DOWN, detail="no live model worker" + (" registered" if self.mode == "controller" else ""))
+        return Probe(State.READY, [ServedModel(m, c) for m, c in served.items()],
+                     load=float(sum(w.queue_length for w in alive)),
+                     detail=f"{len(alive)} live worker(s)")
+
+    async def _probe_worker(self, fetch: Fetch, w: Worker) -> None:
+        res = await _try(fetch, "POST", w.url + "/worker_get_status", headers=HEADERS)
+        doc = _json(res.body) if res is not None and res.status == 200 else None
+        if not isinstance(doc, dict):
+            w.alive = False
+            return
+        w.models = [m for m in doc.get("model_names") or [] if isinstance(m, str)]
+        w.queue_length = int(doc.get("queue_length") or 0)
+        w.sent = 0
+        w.alive = True
+        for m in w.models:
+            if m not in w.convs:
+                conv = await fetch("POST", w.url + "/worker_get_conv_template", headers=HEADERS,
+                                   body=orjson.dumps({"model": m}))
+                c = (_json(conv.body) or {}).get("conv") if conv.status == 200 else None
+                if isinstance(c, dict):
+                    w.convs[m] = c
+            if m not in w.context:
+                det = await fetch("POST", w.url + "/model_details", headers=HEADERS, body=orjson.dumps({"model": m}))
+                n = (_json(det.body) or {}).get("context_length") if det.status == 200 else None
+                if isinstance(n, int):
+                    w.context[m] = n
+
+    def pick_worker(self, model: str) -> Worker:
+        best = None
+        for w in self.workers.values():
+            if w.alive and model in w.models and (best is None or w.queue_length + w.sent < best.queue_length + best.sent):
+                best = w
+        if best is None:
+            raise UpstreamUnavailable(f"backend {self.target.name}: no live FastChat worker serves {model!r}",
+                                      code="no_live_worker")
+        return best
+
+    def connect_failed(self, request: UpstreamRequest) -> bool:
+        """A worker refused the connection: it is dead whatever the controller still lists. True
+        when another live worker can take the retry (the backend as a whole stays up)."""
+        for w in self.workers.values():
+            if request.url.startswith(w.url + "/"):
+                w.alive = False
+        return any(w.alive for w in self.workers.values())
+
+    # -- requests ------------------------------------------------------------------------------
+    async def prepare(self, endpoint: Endpoint, body: dict[str, Any], upstream_model: str, stream: bool,
+                      fetch: Fetch) -> UpstreamRequest:
+        w = self.pick_worker(upstream_model)
+        if endpoint is Endpoint.EMBEDDINGS:
+            inputs = body.get("input")
+            inputs = [inputs] if isinstance(inputs, str) else inputs
+            if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
+                raise InvalidRequest("FastChat workers embed strings (not token arrays).", param="input")
+            w.sent += 1
+            return UpstreamRequest("POST", w.url + "/worker_get_embeddings", HEADERS,
+                                   dumps({"model": upstream_model, "input": inputs}), False, passthrough=False,
+                                   upstream_model=upstream_model)
+        conv = w.convs.get(upstream_model) or {}
+        if endpoint is Endpoint.CHAT:
+            if not conv:
+                raise UpstreamUnavailable(f"backend {self.target.name}: no conversation template yet", code="no_template")
+            prompt = render(conv, body.get("messages") or [])
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1:
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                raise InvalidRequest("FastChat workers complete one prompt string per request.", param="prompt")
+        params: dict[str, Any] = {"model": upstream_model, "prompt": prompt, "echo": False,
+                                  "temperature": body.get("temperature", 1.0), "top_p": body.get("top_p", 1.0),
+                                  "top_k": body.get("top_k", -1)}
+        for key in ("presence_penalty", "frequency_penalty", "repetition_penalty", "seed"):
+            if body.get(key) is not None:
+                params[key] = body[key]
+        stop = body.get("stop")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        conv_stop = conv.get("stop_str")
+        stops += [conv_stop] if isinstance(conv_stop, str) else list(conv_stop or [])
+        params["stop"] = list(dict.fromkeys(s for s in stops if s))
+        if conv.get("stop_token_ids"):
+            params["stop_token_ids"] = conv["stop_token_ids"]
+        params["max_new_tokens"] = await self._max_new_tokens(fetch, w, upstream_model, prompt,
+                                                              body.get("max_completion_tokens", body.get("max_tokens")))
+        w.sent += 1
+        opts = body.get("stream_options")
+        asked = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        path = "/worker_generate_stream" if stream else "/worker_generate"
+        return UpstreamRequest("POST", w.url + path, HEADERS, dumps(params), stream, strip_usage=stream and not asked,
+                               passthrough=False, upstream_model=upstream_model)
+
+    async def _max_new_tokens(self, fetch: Fetch, w: Worker, model: str, prompt: str, asked: Any) -> int:
+        ctx = w.context.get(model)
+        limit = asked if isinstance(asked, int) and asked > 0 else 1 << 20
+        if ctx is None:
+            return limit if limit != 1 << 20 else 256  # the worker's own default
+        try:
+            res = await fetch("POST", w.url + "/count_token", headers=HEADERS,
+                              body=orjson.dumps({"model": model, "prompt": prompt}))
+        except (ConnectionError, TimeoutError) as exc:
+            w.alive = False  # dead, whatever the controller still lists
+            err = UpstreamUnavailable(f"backend {self.target.name}: worker unreachable ({exc})", status=502,
+                                      code="upstream_connect_failed")
+            err.retry_same_backend = any(x.alive for x in self.workers.values())
+            raise err from exc
+        count = (_json(res.body) or {}).get("count") if res.status == 200 else None
+        if not isinstance(count, int):
+            return min(limit, ctx)
+        room = ctx - count
+        if room <= 0:
+            raise InvalidRequest(f"This model's maximum context length is {ctx} tokens. However, your messages "
+                                 f"resulted in {count} tokens. Please reduce the length of the messages.",
+                                 code="context_length_exceeded", param="messages")
+        return min(limit, room)
+
+    # -- answers -------------------------------------------------------------------------------
+    def translate_body(self, endpoint: Endpoint, body: bytes, headers: Any = None, request: Any = None) -> bytes:
+        doc = _json(body)
+        if not isinstance(doc, dict):
+            raise status_error(502, f"backend {self.target.name}: unreadable worker answer")
+        model = request.upstream_model if request is not None else ""
+        if doc.get("error_code"):
+            raise worker_error(doc)
+        if endpoint is Endpoint.EMBEDDINGS:
+            data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(doc.get("embedding") or [])]
+            n = int(doc.get("token_num") or 0)
+            return orjson.dumps({"object": "list", "data": data, "model": model,
+                                 "usage": {"prompt_tokens": n, "total_tokens": n}})
+        usage = _usage(doc)
+        finish = doc.get("finish_reason") or "stop"
+        if endpoint is Endpoint.CHAT:
+            choice = {"index": 0, "message": {"role": "assistant", "content": doc.get("text", "")}, "logprobs": None,
+                      "finish_reason": finish}
+            return orjson.dumps({"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                                 "created": int(time.time()), "model": model, "choices": [choice], "usage": usage})
+        choice = {"index": 0, "text": doc.get("text", ""), "logprobs": None, "finish_reason": finish}
+        return orjson.dumps({"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                             "model": model, "choices": [choice], "usage": usage})
+
+    def translate_stream(self, endpoint: Endpoint, chunks: AsyncIterator[bytes],
+                         request: UpstreamRequest) -> AsyncIterator[bytes]:
+        return _cumulative_to_sse(endpoint, chunks, request.upstream_model)
+
+    def map_error(self, status: int, body: bytes) -> GatewayError:
+        doc = _json(body)
+        if isinstance(doc, dict) and doc.get("error_code"):
+            return worker_error(doc)
+        return status_error(status, parse_error_body(body)[0] or f"backend {self.target.name} answered HTTP {status}")
+
+
+async def _cumulative_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
+    chat = endpoint is Endpoint.CHAT
+    cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    created = int(time.time())
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    previous = ""
+    finish: str | None = None
+    usage: dict[str, int] | None = None
+    first = True
+    buf = b""
+
+    def event(choices: list[Any], **extra: Any) -> bytes:
+        return b"data: " + orjson.dumps({"id": cid, "object": obj, "created": created, "model": model,
+                                         "choices": choices, **extra}) + b"\n\n"
+
+    async for data in chunks:
+        buf += data
+        out = b""
+        while (end := buf.find(b"\0")) >= 0:
+            raw, buf = buf[:end], buf[end + 1:]
+            doc = _json(raw)
+            if not isinstance(doc, dict):
+                continue
+            if doc.get("error_code"):
+                err = worker_error(doc)
+                yield out + err.sse_event() + b"data: [DONE]\n\n"
+                return
+            text = str(doc.get("text") or "").replace("\ufffd", "")  # half a UTF-8 character so far
+            delta = text[len(previous):]
+            if len(text) > len(previous):
+                previous = text
+            if delta:
+                if chat:
+                    d: dict[str, Any] = {"role": "assistant", "content": delta} if first else {"content": delta}
+                    out += event([{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}])
+                else:
+                    out += event([{"index": 0, "text": delta, "logprobs": None, "finish_reason": None}])
+                first = False
+            finish = doc.get("finish_reason") or finish
+            usage = _usage(doc) if doc.get("usage") else usage
+        if out:
+            yield out
+    last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish or "stop"} if chat else \
+        {"index": 0, "text": "", "logprobs": None, "finish_reason": finish or "stop"}
+    tail = event([last])
+    if usage is not None:
+        tail += event([], usage=usage)
+    yield tail + b"data: [DONE]\n\n"
+
+
+def worker_error(doc: dict[str, Any]) -> GatewayError:
+    code = int(doc.get("error_code") or 0)
+    message = str(doc.get("text") or doc.get("message") or f"FastChat error {code}")
+    if code == 40301:
+        return ModelNotFound(message, param="model")
+    if code == 40303:
+        return InvalidRequest(message, code="context_length_exceeded", param="messages")
+    return status_error(CODE_STATUS.get(code, 502), message, code=f"fastchat_{code}")
+
+
+def _usage(doc: dict[str, Any]) -> dict[str, int]:
+    u = doc.get("usage") or {}
+    p, c = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+async def _try(fetch: Fetch, method: str, url: str, **kw: Any) -> Any:
+    try:
+        return await fetch(method, url, **kw)
+    except (ConnectionError, TimeoutError):
+        return None
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None

@@ -52,6 +52,9 @@ class GatewayError(Exception):
         self.headers = headers or {}
         # What this failure says about the backend, for the health picture (e.g. "loading").
         self.backend_state: str | None = None
+        # One process behind the backend failed but others can serve (a FastChat worker):
+        # a retry may go to the same backend, which stays in service.
+        self.retry_same_backend = False
 
     def envelope(self) -> dict[str, dict[str, object]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -15,4 +15,4 @@ class BackendUnderTest:
 
 
 # Each name has a session fixture `backend_<name with _>` in tests/conftest.py.
-BACKENDS = ["vllm-double", "tgi-double", "ollama-double", "rwkv-double", "llamacpp", "vllm"]
+BACKENDS = ["vllm-double", "tgi-double", "ollama-double", "rwkv-double", "llamacpp", "vllm", "fastchat"]

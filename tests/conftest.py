@@ -129,3 +129,34 @@ def backend_rwkv_double(session_spawn: Spawner) -> BackendUnderTest:
     p.wait_http(f"http://127.0.0.1:{port}/status")
     return BackendUnderTest("rwkv-double", "rwkv-runner", f"http://127.0.0.1:{port}",
                             "RWKV-x070-World-0.1B-v2.8-20241210-ctx4096", stream_usage=False)
+
+
+@pytest.fixture(scope="session")
+def fastchat_cluster(session_spawn: Spawner, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Real FastChat: a controller and two HF model workers (CPU) serving the same tiny llama."""
+    from tests.backends import fastchat_env
+    from tests.backends.hf_model import write_tiny_llama
+    from tests.procs import free_port
+    try:
+        venv = fastchat_env.ensure_fastchat_venv()
+    except fastchat_env.FastChatUnavailable as exc:
+        pytest.skip(f"REAL FastChat NOT TESTED: its virtualenv cannot be built on this machine: {exc}")
+    model_dir = write_tiny_llama(tmp_path_factory.mktemp("fc") / "tiny-llama")
+    cport = free_port()
+    controller = f"http://127.0.0.1:{cport}"
+    argv, env = fastchat_env.controller_args(venv, cport)
+    session_spawn.proc(argv, "fastchat-controller", env=env).wait_http(controller + "/test_connection")
+    workers = []
+    for i in range(2):
+        wport = free_port()
+        argv, env = fastchat_env.worker_args(venv, model_dir, wport, controller, model_names="tiny-fastchat",
+                                             conv_template="vicuna_v1.1")
+        p = session_spawn.proc(argv, f"fastchat-worker-{i}", env=env)
+        fastchat_env.wait_worker_ready(f"http://127.0.0.1:{wport}", timeout=180, proc=p)
+        workers.append({"url": f"http://127.0.0.1:{wport}", "proc": p})
+    return {"controller": controller, "workers": workers, "model": "tiny-fastchat"}
+
+
+@pytest.fixture(scope="session")
+def backend_fastchat(fastchat_cluster: dict) -> BackendUnderTest:  # type: ignore[type-arg]
+    return BackendUnderTest("fastchat", "fastchat", fastchat_cluster["controller"], fastchat_cluster["model"])

@@ -227,3 +227,16 @@ def test_balancer_prefers_resident_models() -> None:
     # failed router models are not served at all
     failed = rt("f", "failed")
     assert build_table([], {"f": failed}).routes == []
+
+
+@pytest.mark.parametrize(("code", "status", "etype"), [
+    (40301, 404, "not_found_error"), (40302, 400, "invalid_request_error"), (40001, 400, "invalid_request_error"),
+    (50002, 503, "server_error"), (50001, 502, "server_error"), (50005, 503, "server_error"),
+])
+def test_fastchat_worker_error_codes(code: int, status: int, etype: str) -> None:
+    from adapters.fastchat import worker_error
+    err = worker_error({"text": "**NETWORK ERROR DUE TO HIGH TRAFFIC.**", "error_code": code})
+    assert (err.status, err.type) == (status, etype)
+    assert err.retryable == (status in (502, 503))
+    ctx = worker_error({"text": "This model's maximum context length is 512 tokens.", "error_code": 40303})
+    assert ctx.status == 400 and ctx.code == "context_length_exceeded"

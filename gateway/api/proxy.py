@@ -102,6 +102,7 @@ class ProxyEndpoint:
             gauge.inc()
             limiter = b.limiter
             acquired = False
+            req = None
             try:
                 if limiter is not None:
                     await limiter.acquire()  # 429 when its bounded queue is full or the wait too long
@@ -123,15 +124,21 @@ class ProxyEndpoint:
                 return await self.respond(resp, req, dep, route.name, send, t0, watch)
             except GatewayError as err:
                 gw.metrics.observe_upstream_error(b.name, err.code)
+                same_backend = err.retry_same_backend
                 if err.code == "upstream_connect_failed":
-                    gw.mark_failed(b, err.message)
+                    # One of several processes behind the backend (a FastChat worker) may be gone
+                    # while the others serve: the adapter decides; else the backend is taken out.
+                    same_backend = same_backend or (req is not None and adapter.connect_failed(req))
+                    if not same_backend:
+                        gw.mark_failed(b, err.message)
                 elif err.backend_state is not None:
                     gw.mark_state(b, err.backend_state, err.message)
                 if not err.retryable or attempt + 1 >= gw.max_attempts:
                     raise
                 log.info("retrying %s elsewhere after %s: %s", route.name, b.name, err.message)
                 gw.metrics.observe_retry(route.name)
-                tried += (dep,)
+                if not same_backend:
+                    tried += (dep,)
                 last = err
             finally:
                 if acquired:
