@@ -1,0 +1,419 @@
+"""A real llama.cpp `llama-server` for the tests: the binary (built from source once per machine), a tiny
+GGUF model written by the test itself, and the server's command line.
+
+`ensure_llama_server()` returns the path of a `llama-server` binary. On the first call on a machine it
+downloads the llama-cpp-python sdist from PyPI (pip, the only network access), takes the llama.cpp
+source vendored inside it (`vendor/llama.cpp`, for 0.3.36 = ggml-org/llama.cpp@0c1e57098, the snapshot
+/work/shared/backends.md part A documents as "LC"), builds only the `llama-server` target (CPU only,
+static libraries, no web UI, no SSL, nothing downloaded at build time; ~8 min on 2 cores) and installs it
+into ~/.cache/llm-gateway/llama-server-<VERSION>/ (override the root with LLM_GATEWAY_CACHE_DIR). A
+marker file written last records the recipe, so a half-finished or differently configured build is
+redone; a lock file serialises concurrent builds (two pytest processes). `LLAMA_SERVER_BIN=/path`
+skips all that and uses the given binary.
+
+`write_tiny_gguf()` writes a random-weight llama-architecture GGUF with a small SentencePiece-style
+vocabulary and a ChatML chat template (a few hundred KB, written in well under a second); with
+`size="loading"` it writes the bigger model whose load keeps the server in its 503 "Loading model" state
+for a couple of seconds (see its docstring).
+
+`server_args()` is the argv for `tests.procs.Proc`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"   # vendors ggml-org/llama.cpp@0c1e57098 (its CHANGELOG)
+GGUF_VERSION = "0.19.0"               # the `gguf` package write_tiny_gguf() was written against
+
+# CPU only; nothing fetched at build time: the web UI is neither built (npm) nor downloaded (HF bucket),
+# no BoringSSL/LibreSSL/OpenMP fetch, no SSL at all (the tests talk plain HTTP on loopback). Static
+# libraries, so the installed binary needs only system libraries (libc, libstdc++, libgomp).
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_CCACHE=OFF",
+    "-DGGML_OPENMP_FETCH=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_BORINGSSL=OFF",
+    "-DLLAMA_BUILD_LIBRESSL=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_SERVER=ON",
+)
+BUILD_JOBS = 2
+
+
+class LlamaServerUnavailable(RuntimeError):
+    """The binary could not be built here (the reason is in the message and the build log)."""
+
+
+def _log(msg: str) -> None:
+    print(f"[llama-server build] {msg}", file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LLM_GATEWAY_CACHE_DIR") or Path.home() / ".cache" / "llm-gateway")
+
+
+def install_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    return cache_root() / f"llama-server-{version}"
+
+
+def _recipe(version: str) -> dict[str, Any]:
+    return {"llama_cpp_python": version, "cmake_flags": list(CMAKE_FLAGS), "target": "llama-server"}
+
+
+def ensure_llama_server(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    """The path of a working `llama-server`; builds it (once per machine and version) if missing."""
+    override = os.environ.get("LLAMA_SERVER_BIN")
+    if override:
+        return Path(override)
+    dest = install_dir(version)
+    binary, marker = dest / "llama-server", dest / "BUILD-COMPLETE.json"
+
+    def done() -> bool:
+        try:
+            return binary.is_file() and json.loads(marker.read_text()).get("recipe") == _recipe(version)
+        except (OSError, ValueError):
+            return False
+
+    if done():
+        return binary
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / f"llama-server-{version}.lock", "w") as lock:
+        if not done():
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _log(f"another process is building llama-server {version}; waiting for its lock")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done():   # re-check: whoever held the lock may have finished it
+            _build(version, dest, binary, marker)
+    return binary
+
+
+def _run(argv: list[str], log: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None,
+         progress: bool = False) -> None:
+    """Runs argv appending its output to `log`; with progress, echoes cmake's "[ NN%]" every 10%."""
+    with open(log, "ab") as f:
+        f.write(f"\n$ {' '.join(argv)}\n".encode())
+        f.flush()
+        p = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+        assert p.stdout is not None
+        shown = -10
+        for line in p.stdout:
+            f.write(line)
+            if progress and (m := re.match(rb"\[\s*(\d+)%\]", line)) and int(m[1]) >= shown + 10:
+                shown = int(m[1])
+                _log(f"{shown}% {line.decode(errors='replace').strip()[7:][:100]}")
+        rc = p.wait()
+    if rc != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
+        raise LlamaServerUnavailable(f"{' '.join(argv[:3])}… failed with exit code {rc} (log: {log}):\n"
+                                     f"{tail}")
+
+
+def _ensure_toolchain(log: Path) -> None:
+    missing = [t for t in ("cmake", "g++", "make") if shutil.which(t) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise LlamaServerUnavailable(f"missing build tools {missing} and cannot apt-get install them")
+    _log(f"installing {missing} with apt-get")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    _run(["apt-get", "update", "-q"], log, env=env)
+    _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "cmake", "g++", "make"], log, env=env)
+
+
+def _build(version: str, dest: Path, binary: Path, marker: Path) -> None:
+    t0 = time.monotonic()
+    log = cache_root() / f"llama-server-{version}-build.log"
+    log.write_text("")
+    work = cache_root() / f"llama-server-{version}-build"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    work.mkdir(parents=True)
+    _log(f"building llama-server from llama-cpp-python {version} (~8 min on 2 cores); log: {log}")
+    _ensure_toolchain(log)
+
+    _log("downloading the llama-cpp-python sdist from PyPI")
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+          f"llama-cpp-python=={version}", "-d", str(work / "sdist")], log)
+    sdists = list((work / "sdist").glob("llama_cpp_python-*.tar.gz"))
+    if len(sdists) != 1:
+        raise LlamaServerUnavailable(f"pip download produced {sdists}, expected one sdist (log: {log})")
+    _log(f"extracting vendor/llama.cpp from {sdists[0].name}")
+    prefix = f"{sdists[0].name.removesuffix('.tar.gz')}/"
+    with tarfile.open(sdists[0]) as tar:
+        members = [m for m in tar.getmembers()
+                   if m.name.startswith(prefix + "vendor/llama.cpp/") or m.name == prefix + "CHANGELOG.md"]
+        tar.extractall(work, members=members, filter="data")
+    src = work / prefix / "vendor" / "llama.cpp"
+    changelog = (work / prefix / "CHANGELOG.md").read_text(errors="replace")
+    m = re.search(r"llama\.cpp@([0-9a-f]{7,40})", changelog)
+    commit = m[1] if m else "unknown"
+
+    build = work / "build"
+    # Stop llama.cpp's build-info from asking git about some enclosing repository.
+    env = {"GIT_CEILING_DIRECTORIES": str(work)}
+    _log(f"configuring llama.cpp@{commit} with cmake")
+    _run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS, f"-DLLAMA_BUILD_COMMIT={commit}"], log,
+         env=env)
+    _log(f"compiling the llama-server target with -j{BUILD_JOBS}")
+    _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(BUILD_JOBS)], log, env=env,
+         progress=True)
+
+    built = build / "bin" / "llama-server"
+    if not built.is_file():
+        raise LlamaServerUnavailable(f"the build finished without {built} (log: {log})")
+    staging = dest.with_name(dest.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    shutil.copy2(built, staging / "llama-server")
+    # A static build needs no library of its own; if some configuration produced shared ones anyway, copy
+    # those the binary resolves into the build tree and point the binary at them.
+    ldd = subprocess.run(["ldd", str(built)], capture_output=True, text=True, check=False).stdout
+    own = [Path(p) for p in re.findall(r"=>\s*(\S+)", ldd) if p.startswith(str(work))]
+    for lib in own:
+        shutil.copy2(lib, staging / lib.name)
+    if own:
+        if shutil.which("patchelf") is None:
+            raise LlamaServerUnavailable(f"llama-server links build-tree libraries {own}; install patchelf")
+        subprocess.run(["patchelf", "--set-rpath", "$ORIGIN", str(staging / "llama-server")], check=True)
+    out = subprocess.run([str(staging / "llama-server"), "--version"], capture_output=True, text=True,
+                         timeout=60, check=False)
+    if out.returncode != 0:
+        raise LlamaServerUnavailable(f"built llama-server does not run: {out.stdout}{out.stderr}")
+    staging.rename(dest)
+    seconds = round(time.monotonic() - t0)
+    marker.write_text(json.dumps({"recipe": _recipe(version), "llama_cpp_commit": commit,
+                                  "version_output": (out.stdout + out.stderr).strip(),
+                                  "build_seconds": seconds}, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    _log(f"installed {binary} in {seconds} s")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_WORDS = [
+    "the", "of", "and", "to", "a", "in", "is", "you", "that", "it", "he", "was", "for", "on", "are",
+    "as", "with", "his", "they", "I", "at", "be", "this", "have", "from", "or", "one", "had", "by",
+    "word", "but", "not", "what", "all", "were", "we", "when", "your", "can", "said", "there", "use",
+    "an", "each", "which", "she", "do", "how", "their", "if", "will", "up", "other", "about", "out",
+    "many", "then", "them", "these", "so", "some", "her", "would", "make", "like", "him", "into",
+    "time", "has", "look", "two", "more", "write", "go", "see", "number", "no", "way", "could",
+    "people", "my", "than", "first", "water", "been", "call", "who", "oil", "its", "now", "find",
+    "long", "down", "day", "did", "get", "come", "made", "may", "part", "hello", "how", "are", "you",
+    "today", "fine", "thanks", "good", "great", "model", "token", "server", "stream", "chat", "answer",
+    "question", "test", "gateway", "llama", "tiny", "random", "weight", "GPU", "haiku", "write",
+    "about", "ok", "yes",
+]
+
+# SentencePiece token types (llama_token_type in llama.cpp / gguf.TokenType)
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+
+# Presets; "loading" is the one that keeps llama-server in 503 "Loading model" for >= 2 s (see below).
+_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "loading": {"n_layer": 2, "n_embd": 16, "vocab": 1_000_000},
+}
+
+
+def _writer_class(min_fast: int = 4096) -> Any:
+    """gguf.GGUFWriter, with metadata arrays packed by numpy instead of one struct.pack per element.
+
+    GGUFWriter._pack_val packs a 1.5 M-token vocabulary in ~45 s; this does it in ~1 s. Same bytes
+    (little-endian GGUF v3); the smoke test compares it with the stock writer.
+    """
+    import struct
+
+    import numpy as np
+    from gguf import GGUFValueType, GGUFWriter
+
+    class FastArrayWriter(GGUFWriter):
+        def _pack_val(self, val: Any, vtype: Any, add_vtype: bool, sub_type: Any = None) -> bytes:
+            if vtype != GGUFValueType.ARRAY or not isinstance(val, list) or not val or len(val) < min_fast:
+                return super()._pack_val(val, vtype, add_vtype, sub_type)
+            head = struct.pack("<I", vtype) if add_vtype else b""
+            if all(isinstance(v, str) for v in val):
+                body = b"".join(struct.pack("<Q", len(e)) + e for e in (v.encode("utf-8") for v in val))
+                return head + struct.pack("<IQ", GGUFValueType.STRING, len(val)) + body
+            if all(type(v) is float for v in val):
+                arr = np.asarray(val, "<f4").tobytes()
+                return head + struct.pack("<IQ", GGUFValueType.FLOAT32, len(val)) + arr
+            if all(type(v) is int for v in val):
+                arr = np.asarray(val, "<i4").tobytes()
+                return head + struct.pack("<IQ", GGUFValueType.INT32, len(val)) + arr
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return FastArrayWriter
+
+
+def build_vocab(vocab: Literal["small"] | int = "small") -> tuple[list[str], list[float], list[int]]:
+    """A SentencePiece-style ("llama" tokenizer model) vocabulary: tokens, scores, token types.
+
+    ids 0..2 `<unk>` `<s>` `</s>`, 3..4 `<|im_start|>` `<|im_end|>` (control), then the 256 byte tokens
+    `<0x00>`..`<0xFF>`, then word pieces: "▁" (U+2581, SentencePiece's space), every printable ASCII
+    character, common words with and without the leading "▁", and (for an int `vocab`) filler pieces
+    up to that many tokens in total. Scores follow SentencePiece: higher = merged earlier.
+    """
+    tokens = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    types = [_UNKNOWN, _CONTROL, _CONTROL, _CONTROL, _CONTROL]
+    tokens += [f"<0x{i:02X}>" for i in range(256)]
+    types += [_BYTE] * 256
+    pieces: list[str] = ["\u2581"] + [chr(c) for c in range(33, 127)]
+    seen = set(pieces)
+    for w in _WORDS:
+        for p in ("\u2581" + w, w):
+            if p not in seen:
+                seen.add(p)
+                pieces.append(p)
+    # a few two-letter pieces so arbitrary English tokenises into something shorter than characters
+    for a in "etaoinshrdlu":
+        for b in "etaoinshrdlu":
+            if a + b not in seen:
+                seen.add(a + b)
+                pieces.append(a + b)
+    if isinstance(vocab, int):
+        i = 0
+        while len(tokens) + len(pieces) < vocab:
+            pieces.append(f"\u2581x{i:x}")
+            i += 1
+    tokens += pieces
+    types += [_NORMAL] * len(pieces)
+    # Special tokens and bytes score 0; pieces get decreasing negative scores, longer pieces higher.
+    scores = [0.0] * (5 + 256) + [-float(i) / len(pieces) - (0.0 if len(p) > 1 else 1.0)
+                                  for i, p in enumerate(pieces)]
+    return tokens, scores, types
+
+
+def write_tiny_gguf(path: str | os.PathLike[str], *, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
+                    n_head_kv: int = 2, n_ff: int | None = None, n_ctx_train: int = 512,
+                    vocab: Literal["small"] | int = "small", seed: int = 0, name: str = "tiny-llama",
+                    size: Literal["tiny", "loading"] | None = None) -> Path:
+    """Writes a random-weight llama-architecture GGUF (all tensors F32) and returns its path.
+
+    Default (`vocab="small"`, 2 layers, n_embd 64): 731 tokens (5 specials incl. ChatML's
+    `<|im_start|>`/`<|im_end|>` as control tokens, 256 byte tokens, 470 word pieces), ~690 KB, written
+    in ~0.1 s (plus ~0.25 s to import numpy and gguf). Weights are seeded numpy normals, so the model
+    generates gibberish, deterministically at temperature 0. `<|im_end|>` is recognised by llama.cpp as
+    end-of-generation (by its text), `</s>` is EOS, `<s>` is BOS and is added to prompts.
+
+    `size="loading"` (= `vocab=1_000_000, n_embd=16`): keeps llama-server in its loading state, every
+    route answering 503 `{"error":{"message":"Loading model","type":"unavailable_error","code":503}}`,
+    for ~4 s on this 2-core machine with the flags of server_args() (measured 3.8-4.3 s idle, up to
+    6.5 s with other load; 600 K tokens gave 2.0-3.1 s, 800 K 3.0-3.1 s: too close to 2 s). File
+    ~153 MB, written in ~1.4 s.
+    Where the time goes: llama.cpp's vocabulary load (~2 µs per token: parse the GGUF string array,
+    build the token maps, the EOG scan, the token-to-piece cache), done twice, because the default
+    `--fit on` first loads the model without weights to measure memory. So do NOT pass `-fit off`
+    (it halves the window: 1.8 s). The weights hardly matter: they are read at page-cache speed (the
+    file was just written), so n_embd/n_layer only add file size; a 1.5 M x 64 vocabulary (806 MB)
+    loads no slower than 1.5 M x 16 (230 MB). `--no-mmap` no longer exists in this llama.cpp (it is
+    `-lm/--load-mode none|mmap|dio`, and neither setting changes the window measurably).
+    """
+    import gguf
+    import numpy as np
+
+    if size is not None:
+        preset = _PRESETS[size]
+        n_layer = preset.get("n_layer", n_layer)
+        n_embd = preset.get("n_embd", n_embd)
+        vocab = preset.get("vocab", vocab)
+    n_ff = n_ff or 2 * n_embd
+    head_dim = n_embd // n_head
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokens, scores, types = build_vocab(vocab)
+    n_vocab = len(tokens)
+    rng = np.random.default_rng(seed)
+
+    w = _writer_class()(str(path), "llama")
+    w.add_name(name)
+    w.add_context_length(n_ctx_train)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(n_vocab)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_chat_template(CHATML_TEMPLATE)
+
+    def rand(rows: int, cols: int = 0, scale: float = 0.02) -> Any:
+        shape = (rows, cols) if cols else (rows,)
+        if rows * max(cols, 1) <= 1 << 20:
+            return rng.standard_normal(shape, dtype=np.float32) * scale
+        # big tensors (the "loading" model): 64 K random rows repeated; the content does not matter there
+        block = rng.standard_normal((1 << 16, cols), dtype=np.float32) * scale
+        return np.resize(block, shape)
+
+    # numpy shape (rows, cols) = ggml ne (cols, rows): a Linear(in, out) weight is (out, in)
+    w.add_tensor("token_embd.weight", rand(n_vocab, n_embd, scale=1.0))
+    w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    w.add_tensor("output.weight", rand(n_vocab, n_embd, scale=0.5))
+    kv = n_head_kv * head_dim
+    for i in range(n_layer):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.attn_q.weight", rand(n_embd, n_embd))
+        w.add_tensor(f"blk.{i}.attn_k.weight", rand(kv, n_embd))
+        w.add_tensor(f"blk.{i}.attn_v.weight", rand(kv, n_embd))
+        w.add_tensor(f"blk.{i}.attn_output.weight", rand(n_embd, n_embd))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", rand(n_ff, n_embd))
+        w.add_tensor(f"blk.{i}.ffn_up.weight", rand(n_ff, n_embd))
+        w.add_tensor(f"blk.{i}.ffn_down.weight", rand(n_embd, n_ff))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def server_args(binary: str | os.PathLike[str], model: str | os.PathLike[str], port: int, *,
+                alias: str | None = None, ctx: int = 256, parallel: int = 2, threads: int = 2,
+                extra: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """argv for llama-server on 127.0.0.1:port with /metrics on, no web UI, no warm-up run, no GPU."""
+    argv = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx),
+            "-np", str(parallel), "-t", str(threads), "--metrics", "--no-webui"]
+    if alias:
+        argv += ["--alias", alias]
+    return argv + list(extra)
