@@ -110,7 +110,10 @@ def test_usage_and_load_from_slots(llama_binary: Path, spawn: Spawner, tmp_path:
     w.join()
     assert chunks[-1].usage.completion_tokens == 3500 and chunks[-1].usage.prompt_tokens > 0
     assert max(seen) >= 1.0, seen  # a busy slot seen in /slots while the answer streamed
-    assert backend_states(gw.url)["long"]["reported_load"] == 0.0
+    deadline = time.monotonic() + 10  # ... and free again once the slot is released
+    while backend_states(gw.url)["long"]["reported_load"] != 0.0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     b = backend_states(gw.url)["long"]
     assert b["version"] and b["state"] == "ready"
 
