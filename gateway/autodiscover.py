@@ -43,7 +43,7 @@ async def fingerprint(fetch, url: str) -> tuple[str, str] | None:  # type: ignor
         return None
     test = await _get(fetch, url + "/test_connection")
     if test is not None and test.status == 200 and test.body.strip() == b'"success"':
-        return "fastchat-controller", "GET /test_connection answers \"success\" (FastChat controller)"
+        return "fastchat", "GET /test_connection answers \"success\" (FastChat controller)"
     if root is not None and root.status == 200 and root.body.startswith(b"Ollama is running"):
         return "ollama", "GET / answers 'Ollama is running'"
     root_doc = _json(root)
@@ -66,8 +66,8 @@ async def fingerprint(fetch, url: str) -> tuple[str, str] | None:  # type: ignor
         return "vllm", "GET /v1/models cards are owned_by vllm" if "vllm" in owners else "GET /version"
     if "llamacpp" in owners:
         return "llamacpp", "GET /v1/models cards are owned_by llamacpp"
-    if "fastchat" in owners:
-        return "fastchat", "GET /v1/models cards are owned_by fastchat (FastChat openai_api_server)"
+    if "fastchat" in owners:  # its API server: a plain OpenAI-compatible upstream
+        return "openai", "GET /v1/models cards are owned_by fastchat (FastChat's openai_api_server)"
     if isinstance(doc, dict) and isinstance(doc.get("data"), list):
         return "openai", "GET /v1/models answers in OpenAI's shape"
     return None
@@ -84,7 +84,6 @@ class Autodiscovery:
         self.ports = list(s.ports)
         self.task: asyncio.Task[None] | None = None
         self.told_empty = False
-        self.told_unsupported: set[int] = set()
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
@@ -98,14 +97,6 @@ class Autodiscovery:
             if hit is None:
                 continue
             kind, evidence = hit
-            if kind == "fastchat-controller":
-                # The controller/worker protocol is not spoken yet (README "Backend kinds").
-                if port not in self.told_unsupported:
-                    self.told_unsupported.add(port)
-                    log.warning("found a FastChat controller at %s (%s), but serving FastChat through its "
-                                "controller is not supported yet: run FastChat's openai_api_server and "
-                                "add it as kind fastchat", self.url(port), evidence)
-                continue
             name = f"{kind}-{port}"
             log.info("found %s at %s (%s)", kind, self.url(port), evidence)
             rt = self.gw.add_backend(BackendSettings(name=name, kind=kind, url=self.url(port)))

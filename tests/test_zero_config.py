@@ -48,19 +48,22 @@ def test_gateway_config_env_var_selects_the_file(spawn: Spawner, tmp_path) -> No
     assert r.status_code == 200 and up.requests()[-1]["body"]["model"] == "m"
 
 
-def test_fastchat_controller_is_recognised_and_reported(spawn: Spawner, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    # A minimal stand-in answering FastChat controller's liveness route exactly as it does.
+def test_fastchat_controller_is_recognised_and_served(spawn: Spawner, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A stand-in answering a FastChat controller's liveness route and (empty) model list as
+    # fastchat/serve/controller.py does: recognised, added as kind fastchat, down until a worker
+    # registers. (Real FastChat behind the gateway: tests/test_fastchat_gateway.py.)
     port = free_port()
     script = tmp_path / "ctl.py"
     script.write_text(
         "from aiohttp import web\n"
         "app = web.Application()\n"
         "app.router.add_get('/test_connection', lambda r: web.json_response('success'))\n"
+        "app.router.add_post('/list_models', lambda r: web.json_response({'models': []}))\n"
         f"web.run_app(app, host='127.0.0.1', port={port}, print=None)\n")
     import sys
     ctl = spawn.proc([sys.executable, str(script)], "controller")
     ctl.wait_http(f"http://127.0.0.1:{port}/test_connection")
     gw = spawn.gateway(None, env={"GATEWAY_AUTODISCOVER__PORTS": json.dumps([port])})
-    log = gw.proc.output()
-    assert f"found a FastChat controller at http://127.0.0.1:{port}" in log
-    assert httpx.get(gw.v1 + "/models").json()["data"] == []
+    assert f"found fastchat at http://127.0.0.1:{port}" in gw.proc.output()
+    b = httpx.get(gw.url + "/admin/backends").json()["backends"][0]
+    assert (b["kind"], b["state"]) == ("fastchat", "down") and "no live model worker" in b["detail"]
