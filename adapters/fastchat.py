@@ -33,7 +33,7 @@ from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch
 from adapters.fastchat_conv import render
 from adapters.openai_compatible import parse_error_body
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamUnavailable, status_error
-from gateway.jsonio import dumps
+from gateway.jsonio import dumps, loads_or_none
 
 HEADERS = {"Content-Type": "application/json"}
 MAX_DISCOVERY_CALLS = 16
@@ -75,7 +75,7 @@ class FastChatAdapter(Adapter):
                 self.workers = {url: Worker(url)}
         if self.mode == "controller":
             listed = await fetch("POST", url + "/list_models", headers=HEADERS)
-            names = (_json(listed.body) or {}).get("models") or [] if listed.status == 200 else []
+            names = (loads_or_none(listed.body) or {}).get("models") or [] if listed.status == 200 else []
             if listed.status != 200:
                 return Probe(State.DOWN, detail=f"controller /list_models answered HTTP {listed.status}")
             for name in names:
@@ -86,7 +86,7 @@ class FastChatAdapter(Adapter):
                 for _ in range(MAX_DISCOVERY_CALLS):
                     res = await fetch("POST", url + "/get_worker_address", headers=HEADERS,
                                       body=orjson.dumps({"model": name}))
-                    addr = (_json(res.body) or {}).get("address") if res.status == 200 else None
+                    addr = (loads_or_none(res.body) or {}).get("address") if res.status == 200 else None
                     if not isinstance(addr, str) or not addr or addr.rstrip("/") in seen:
                         break
                     seen.add(addr.rstrip("/"))
@@ -106,7 +106,7 @@ class FastChatAdapter(Adapter):
 
     async def _probe_worker(self, fetch: Fetch, w: Worker) -> None:
         res = await _try(fetch, "POST", w.url + "/worker_get_status", headers=HEADERS)
-        doc = _json(res.body) if res is not None and res.status == 200 else None
+        doc = loads_or_none(res.body) if res is not None and res.status == 200 else None
         if not isinstance(doc, dict):
             w.alive = False
             return
@@ -118,12 +118,12 @@ class FastChatAdapter(Adapter):
             if m not in w.convs:
                 conv = await fetch("POST", w.url + "/worker_get_conv_template", headers=HEADERS,
                                    body=orjson.dumps({"model": m}))
-                c = (_json(conv.body) or {}).get("conv") if conv.status == 200 else None
+                c = (loads_or_none(conv.body) or {}).get("conv") if conv.status == 200 else None
                 if isinstance(c, dict):
                     w.convs[m] = c
             if m not in w.context:
                 det = await fetch("POST", w.url + "/model_details", headers=HEADERS, body=orjson.dumps({"model": m}))
-                n = (_json(det.body) or {}).get("context_length") if det.status == 200 else None
+                n = (loads_or_none(det.body) or {}).get("context_length") if det.status == 200 else None
                 if isinstance(n, int):
                     w.context[m] = n
 
@@ -205,7 +205,7 @@ class FastChatAdapter(Adapter):
                                       code="upstream_connect_failed")
             err.retry_same_backend = any(x.alive for x in self.workers.values())
             raise err from exc
-        count = (_json(res.body) or {}).get("count") if res.status == 200 else None
+        count = (loads_or_none(res.body) or {}).get("count") if res.status == 200 else None
         if not isinstance(count, int):
             return min(limit, ctx)
         room = ctx - count
@@ -217,7 +217,7 @@ class FastChatAdapter(Adapter):
 
     # -- answers -------------------------------------------------------------------------------
     def translate_body(self, endpoint: Endpoint, body: bytes, headers: Any = None, request: Any = None) -> bytes:
-        doc = _json(body)
+        doc = loads_or_none(body)
         if not isinstance(doc, dict):
             raise status_error(502, f"backend {self.target.name}: unreadable worker answer")
         model = request.upstream_model if request is not None else ""
@@ -244,7 +244,7 @@ class FastChatAdapter(Adapter):
         return _cumulative_to_sse(endpoint, chunks, request.upstream_model)
 
     def map_error(self, status: int, body: bytes) -> GatewayError:
-        doc = _json(body)
+        doc = loads_or_none(body)
         if isinstance(doc, dict) and doc.get("error_code"):
             return worker_error(doc)
         return status_error(status, parse_error_body(body)[0] or f"backend {self.target.name} answered HTTP {status}")
@@ -270,7 +270,7 @@ async def _cumulative_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], m
         out = b""
         while (end := buf.find(b"\0")) >= 0:
             raw, buf = buf[:end], buf[end + 1:]
-            doc = _json(raw)
+            doc = loads_or_none(raw)
             if not isinstance(doc, dict):
                 continue
             if doc.get("error_code"):
@@ -322,9 +322,3 @@ async def _try(fetch: Fetch, method: str, url: str, **kw: Any) -> Any:
     except (ConnectionError, TimeoutError):
         return None
 
-
-def _json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None

@@ -23,6 +23,7 @@ import orjson
 from adapters.base import Capabilities, Endpoint, Fetch, Probe, ServedModel, State, UpstreamRequest
 from adapters.openai_compatible import OpenAICompatibleAdapter, parse_error_body
 from adapters.prometheus_text import gauges
+from gateway.jsonio import loads_or_none
 from gateway.errors import CapabilityMissing, GatewayError, InvalidRequest, UpstreamUnavailable
 
 LOAD_METRICS = ("llamacpp:requests_processing", "llamacpp:requests_deferred")
@@ -57,7 +58,7 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
                          + (" (check the backend's api_key)" if res.status == 401 else ""))
         if self.version is None:
             props = await fetch("GET", self.target.url + "/props", headers=self.probe_headers())
-            doc = _json(props.body) if props.status == 200 else None
+            doc = loads_or_none(props.body) if props.status == 200 else None
             if isinstance(doc, dict):
                 self.version = str(doc.get("build_info") or "") or None
                 slots = doc.get("total_slots")
@@ -74,7 +75,7 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
             return models
         # Router mode: every model it can serve, each with its own status (loaded, loading,
         # unloaded, sleeping; failed ones carry "failed": true).
-        doc = _json(body)
+        doc = loads_or_none(body)
         status = {}
         for card in doc.get("data") or [] if isinstance(doc, dict) else []:
             st = card.get("status") if isinstance(card, dict) else None
@@ -96,7 +97,7 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
         """Requests the server is working on or queueing, from whichever source it exposes."""
         if self.load_source in (None, "slots"):
             res = await fetch("GET", self.target.url + "/slots", headers=self.probe_headers())
-            slots = _json(res.body) if res.status == 200 else None
+            slots = loads_or_none(res.body) if res.status == 200 else None
             if isinstance(slots, list):
                 self.load_source = "slots"
                 return float(sum(1 for s in slots if isinstance(s, dict) and s.get("is_processing")))
@@ -165,9 +166,3 @@ def _rewrite_error_lines(chunk: bytes) -> bytes:
         out.append(line)
     return b"\n".join(out)
 
-
-def _json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None

@@ -31,7 +31,7 @@ from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch
                            UpstreamRequest)
 from adapters.openai_compatible import parse_error_body
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, status_error
-from gateway.jsonio import dumps
+from gateway.jsonio import dumps, loads_or_none
 
 FINISH = {"stop": "stop", "length": "length"}
 # OpenAI's own request fields: translated above or meaningless natively. Anything else a client
@@ -67,17 +67,17 @@ class OllamaAdapter(Adapter):
         if tags.status != 200:
             return Probe(State.DOWN, detail=f"/api/tags answered HTTP {tags.status}"
                          + (" (Ollama's Host check: use a local address)" if tags.status == 403 else ""))
-        installed = [m.get("name") for m in (_json(tags.body) or {}).get("models") or [] if isinstance(m, dict)]
+        installed = [m.get("name") for m in (loads_or_none(tags.body) or {}).get("models") or [] if isinstance(m, dict)]
         ps = await fetch("GET", self.target.url + "/api/ps", headers=self.headers)
         resident: dict[str, int | None] = {}
-        for m in (_json(ps.body) or {}).get("models") or [] if ps.status == 200 else []:
+        for m in (loads_or_none(ps.body) or {}).get("models") or [] if ps.status == 200 else []:
             if isinstance(m, dict) and isinstance(m.get("name"), str):
                 ctx = m.get("context_length")
                 resident[m["name"]] = ctx if isinstance(ctx, int) else None
         models = [ServedModel(n, resident.get(n), "loaded" if n in resident else "unloaded")
                   for n in installed if isinstance(n, str)]
         if self.version is None:
-            v = _json((await fetch("GET", self.target.url + "/api/version")).body)
+            v = loads_or_none((await fetch("GET", self.target.url + "/api/version")).body)
             self.version = v.get("version") if isinstance(v, dict) else None
         state = State.READY if resident or not models else State.SWAPPED_OUT
         detail = "" if resident else "no model resident: the first request loads one"
@@ -142,7 +142,7 @@ class OllamaAdapter(Adapter):
 
     # -- answers -------------------------------------------------------------------------------
     def translate_body(self, endpoint: Endpoint, body: bytes, headers: Any = None, request: Any = None) -> bytes:
-        doc = _json(body) or {}
+        doc = loads_or_none(body) or {}
         model = request.upstream_model if request is not None else doc.get("model")
         if endpoint is Endpoint.EMBEDDINGS:
             data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(doc.get("embeddings") or [])]
@@ -175,7 +175,7 @@ class OllamaAdapter(Adapter):
         return _ndjson_to_sse(endpoint, chunks, request.upstream_model)
 
     def map_error(self, status: int, body: bytes) -> GatewayError:
-        return _error_from(status, _json(body) or {"error": body.decode("utf-8", "replace")})
+        return _error_from(status, loads_or_none(body) or {"error": body.decode("utf-8", "replace")})
 
 
 async def _ndjson_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
@@ -197,7 +197,7 @@ async def _ndjson_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model
             line, buf = buf[:nl], buf[nl + 1:]
             if not line.strip():
                 continue
-            doc = _json(line)
+            doc = loads_or_none(line)
             if not isinstance(doc, dict):
                 continue
             if "error" in doc:  # a failure after the first byte: one error event, then the end
@@ -306,9 +306,3 @@ def _error_from(status: int, doc: dict[str, Any]) -> GatewayError:
         return ModelNotFound(message, param="model")
     return status_error(status, message)
 
-
-def _json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None

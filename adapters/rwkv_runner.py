@@ -29,6 +29,7 @@ import orjson
 
 from adapters.base import BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State, UpstreamRequest
 from adapters.openai_compatible import OpenAICompatibleAdapter, parse_error_body
+from gateway.jsonio import loads_or_none
 from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable, status_error
 
 log = logging.getLogger("adapters.rwkv_runner")
@@ -51,7 +52,7 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
     # -- health, discovery, loading ------------------------------------------------------------
     async def probe(self, fetch: Fetch) -> Probe:
         res = await fetch("GET", self.target.url + "/status")
-        doc = _json(res.body) if res.status == 200 else None
+        doc = loads_or_none(res.body) if res.status == 200 else None
         if not isinstance(doc, dict) or "status" not in doc:
             return Probe(State.DOWN, detail=f"/status answered HTTP {res.status}")
         status = doc.get("status")
@@ -65,7 +66,7 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
                 "no model loaded (give the backend a `load:` block to let the gateway load one)"
             return Probe(State.DOWN, detail=why)
         models = await fetch("GET", self.target.url + "/v1/models")
-        cards = (_json(models.body) or {}).get("data") or [] if models.status == 200 else []
+        cards = (loads_or_none(models.body) or {}).get("data") or [] if models.status == 200 else []
         served = [ServedModel(c["id"]) for c in cards
                   if isinstance(c, dict) and isinstance(c.get("id"), str) and c["id"] not in FAKE_MODELS]
         return Probe(State.READY, served)
@@ -105,7 +106,7 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
     def translate_body(self, endpoint: Endpoint, body: bytes, headers: Any = None, request: Any = None) -> bytes:
         if endpoint is Endpoint.EMBEDDINGS:
             return body
-        doc = _json(body)
+        doc = loads_or_none(body)
         if not isinstance(doc, dict) or not doc.get("choices"):
             raise UpstreamUnavailable(f"backend {self.target.name} returned no answer", status=502,
                                       code="upstream_empty_answer")
@@ -174,13 +175,7 @@ def _flatten(m: Any) -> Any:
 def _max_tokens(request: UpstreamRequest | None) -> int | None:
     if request is None:
         return None
-    doc = _json(request.body) or {}
+    doc = loads_or_none(request.body) or {}
     v = doc.get("max_tokens")
     return v if isinstance(v, int) else 500  # RWKV-Runner's own default
 
-
-def _json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None

@@ -33,6 +33,7 @@ from adapters import tgi_generate
 from adapters.base import Capabilities, Endpoint, Fetch, Probe, ServedModel, State, UpstreamRequest
 from adapters.openai_compatible import OpenAICompatibleAdapter, parse_error_body
 from adapters.prometheus_text import gauges
+from gateway.jsonio import loads_or_none
 from gateway.errors import GatewayError, InvalidRequest, Overloaded, status_error
 
 LOAD_METRICS = ("tgi_queue_size", "tgi_batch_current_size")
@@ -134,7 +135,7 @@ class TGIAdapter(OpenAICompatibleAdapter):
         if health.status != 200:
             return Probe(State.DOWN, detail=parse_error_body(health.body)[0] or f"/health answered {health.status}")
         info = await fetch("GET", self.target.url + "/info")
-        doc = _json(info.body) if info.status == 200 else None
+        doc = loads_or_none(info.body) if info.status == 200 else None
         if not isinstance(doc, dict) or not isinstance(doc.get("model_id"), str):
             return Probe(State.DOWN, detail=f"/info answered HTTP {info.status}")
         self.model_id = doc["model_id"]
@@ -150,7 +151,7 @@ class TGIAdapter(OpenAICompatibleAdapter):
             probe.load = sum(g.values()) if g else None
         if self.native_completions is None:
             spec = await fetch("GET", self.target.url + "/api-doc/openapi.json")
-            paths = (_json(spec.body) or {}).get("paths") if spec.status == 200 else None
+            paths = (loads_or_none(spec.body) or {}).get("paths") if spec.status == 200 else None
             if isinstance(paths, dict):
                 self.native_completions = "/v1/completions" not in paths
         return probe
@@ -177,7 +178,7 @@ def _fix_error_events(chunk: bytes) -> bytes:
     out = []
     for line in chunk.split(b"\n"):
         if line.startswith(b"data:") and b'"http_status_code"' in line:
-            doc = _json(line[5:].strip())
+            doc = loads_or_none(line[5:].strip())
             err = doc.get("error") if isinstance(doc, dict) else None
             if isinstance(err, dict):
                 status = err.get("http_status_code")
@@ -197,9 +198,3 @@ def _validation(message: str) -> GatewayError:
         return InvalidRequest(message, code="context_length_exceeded", param="messages")
     return InvalidRequest(message)
 
-
-def _json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None

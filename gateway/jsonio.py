@@ -24,3 +24,11 @@ def dumps(obj: Any) -> bytes:
         return orjson.dumps(obj)
     except TypeError:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def loads_or_none(data: bytes) -> Any:
+    """Parsed JSON, or None when the bytes are not JSON (an adapter reading a backend's answer)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None

@@ -39,15 +39,9 @@ def backend_vllm_double(session_spawn: Spawner) -> BackendUnderTest:
 
 @pytest.fixture(scope="session")
 def backend_tgi_double(session_spawn: Spawner) -> BackendUnderTest:
-    import sys
-
-    from tests.procs import free_port
-    port = free_port()
-    p = session_spawn.proc([sys.executable, "-m", "tests.doubles.tgi_server", "--port", str(port),
-                            "--model-id", "meta-llama/Llama-3.1-8B-Instruct", "--max-input-tokens", "1000",
-                            "--max-total-tokens", "2048"], "conf-tgi-double")
-    p.wait_http(f"http://127.0.0.1:{port}/health")
-    return BackendUnderTest("tgi-double", "tgi", f"http://127.0.0.1:{port}", "meta-llama/Llama-3.1-8B-Instruct")
+    d = session_spawn.start_double("tgi_server", "/health", "--model-id", "meta-llama/Llama-3.1-8B-Instruct",
+                                   "--max-input-tokens", "1000", "--max-total-tokens", "2048")
+    return BackendUnderTest("tgi-double", "tgi", d.url, "meta-llama/Llama-3.1-8B-Instruct")
 
 
 # -- real backends (built or installed once per machine, started once per session) --------------
@@ -108,27 +102,16 @@ def backend_vllm(session_spawn: Spawner, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="session")
 def backend_ollama_double(session_spawn: Spawner) -> BackendUnderTest:
-    import sys
-
-    from tests.procs import free_port
-    port = free_port()
-    p = session_spawn.proc([sys.executable, "-m", "tests.doubles.ollama_server", "--port", str(port),
-                            "--models", "llama3.2", "--loaded", "llama3.2"], "conf-ollama-double")
-    p.wait_http(f"http://127.0.0.1:{port}/api/version")
-    return BackendUnderTest("ollama-double", "ollama", f"http://127.0.0.1:{port}", "llama3.2:latest")
+    d = session_spawn.start_double("ollama_server", "/api/version", "--models", "llama3.2", "--loaded", "llama3.2")
+    return BackendUnderTest("ollama-double", "ollama", d.url, "llama3.2:latest")
 
 
 @pytest.fixture(scope="session")
 def backend_rwkv_double(session_spawn: Spawner) -> BackendUnderTest:
-    import sys
-
-    from tests.procs import free_port
-    port = free_port()
-    p = session_spawn.proc([sys.executable, "-m", "tests.doubles.rwkv_server", "--port", str(port), "--preload",
-                            "models/RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth"], "conf-rwkv-double")
-    p.wait_http(f"http://127.0.0.1:{port}/status")
-    return BackendUnderTest("rwkv-double", "rwkv-runner", f"http://127.0.0.1:{port}",
-                            "RWKV-x070-World-0.1B-v2.8-20241210-ctx4096", stream_usage=False)
+    d = session_spawn.start_double("rwkv_server", "/status", "--preload",
+                                   "models/RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth")
+    return BackendUnderTest("rwkv-double", "rwkv-runner", d.url, "RWKV-x070-World-0.1B-v2.8-20241210-ctx4096",
+                            stream_usage=False)
 
 
 @pytest.fixture(scope="session")

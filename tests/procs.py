@@ -97,11 +97,18 @@ class Spawner:
         return p
 
     def double(self, name: str, models: str = "test-model", *extra: str, port: int | None = None) -> Double:
+        """The OpenAI-compatible double (vLLM's wire format)."""
+        return self.start_double("openai_server", "/health", "--name", name, "--models", models, *extra,
+                                 name=name, port=port)
+
+    def start_double(self, module: str, ready_path: str, *args: str, name: str | None = None,
+                     port: int | None = None) -> Double:
+        """Any double in tests/doubles/ (they share the /_requests, /_stats, /_release hooks)."""
         port = port or free_port()
-        p = self.proc([sys.executable, "-m", "tests.doubles.openai_server", "--port", str(port), "--name", name,
-                       "--models", models, *extra], f"double-{name}")
-        p.wait_http(f"http://127.0.0.1:{port}/health")
-        return Double(p, port, name)
+        p = self.proc([sys.executable, "-m", f"tests.doubles.{module}", "--port", str(port), *args],
+                      f"{module}-{name or port}")
+        p.wait_http(f"http://127.0.0.1:{port}{ready_path}")
+        return Double(p, port, name or module)
 
     def gateway(self, config: dict[str, Any] | None, env: dict[str, str] | None = None,
                 wait: bool = True) -> Gateway:

@@ -4,34 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import time
 
 import httpx
 import openai
 import pytest
 
-from tests.procs import Spawner, free_port
+from tests.procs import Double, Spawner
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
-class Ollama:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def requests(self) -> list[dict]:
-        return httpx.get(self.url + "/_requests").json()
-
-    def stats(self) -> dict:
-        return httpx.get(self.url + "/_stats").json()
-
-
-def start_ollama(spawn: Spawner, *args: str) -> Ollama:
-    port = free_port()
-    p = spawn.proc([sys.executable, "-m", "tests.doubles.ollama_server", "--port", str(port), *args], f"ollama-{port}")
-    p.wait_http(f"http://127.0.0.1:{port}/api/version")
-    return Ollama(f"http://127.0.0.1:{port}")
+def start_ollama(spawn: Spawner, *args: str) -> Double:
+    return spawn.start_double("ollama_server", "/api/version", *args)
 
 
 def admin(gw_url: str) -> dict:

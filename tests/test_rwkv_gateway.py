@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
@@ -11,29 +10,15 @@ import httpx
 import openai
 import pytest
 
-from tests.procs import Spawner, free_port
+from tests.procs import Double, Spawner
 
 MODEL_PATH = "models/RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth"
 MODEL = "RWKV-x070-World-0.1B-v2.8-20241210-ctx4096"
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
-class Rwkv:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def stats(self) -> dict:
-        return httpx.get(self.url + "/_stats").json()
-
-    def requests(self) -> list[dict]:
-        return httpx.get(self.url + "/_requests").json()
-
-
-def start_rwkv(spawn: Spawner, *args: str) -> Rwkv:
-    port = free_port()
-    p = spawn.proc([sys.executable, "-m", "tests.doubles.rwkv_server", "--port", str(port), *args], f"rwkv-{port}")
-    p.wait_http(f"http://127.0.0.1:{port}/status")
-    return Rwkv(f"http://127.0.0.1:{port}")
+def start_rwkv(spawn: Spawner, *args: str) -> Double:
+    return spawn.start_double("rwkv_server", "/status", *args)
 
 
 def backend(gw_url: str) -> dict:

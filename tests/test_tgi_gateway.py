@@ -3,7 +3,6 @@ retried elsewhere or answered 429, in-band errors, quirks repaired, limits from 
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
@@ -11,35 +10,18 @@ import httpx
 import openai
 import pytest
 
-from tests.procs import Spawner, free_port
+from tests.procs import Double, Spawner
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 
 
-class Tgi:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def stats(self) -> dict:
-        return httpx.get(self.url + "/_stats").json()
-
-    def requests(self) -> list[dict]:
-        return httpx.get(self.url + "/_requests").json()
-
-    def release(self) -> None:
-        httpx.post(self.url + "/_release")
+def start_tgi(spawn: Spawner, *extra: str) -> Double:
+    return spawn.start_double("tgi_server", "/health", "--model-id", MODEL, "--max-input-tokens", "100",
+                              "--max-total-tokens", "200", *extra)
 
 
-def start_tgi(spawn: Spawner, *extra: str) -> Tgi:
-    port = free_port()
-    p = spawn.proc([sys.executable, "-m", "tests.doubles.tgi_server", "--port", str(port), "--model-id", MODEL,
-                    "--max-input-tokens", "100", "--max-total-tokens", "200", *extra], f"tgi-{port}")
-    p.wait_http(f"http://127.0.0.1:{port}/health")
-    return Tgi(f"http://127.0.0.1:{port}")
-
-
-def hold_one(t: Tgi) -> threading.Thread:
+def hold_one(t: Double) -> threading.Thread:
     """Occupy the double's only permit with a request the gateway does not know about."""
     th = threading.Thread(target=lambda: httpx.post(t.url + "/generate", timeout=30, json={
         "inputs": "hi", "parameters": {"max_new_tokens": 2}, "x_double": {"hold": True}}))
