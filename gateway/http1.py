@@ -81,6 +81,7 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.bytes_in = 0
         self.last_activity = 0.0
+        self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
 
     # -- asyncio protocol ---------------------------------------------------------------------
@@ -129,11 +130,13 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     # -- request side ---------------------------------------------------------------------------
-    def send(self, data: bytes, read_timeout: float) -> asyncio.Future[None]:
+    def send(self, data: bytes, read_timeout: float, total_timeout: float | None = None) -> asyncio.Future[None]:
         self._reset()
         self.headers_done = self.loop.create_future()
-        self.last_activity = self.loop.time()
-        self.timer = self.loop.call_later(read_timeout, self._check_idle, read_timeout)
+        self.last_activity = now = self.loop.time()
+        self.deadline = now + total_timeout if total_timeout else None
+        first = read_timeout if self.deadline is None else min(read_timeout, total_timeout or read_timeout)
+        self.timer = self.loop.call_later(first, self._check_idle, read_timeout)
         assert self.transport is not None
         self.transport.write(data)
         return self.headers_done
@@ -142,12 +145,19 @@ class _Conn(asyncio.Protocol):
         # One timer per request, re-armed lazily: cheaper than resetting it on every read.
         if self.complete or self.closed:
             return
-        idle = self.loop.time() - self.last_activity
-        if idle >= read_timeout:
+        now = self.loop.time()
+        idle = now - self.last_activity
+        if self.deadline is not None and now >= self.deadline:
+            self._fail(ReadTimeout("the upstream answer took longer than the total timeout"))
+            self.abort()
+        elif idle >= read_timeout:
             self._fail(ReadTimeout(f"no data from the upstream for {read_timeout:g}s"))
             self.abort()
         else:
-            self.timer = self.loop.call_later(read_timeout - idle, self._check_idle, read_timeout)
+            wait = read_timeout - idle
+            if self.deadline is not None:
+                wait = min(wait, self.deadline - now)
+            self.timer = self.loop.call_later(wait, self._check_idle, read_timeout)
 
     async def next_chunk(self) -> bytes:
         """The next piece of body as it arrived; b"" at the end of the answer."""
@@ -244,9 +254,10 @@ class Response:
 
 class Pool:
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int,
-                 max_idle_per_origin: int = 512) -> None:
+                 max_idle_per_origin: int = 512, total_timeout: float | None = None) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.total_timeout = total_timeout
         self.max_connections = max_connections
         self.max_idle = max_idle_per_origin
         self.loop = asyncio.get_running_loop()
@@ -292,7 +303,7 @@ class Pool:
 
     async def _send(self, conn: _Conn, data: bytes, timeout: float) -> Response:
         try:
-            await conn.send(data, timeout)
+            await conn.send(data, timeout, self.total_timeout)
         except BaseException:  # includes cancellation: the connection is in an unknown state
             conn.abort()
             self._release(conn)

@@ -27,7 +27,7 @@ class Upstream:
 
     async def start(self) -> None:
         self._pool = http1.Pool(connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
-                                max_connections=self.max_connections)
+                                max_connections=self.max_connections, total_timeout=self.total_timeout)
 
     async def close(self) -> None:
         if self._pool is not None:
