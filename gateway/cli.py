@@ -22,10 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, help="listen port (default: server.port, 4000)")
     c = sub.add_parser("check-config", help="validate a config file and print the routing table")
     c.add_argument("path")
+    st = sub.add_parser("status", help="show a running gateway's backends: state, since, models, load")
+    st.add_argument("--url", default="http://127.0.0.1:4000", help="the gateway's base URL")
+    st.add_argument("--api-key", default=None, help="the gateway's API key (default: $GATEWAY_API_KEY)")
     args = p.parse_args(argv)
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command == "status":
+            from gateway.status import show
+            return show(args.url, args.api_key)
         return check_config(args.path)
     except ConfigError as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)
@@ -45,9 +51,24 @@ def serve(args: argparse.Namespace) -> int:
     level = settings.server.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, loop="uvloop", http="httptools",
-                log_level=settings.server.log_level.lower(), access_log=False, lifespan="on",
-                timeout_graceful_shutdown=30)
+    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, loop="uvloop",
+                            http="httptools", log_level=settings.server.log_level.lower(), access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=settings.server.drain_timeout)
+
+    class DrainingServer(uvicorn.Server):
+        """SIGTERM/SIGINT: /readyz turns 503 at once; uvicorn stops accepting and lets in-flight
+        requests finish (streams too) for up to server.drain_timeout seconds, then exits."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            if not app.gateway.draining:
+                app.gateway.draining = True
+                logging.getLogger("gateway").warning(
+                    "draining: %d request(s) in flight, up to %.0f s", sum(b.in_flight for b in
+                                                                         app.gateway.backends.values()),
+                    settings.server.drain_timeout)
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    DrainingServer(config).run()
     return 0
 
 

@@ -43,8 +43,17 @@ class HealthMonitor:
 
     async def _loop(self, b: BackendRuntime) -> None:
         h = self.gw.settings.health
+        down_probes = 0
         while True:
-            base = h.interval if b.serving else h.not_ready_interval
+            if b.serving:
+                base = h.interval
+            elif b.state is State.DOWN:  # back off while it stays down: 2 s, 4 s, 8 s ... up to the cap
+                base = min(h.not_ready_interval * 2 ** down_probes, h.down_max_interval)
+                down_probes += 1
+            else:  # starting / loading: probe fast, it will be ready soon
+                base = h.not_ready_interval
+            if b.state is not State.DOWN:
+                down_probes = 0
             await asyncio.sleep(base * random.uniform(0.8, 1.2))
             await self.probe(b)
 

@@ -28,6 +28,8 @@ class ServerSettings(Strict):
     port: int = Field(4000, ge=1, le=65535)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     log_level: str = "info"
+    # On SIGTERM: stop accepting, let in-flight requests (streams too) finish for up to this long.
+    drain_timeout: float = Field(30.0, ge=0)
 
 
 class AuthSettings(Strict):
@@ -57,7 +59,8 @@ class UpstreamSettings(Strict):
 
 class HealthSettings(Strict):
     interval: float = Field(10.0, gt=0)  # between probes of a ready backend
-    not_ready_interval: float = Field(2.0, gt=0)  # while starting/loading/down
+    not_ready_interval: float = Field(2.0, gt=0)  # while starting/loading, and the first probes when down
+    down_max_interval: float = Field(30.0, gt=0)  # a backend that stays down is probed ever less often, up to this
     timeout: float = Field(5.0, gt=0)
 
 

@@ -1,0 +1,43 @@
+"""`llm-gateway status`: a running gateway's backends as a table (from GET /admin/backends)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+
+def show(url: str, api_key: str | None) -> int:
+    key = api_key or os.environ.get("GATEWAY_API_KEY")
+    req = urllib.request.Request(url.rstrip("/") + "/admin/backends",
+                                 headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            doc = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        print(f"llm-gateway status: {url} answered HTTP {exc.code}" + (" (give --api-key)" if exc.code == 401 else ""))
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"llm-gateway status: cannot reach {url}: {getattr(exc, 'reason', exc)}")
+        return 1
+    rows = [("BACKEND", "KIND", "STATE", "SINCE", "IN FLIGHT", "LOAD", "MODELS", "DETAIL")]
+    now = time.time()
+    for b in doc.get("backends", []):
+        rows.append((b["name"], b["kind"], b["state"], _age(now - b["since"]), str(b["in_flight"]),
+                     "-" if b.get("reported_load") is None else f"{b['reported_load']:g}",
+                     ", ".join(b.get("models") or []) or "-", b.get("detail") or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    return 0
+
+
+def _age(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h"

@@ -1,0 +1,93 @@
+"""Bad days: backends dying, hanging, loading, clients leaving, the gateway itself shutting down."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.procs import Spawner
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def test_backend_killed_under_steady_load_fails_no_request(spawn: Spawner) -> None:
+    a = spawn.double("a", "m")
+    b = spawn.double("b", "m")
+    gw = spawn.gateway({"backends": [{"name": "a", "kind": "vllm", "url": a.url},
+                                     {"name": "b", "kind": "vllm", "url": b.url}]})
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                r = c.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": MESSAGES,
+                                                              "x_double": {"delay": 0.02}})
+                statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    a.proc.stop(signal.SIGKILL)  # mid-load, with requests in flight on it
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert len(statuses) > 100
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    state = {x["name"]: x["state"] for x in httpx.get(gw.url + "/admin/backends").json()["backends"]}
+    assert state == {"a": "down", "b": "ready"}
+
+
+def test_sigterm_drains_in_flight_streams_then_exits(spawn: Spawner) -> None:
+    up = spawn.double("drain", "m")
+    gw = spawn.gateway({"server": {"drain_timeout": 20}, "backends": [{"name": "drain", "kind": "vllm",
+                                                                       "url": up.url}]})
+    events: list[str] = []
+
+    def stream() -> None:  # ~2 s: 10 chunks, 0.2 s apart
+        with httpx.stream("POST", gw.v1 + "/chat/completions", timeout=30, json={
+                "model": "m", "messages": MESSAGES, "stream": True, "x_double": {"chunks": 10, "delay": 0.2}}) as r:
+            events.extend(ln for ln in r.iter_lines() if ln.startswith("data:"))
+
+    t = threading.Thread(target=stream)
+    t.start()
+    deadline = time.monotonic() + 10
+    while up.stats()["in_flight"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    gw.proc.popen.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(httpx.TransportError):  # no longer accepting
+        httpx.get(gw.url + "/healthz", timeout=2)
+    t.join(30)
+    assert events[-1] == "data: [DONE]" and len(events) >= 11  # the in-flight stream finished whole
+    # uvicorn re-raises the SIGTERM it caught once its graceful shutdown is over (exit by signal)
+    assert gw.proc.popen.wait(20) in (0, -signal.SIGTERM)
+    log = gw.proc.output()
+    assert "draining: 1 request(s) in flight" in log and "Finished server process" in log
+
+
+def test_status_command_prints_the_backends(spawn: Spawner) -> None:
+    import subprocess
+    import sys
+    up = spawn.double("st", "m")
+    gw = spawn.gateway({"auth": {"api_keys": ["k-status"]},
+                        "backends": [{"name": "st", "kind": "vllm", "url": up.url},
+                                     {"name": "gone", "kind": "vllm", "url": "http://127.0.0.1:9"}]})
+    out = subprocess.run([sys.executable, "-m", "gateway", "status", "--url", gw.url, "--api-key", "k-status"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:3] == ["BACKEND", "KIND", "STATE"]
+    row = {ln.split()[0]: ln.split() for ln in lines[1:]}
+    assert row["st"][1:3] == ["vllm", "ready"] and "m" in row["st"]
+    assert row["gone"][2] == "starting"
+    denied = subprocess.run([sys.executable, "-m", "gateway", "status", "--url", gw.url], capture_output=True,
+                            text=True, timeout=30)
+    assert denied.returncode == 1 and "401" in denied.stdout
