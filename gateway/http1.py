@@ -82,6 +82,9 @@ class _Conn(asyncio.Protocol):
         self.bytes_in = 0
         self.last_activity = 0.0
         self.deadline: float | None = None
+        self.first_byte_timeout = 0.0
+        self.read_timeout = 0.0
+        self.body_started = False
         self.timer: asyncio.TimerHandle | None = None
 
     # -- asyncio protocol ---------------------------------------------------------------------
@@ -118,6 +121,15 @@ class _Conn(asyncio.Protocol):
             self.headers_done.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if not self.body_started:
+            # The first-byte wait is over: from now on the (shorter) idle limit applies.
+            self.body_started = True
+            if self.timer is not None:
+                self.timer.cancel()
+                wait = self.read_timeout
+                if self.deadline is not None:
+                    wait = max(0.0, min(wait, self.deadline - self.loop.time()))
+                self.timer = self.loop.call_later(wait, self._check_idle, self.read_timeout)
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
@@ -130,12 +142,15 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     # -- request side ---------------------------------------------------------------------------
-    def send(self, data: bytes, read_timeout: float, total_timeout: float | None = None) -> asyncio.Future[None]:
+    def send(self, data: bytes, read_timeout: float, total_timeout: float | None = None,
+             first_byte_timeout: float | None = None) -> asyncio.Future[None]:
         self._reset()
         self.headers_done = self.loop.create_future()
         self.last_activity = now = self.loop.time()
         self.deadline = now + total_timeout if total_timeout else None
-        first = read_timeout if self.deadline is None else min(read_timeout, total_timeout or read_timeout)
+        self.first_byte_timeout = first_byte_timeout or read_timeout
+        self.read_timeout = read_timeout
+        first = self.first_byte_timeout if self.deadline is None else min(self.first_byte_timeout, total_timeout or 0)
         self.timer = self.loop.call_later(first, self._check_idle, read_timeout)
         assert self.transport is not None
         self.transport.write(data)
@@ -147,14 +162,18 @@ class _Conn(asyncio.Protocol):
             return
         now = self.loop.time()
         idle = now - self.last_activity
+        # Until the answer's first body byte (a long prefill, a model load) the generous
+        # first-byte timeout applies; after it, the idle timeout between chunks.
+        limit = read_timeout if self.body_started else self.first_byte_timeout
         if self.deadline is not None and now >= self.deadline:
             self._fail(ReadTimeout("the upstream answer took longer than the total timeout"))
             self.abort()
-        elif idle >= read_timeout:
-            self._fail(ReadTimeout(f"no data from the upstream for {read_timeout:g}s"))
+        elif idle >= limit:
+            what = "between chunks" if self.body_started else "before its first byte"
+            self._fail(ReadTimeout(f"the upstream sent nothing for {limit:g}s {what}"))
             self.abort()
         else:
-            wait = read_timeout - idle
+            wait = limit - idle
             if self.deadline is not None:
                 wait = min(wait, self.deadline - now)
             self.timer = self.loop.call_later(wait, self._check_idle, read_timeout)
@@ -254,10 +273,12 @@ class Response:
 
 class Pool:
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int,
-                 max_idle_per_origin: int = 512, total_timeout: float | None = None) -> None:
+                 max_idle_per_origin: int = 512, total_timeout: float | None = None,
+                 first_byte_timeout: float | None = None) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.total_timeout = total_timeout
+        self.first_byte_timeout = first_byte_timeout
         self.max_connections = max_connections
         self.max_idle = max_idle_per_origin
         self.loop = asyncio.get_running_loop()
@@ -303,7 +324,8 @@ class Pool:
 
     async def _send(self, conn: _Conn, data: bytes, timeout: float) -> Response:
         try:
-            await conn.send(data, timeout, self.total_timeout)
+            await conn.send(data, timeout, self.total_timeout,
+                            self.first_byte_timeout if timeout == self.read_timeout else timeout)
         except BaseException:  # includes cancellation: the connection is in an unknown state
             conn.abort()
             self._release(conn)

@@ -28,7 +28,9 @@ class Gateway:
         self.metrics = Metrics()
         u = settings.upstream
         self.upstream = Upstream(connect_timeout=u.connect_timeout, read_timeout=u.read_timeout,
-                                 total_timeout=u.total_timeout, max_connections=u.max_connections)
+                                 total_timeout=u.total_timeout, max_connections=u.max_connections,
+                                 first_byte_timeout=u.first_byte_timeout)
+        self.stream_keepalive = u.stream_keepalive
         self.api_keys = [k.get_secret_value().encode() for k in settings.auth.api_keys]
         self.backends: dict[str, BackendRuntime] = {}
         for b in settings.backends:

@@ -49,12 +49,17 @@ class AuthSettings(Strict):
 
 class UpstreamSettings(Strict):
     connect_timeout: float = Field(5.0, gt=0)
-    # Longest silence allowed while reading an answer: generous, long prompts prefill for minutes.
-    read_timeout: float = Field(600.0, gt=0)
+    # Until an answer's first byte: generous, long prompts prefill and cold models load for minutes.
+    first_byte_timeout: float = Field(600.0, gt=0)
+    # Longest silence between two chunks once an answer has started.
+    read_timeout: float = Field(120.0, gt=0)
     total_timeout: float | None = Field(None, gt=0)
     max_connections: int = Field(1000, ge=1)
     # Attempts per request on other deployments when one fails before any byte reached the client.
     max_attempts: int = Field(2, ge=1, le=10)
+    # Streams: an SSE comment this often while waiting for the first token, so proxies and
+    # clients do not drop a connection that is merely waiting on a long prefill. 0 = off.
+    stream_keepalive: float = Field(15.0, ge=0)
 
 
 class HealthSettings(Strict):

@@ -8,6 +8,7 @@ the stream.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -105,13 +106,38 @@ def complete_end(buf: bytes) -> int:
     return max(i + 2 if i >= 0 else 0, j + 4 if j >= 0 else 0, k + 2 if k >= 0 else 0)
 
 
+KEEPALIVE = b": keepalive\n\n"
+
+
+async def wait_first(source: AsyncIterator[bytes], send: ASGISend, every: float) -> bytes:
+    """The stream's first chunk, sending an SSE comment every `every` seconds while it is awaited
+    (prefill of a long prompt, a cold model): only the first chunk pays for the extra task."""
+    nxt = asyncio.ensure_future(source.__anext__())
+    try:
+        while True:
+            done, _ = await asyncio.wait((nxt,), timeout=every)
+            if done:
+                try:
+                    return nxt.result()
+                except StopAsyncIteration:
+                    return b""
+            await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+    finally:
+        if not nxt.done():
+            nxt.cancel()
+
+
 async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: StreamTap,
-                       rewrite: Callable[[bytes], bytes] | None = None, first: bytes = b"") -> None:
+                       rewrite: Callable[[bytes], bytes] | None = None, first: bytes = b"",
+                       keepalive: float = 0.0) -> None:
     """Forward SSE events from `source` to the client as they arrive. Raises on upstream failure.
 
-    `rewrite` repairs a dialect's quirks on complete events; `first` is what a peek already read.
+    `rewrite` repairs a dialect's quirks on complete events; `first` is what a peek already read;
+    `keepalive` > 0 sends SSE comments while the first chunk is awaited.
     """
     pending = first
+    if keepalive and not first:
+        pending = await wait_first(source, send, keepalive)
     async for chunk in source:
         if pending:
             chunk = pending + chunk

@@ -18,7 +18,8 @@ class Upstream:
     """Owns the connection pool. Safe to share between tasks of one event loop."""
 
     def __init__(self, *, connect_timeout: float, read_timeout: float, total_timeout: float | None,
-                 max_connections: int) -> None:
+                 max_connections: int, first_byte_timeout: float | None = None) -> None:
+        self.first_byte_timeout = first_byte_timeout
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.total_timeout = total_timeout
@@ -27,7 +28,8 @@ class Upstream:
 
     async def start(self) -> None:
         self._pool = http1.Pool(connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
-                                max_connections=self.max_connections, total_timeout=self.total_timeout)
+                                max_connections=self.max_connections, total_timeout=self.total_timeout,
+                                first_byte_timeout=self.first_byte_timeout)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -91,3 +91,30 @@ def test_status_command_prints_the_backends(spawn: Spawner) -> None:
     denied = subprocess.run([sys.executable, "-m", "gateway", "status", "--url", gw.url], capture_output=True,
                             text=True, timeout=30)
     assert denied.returncode == 1 and "401" in denied.stdout
+
+
+def test_hanging_backend_times_out_then_the_request_is_retried_elsewhere(spawn: Spawner) -> None:
+    hung = spawn.double("hung", "m", "--hang")
+    good = spawn.double("good", "m")
+    gw = spawn.gateway({"upstream": {"first_byte_timeout": 1.0},
+                        "backends": [{"name": "hung", "kind": "vllm", "url": hung.url, "weight": 100},
+                                     {"name": "good", "kind": "vllm", "url": good.url}]})
+    started = time.monotonic()
+    r = httpx.post(gw.v1 + "/chat/completions", timeout=30, json={"model": "m", "messages": MESSAGES})
+    assert r.status_code == 200 and r.headers["x-llm-gateway-backend"] == "good"
+    assert 1.0 <= time.monotonic() - started < 5
+    assert hung.stats()["received"] == 1  # it was tried first (weight 100) and given up on
+    assert 'llm_gateway_upstream_errors_total{backend="hung",code="upstream_timeout"} 1.0' in \
+        httpx.get(gw.url + "/metrics").text
+
+
+def test_keepalive_comments_while_the_first_token_is_awaited(spawn: Spawner) -> None:
+    up = spawn.double("slowstart", "m")
+    gw = spawn.gateway({"upstream": {"stream_keepalive": 0.25},
+                        "backends": [{"name": "slowstart", "kind": "vllm", "url": up.url}]})
+    with httpx.stream("POST", gw.v1 + "/chat/completions", timeout=30, json={
+            "model": "m", "messages": MESSAGES, "stream": True, "x_double": {"first_delay": 1.2}}) as r:
+        lines = [ln for ln in r.iter_lines() if ln]
+    first_data = next(i for i, ln in enumerate(lines) if ln.startswith("data:"))
+    assert lines[:first_data].count(": keepalive") >= 3  # sent while the prefill went on
+    assert lines[-1] == "data: [DONE]" and ": keepalive" not in lines[first_data:]

@@ -183,7 +183,8 @@ class ProxyEndpoint:
             failure: GatewayError | None = None
             try:
                 with map_transport_errors(b.name):
-                    await relay_events(source, send, tap, adapter.stream_rewriter(req), first)
+                    await relay_events(source, send, tap, adapter.stream_rewriter(req), first,
+                                       self.gw.stream_keepalive)
             except GatewayError as err:
                 failure = err
                 log.warning("stream from %s failed after the first byte: %s", b.name, err.message)

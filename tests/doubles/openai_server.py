@@ -4,7 +4,7 @@ Run: python -m tests.doubles.openai_server --port P --models m1,m2 --name up1
 
 Behaviour per request comes from an extra body field, which also proves the gateway forwards
 unknown fields untouched:  "x_double": {"status": 500, "chunks": 5, "delay": 0.05, "hold": true,
-"truncate": true, "text": "..."}.
+"truncate": true, "text": "...", "first_delay": 2.0}; `--hang` makes every inference request hang.
 Test hooks: GET /_requests (every body received), GET /_stats (in-flight, max in-flight,
 cancelled), POST /_release (let held requests go on), POST /_reset.
 
@@ -78,6 +78,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     st.requests.append({"path": request.path, "body": body,
                         "authorization": request.headers.get("Authorization")})
     ctl = body.get("x_double") or {}
+    if request.app["hang"]:  # a wedged backend: takes the request, never answers
+        await asyncio.Event().wait()
     if ctl.get("status"):
         return error(ctl["status"], ctl.get("message", f"injected {ctl['status']}"),
                      ctl.get("type", "BadRequestError"))
@@ -126,6 +128,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
 async def stream_answer(request: web.Request, st: State, body: dict, ctl: dict, kind: str) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
     await resp.prepare(request)
+    if ctl.get("first_delay"):  # headers at once, first event later: a long prefill
+        await asyncio.sleep(ctl["first_delay"])
     cid = f"chatcmpl-{uuid.uuid4().hex}" if kind == "chat" else f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     model = body.get("model") or st.models[0]
@@ -203,8 +207,9 @@ async def hooks(request: web.Request) -> web.Response:
     raise web.HTTPNotFound()
 
 
-def make_app(name: str, models_: list[str], strict: bool, owned_by: str) -> web.Application:
+def make_app(name: str, models_: list[str], strict: bool, owned_by: str, hang: bool = False) -> web.Application:
     app = web.Application()
+    app["hang"] = hang
     app["state"] = State(name, models_, strict, owned_by)
     app.router.add_post("/v1/chat/completions", handle)
     app.router.add_route("POST", "/v1/{kind:completions|embeddings}", handle)
@@ -221,8 +226,9 @@ def main() -> None:
     p.add_argument("--models", default="test-model")
     p.add_argument("--owned-by", default="vllm")
     p.add_argument("--lenient-model", action="store_true", help="accept any model name (llama.cpp-like)")
+    p.add_argument("--hang", action="store_true", help="accept inference requests and never answer")
     a = p.parse_args()
-    web.run_app(make_app(a.name, a.models.split(","), not a.lenient_model, a.owned_by), host="127.0.0.1",
+    web.run_app(make_app(a.name, a.models.split(","), not a.lenient_model, a.owned_by, a.hang), host="127.0.0.1",
                 port=a.port, print=None, access_log=None, handler_cancellation=True)
 
 
