@@ -40,6 +40,7 @@ class BackendRuntime:
     capmask: int = 0
     overrides: dict[str, bool] = field(default_factory=dict)
     limiter: Any = None  # gateway.limiter.Limiter when the backend has a concurrency limit
+    errors_in_row: int = 0  # consecutive 5xx answers (passive health)
 
     def __post_init__(self) -> None:
         c = replace(self.adapter.capabilities, **self.overrides)

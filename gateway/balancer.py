@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
+
 from gateway.backends import NEED_NAMES
 from gateway.errors import CapabilityMissing, UpstreamUnavailable
 from gateway.routing import Deployment, Route
@@ -11,7 +14,7 @@ from gateway.routing import Deployment, Route
 COLD_PENALTY = 1_000_000.0
 
 
-def pick(route: Route, needs: int, exclude: tuple[Deployment, ...] = ()) -> Deployment:
+def pick(route: Route, needs: int, exclude: tuple[Deployment, ...] = (), session: str | None = None) -> Deployment:
     """The serving deployment with the fewest in-flight requests per unit of weight, preferring
     deployments whose model is resident.
 
@@ -20,6 +23,10 @@ def pick(route: Route, needs: int, exclude: tuple[Deployment, ...] = ()) -> Depl
     UpstreamUnavailable (503) when some could but none is serving now.
     """
     deps = route.deployments
+    if session is not None and len(deps) > 1:
+        sticky = _rendezvous(deps, needs, exclude, session)
+        if sticky is not None:
+            return sticky
     n = len(deps)
     start = route.rr
     route.rr = start + 1
@@ -52,3 +59,20 @@ def _union(route: Route) -> int:
     for d in route.deployments:
         mask |= d.backend.capmask
     return mask
+
+
+def _rendezvous(deps: tuple[Deployment, ...], needs: int, exclude: tuple[Deployment, ...],
+                session: str) -> Deployment | None:
+    """Weighted rendezvous hashing over the warm, serving deployments: the same session lands on
+    the same one while it serves; when it stops, only its own sessions move."""
+    best: Deployment | None = None
+    best_score = -math.inf
+    for d in deps:
+        b = d.backend
+        if b.capmask & needs != needs or not b.serving or d in exclude or d.cold:
+            continue
+        h = int.from_bytes(hashlib.blake2b(f"{session}\0{b.name}".encode(), digest_size=8).digest(), "big")
+        score = -d.weight / math.log((h + 1) / (2 ** 64 + 1))
+        if score > best_score:
+            best, best_score = d, score
+    return best

@@ -33,6 +33,7 @@ class Route:
     deployments: tuple[Deployment, ...]
     configured: bool  # from `models:` (else discovered)
     context_length: int | None = None
+    fallbacks: tuple[str, ...] = ()
     rr: int = field(default=0)  # round-robin cursor for tie-breaking in the balancer
 
 
@@ -75,7 +76,7 @@ def build_table(models: Iterable[ModelSettings], backends: dict[str, BackendRunt
             upstream = ref.model or upstream_name(names, b)
             deps.append(Deployment(b, upstream, ref.weight or b.weight, ref.model is not None, _cold(b, upstream)))
             covered.add((b.name, upstream))
-        routes.append(Route(m.name, tuple(m.aliases), tuple(deps), True, _ctx(deps)))
+        routes.append(Route(m.name, tuple(m.aliases), tuple(deps), True, _ctx(deps), tuple(m.fallbacks)))
         public.update(names)
     if discovery:
         found: dict[str, list[Deployment]] = {}

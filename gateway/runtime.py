@@ -31,6 +31,9 @@ class Gateway:
                                  total_timeout=u.total_timeout, max_connections=u.max_connections,
                                  first_byte_timeout=u.first_byte_timeout)
         self.stream_keepalive = u.stream_keepalive
+        self.affinity = settings.routing.affinity
+        self.affinity_from_user = settings.routing.affinity_from_user
+        self.eject_after = settings.routing.eject_after_errors
         self.api_keys = [k.get_secret_value().encode() for k in settings.auth.api_keys]
         self.backends: dict[str, BackendRuntime] = {}
         for b in settings.backends:
@@ -65,8 +68,9 @@ class Gateway:
         self.metrics.set_backend_state(b.name, b.state.value, STATES, len(b.served))
 
     def mark_failed(self, b: BackendRuntime, detail: str) -> None:
-        """Passive health: a connect failure on a real request takes the backend out at once;
-        its next probe (at the not-ready interval) brings it back."""
+        """Passive health: a connect failure (or a run of server errors) on real requests takes the
+        backend out at once (circuit open); its next successful probe brings it back."""
+        b.errors_in_row = 0
         if b.set_state(State.DOWN if b.ever_ready else State.STARTING, detail):
             log.warning("backend %s: %s -> marked %s", b.name, detail, b.state.value)
             self.state_changed(b)

@@ -69,6 +69,17 @@ class HealthSettings(Strict):
     timeout: float = Field(5.0, gt=0)
 
 
+class RoutingSettings(Strict):
+    # Same session (X-Session-Id header) -> same deployment while it serves, so its prefix/KV cache
+    # stays warm (rendezvous hashing: a lost replica moves only its own sessions).
+    affinity: bool = True
+    # Also treat the request's `user` field as the session (off: an app that sends one constant
+    # `user` would otherwise pin all its traffic to one replica).
+    affinity_from_user: bool = False
+    # Consecutive 5xx answers from one backend that take it out of service until a probe succeeds.
+    eject_after_errors: int = Field(3, ge=1)
+
+
 class AutodiscoverSettings(Strict):
     # None: probe only when no backend is configured (the zero-config start).
     enabled: bool | None = None
@@ -155,6 +166,8 @@ class ModelSettings(Strict):
     name: str
     aliases: list[str] = []
     backends: list[DeploymentRef] = Field(min_length=1)
+    # Public models tried, in order, when none of this model's deployments can serve a request.
+    fallbacks: list[str] = []
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -172,6 +185,7 @@ class GatewaySettings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     health: HealthSettings = HealthSettings()
+    routing: RoutingSettings = RoutingSettings()
     autodiscover: AutodiscoverSettings = AutodiscoverSettings()
     backends: list[BackendSettings] = []
     models: list[ModelSettings] = []
@@ -203,6 +217,9 @@ class GatewaySettings(BaseSettings):
                 if name in public:
                     raise ValueError(f"{where}: {name!r} is already used by {public[name]}")
                 public[name] = where
+            for j, fb in enumerate(m.fallbacks):
+                if fb in (m.name, *m.aliases):
+                    raise ValueError(f"models[{i}].fallbacks[{j}]: a model cannot fall back to itself")
             for j, ref in enumerate(m.backends):
                 if ref.backend not in names:
                     raise ValueError(f"models[{i}].backends[{j}]: unknown backend {ref.backend!r}; "

@@ -118,3 +118,52 @@ def test_keepalive_comments_while_the_first_token_is_awaited(spawn: Spawner) -> 
     first_data = next(i for i, ln in enumerate(lines) if ln.startswith("data:"))
     assert lines[:first_data].count(": keepalive") >= 3  # sent while the prefill went on
     assert lines[-1] == "data: [DONE]" and ": keepalive" not in lines[first_data:]
+
+
+def test_session_affinity_keeps_a_session_on_one_replica(spawn: Spawner) -> None:
+    ups = [spawn.double(n, "m") for n in ("r1", "r2", "r3")]
+    gw = spawn.gateway({"routing": {"affinity_from_user": True},
+                        "backends": [{"name": u.name, "kind": "vllm", "url": u.url} for u in ups]})
+
+    def where(session: str, by_user: bool = False) -> str:
+        kw = {"json": {"model": "m", "messages": MESSAGES, "user": session}} if by_user else {
+            "json": {"model": "m", "messages": MESSAGES}, "headers": {"X-Session-Id": session}}
+        return httpx.post(gw.v1 + "/chat/completions", timeout=10, **kw).headers["x-llm-gateway-backend"]
+
+    homes = {s: where(s) for s in (f"session-{i}" for i in range(24))}
+    assert len(set(homes.values())) == 3  # sessions spread over the replicas ...
+    for s, home in list(homes.items())[:8]:
+        assert {where(s) for _ in range(3)} == {home}  # ... and each stays on its own
+    assert {where("alice", by_user=True) for _ in range(3)} == {where("alice")}  # `user` counts too (opt-in)
+    # a replica going away moves only its own sessions
+    lost = homes["session-0"]
+    next(u for u in ups if u.name == lost).proc.stop(signal.SIGKILL)
+    for s, home in homes.items():
+        now = where(s)
+        assert now != lost and (home == lost or now == home), (s, home, now)
+
+
+def test_fallback_model_serves_when_the_model_cannot(spawn: Spawner) -> None:
+    small = spawn.double("small", "small-model")
+    gw = spawn.gateway({
+        "backends": [{"name": "big", "kind": "vllm", "url": "http://127.0.0.1:9"},  # never up
+                     {"name": "small", "kind": "vllm", "url": small.url}],
+        "models": [{"name": "big-model", "backends": [{"backend": "big", "model": "x"}], "fallbacks": ["small-model"]}]})
+    r = httpx.post(gw.v1 + "/chat/completions", json={"model": "big-model", "messages": MESSAGES})
+    assert r.status_code == 200 and r.headers["x-llm-gateway-backend"] == "small"
+    assert small.requests()[-1]["body"]["model"] == "small-model"
+
+
+def test_consecutive_server_errors_eject_a_backend(spawn: Spawner) -> None:
+    bad = spawn.double("bad", "m")
+    good = spawn.double("good", "m")
+    gw = spawn.gateway({"routing": {"eject_after_errors": 3},
+                        "backends": [{"name": "bad", "kind": "vllm", "url": bad.url, "weight": 100},
+                                     {"name": "good", "kind": "vllm", "url": good.url}]})
+    fail = {"model": "m", "messages": MESSAGES, "x_double": {"status": 500}}
+    codes = [httpx.post(gw.v1 + "/chat/completions", json=fail).status_code for _ in range(3)]
+    assert codes == [502, 502, 502]  # a 500 is not retried (it may be the request's fault) ...
+    state = {b["name"]: b["state"] for b in httpx.get(gw.url + "/admin/backends").json()["backends"]}
+    assert state["bad"] == "down"  # ... but three in a row take the backend out
+    r = httpx.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": MESSAGES})
+    assert r.headers["x-llm-gateway-backend"] == "good"

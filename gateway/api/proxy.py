@@ -59,8 +59,15 @@ class ProxyEndpoint:
             name, stream, needs = routing_fields(self.endpoint, body)
             route = gw.table.resolve(name)
             model = route.name
+            session = None
+            if gw.affinity:
+                sid = header(scope, b"x-session-id")
+                if sid:
+                    session = sid.decode("latin-1")
+                elif gw.affinity_from_user and type(body.get("user")) is str:
+                    session = body["user"]
             watch = DisconnectWatch(receive)
-            status, backend = await self.dispatch(route, body, stream, needs, send, t0, watch)
+            status, backend = await self.serve(route, body, stream, needs, send, t0, watch, session)
         except GatewayError as err:
             status = err.status
             await send_error(send, err)
@@ -82,15 +89,39 @@ class ProxyEndpoint:
                 watch.close()
             gw.metrics.observe_request(self.label, model, backend, status, time.perf_counter() - t0)
 
+    async def serve(self, route: Route, body: dict[str, Any], stream: bool, needs: int, send: Send,
+                    t0: float, watch: DisconnectWatch, session: str | None) -> tuple[int, str]:
+        """The model's own deployments first, then its fallback models, in order, for as long as
+        each fails before anything reached the client."""
+        try:
+            return await self.dispatch(route, body, stream, needs, send, t0, watch, session)
+        except GatewayError as err:
+            if not route.fallbacks or not (err.retryable or err.code == "no_ready_deployment"):
+                raise
+            last = err
+        for name in route.fallbacks:
+            fallback = self.gw.table.by_name.get(name)
+            if fallback is None:
+                continue
+            log.info("model %s cannot serve (%s): falling back to %s", route.name, last.message, fallback.name)
+            self.gw.metrics.observe_retry(route.name)
+            try:
+                return await self.dispatch(fallback, body, stream, needs, send, t0, watch, session)
+            except GatewayError as err:
+                if not (err.retryable or err.code == "no_ready_deployment"):
+                    raise
+                last = err
+        raise last
+
     async def dispatch(self, route: Route, body: dict[str, Any], stream: bool, needs: int, send: Send,
-                       t0: float, watch: DisconnectWatch) -> tuple[int, str]:
+                       t0: float, watch: DisconnectWatch, session: str | None = None) -> tuple[int, str]:
         """Try deployments until one answers; retry only while nothing reached the client."""
         gw = self.gw
         tried: tuple[Deployment, ...] = ()
         last: GatewayError | None = None
         for attempt in range(gw.max_attempts):
             try:
-                dep = pick(route, needs, tried)
+                dep = pick(route, needs, tried, session)
             except GatewayError:
                 if last is not None:
                     raise last from None
@@ -120,8 +151,14 @@ class ProxyEndpoint:
                             data = await resp.read()
                     finally:
                         resp.release()
+                    if resp.status >= 500 and resp.status != 503:  # 503: loading/overload, said by a live server
+                        b.errors_in_row += 1
+                        if b.errors_in_row >= gw.eject_after:
+                            gw.mark_failed(b, f"{b.errors_in_row} server errors in a row (last HTTP {resp.status})")
                     raise adapter.map_error(resp.status, data)
-                return await self.respond(resp, req, dep, route.name, send, t0, watch)
+                result = await self.respond(resp, req, dep, route.name, send, t0, watch)
+                b.errors_in_row = 0
+                return result
             except GatewayError as err:
                 gw.metrics.observe_upstream_error(b.name, err.code)
                 same_backend = err.retry_same_backend
