@@ -80,6 +80,8 @@ class HealthMonitor:
         self.apply(b, result)
 
     def apply(self, b: BackendRuntime, p: Probe) -> None:
+        if b.state is State.DRAINING and p.state in (State.READY, State.SWAPPED_OUT, State.LOADING):
+            p.state = State.DRAINING  # taken out by an operator: probes keep its models fresh only
         before = b.state
         changed = b.set_state(p.state, p.detail)
         b.version = p.version or b.version

@@ -41,6 +41,7 @@ class Gateway:
         self.table: RoutingTable = build_table(settings.models, self.backends)
         self.max_body = settings.server.max_body_bytes
         self.max_attempts = u.max_attempts
+        self.retry_deadline = u.retry_deadline
         self.draining = False
         self.started_at = time.time()
 

@@ -57,6 +57,8 @@ class UpstreamSettings(Strict):
     max_connections: int = Field(1000, ge=1)
     # Attempts per request on other deployments when one fails before any byte reached the client.
     max_attempts: int = Field(2, ge=1, le=10)
+    # No new attempt starts once this many seconds have passed since the request arrived.
+    retry_deadline: float = Field(30.0, gt=0)
     # Streams: an SSE comment this often while waiting for the first token, so proxies and
     # clients do not drop a connection that is merely waiting on a long prefill. 0 = off.
     stream_keepalive: float = Field(15.0, ge=0)

@@ -167,3 +167,34 @@ def test_consecutive_server_errors_eject_a_backend(spawn: Spawner) -> None:
     assert state["bad"] == "down"  # ... but three in a row take the backend out
     r = httpx.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": MESSAGES})
     assert r.headers["x-llm-gateway-backend"] == "good"
+
+
+def test_an_operator_drains_one_backend(spawn: Spawner) -> None:
+    a = spawn.double("da", "m")
+    b = spawn.double("db", "m")
+    gw = spawn.gateway({"health": {"interval": 0.2},
+                        "backends": [{"name": "da", "kind": "vllm", "url": a.url},
+                                     {"name": "db", "kind": "vllm", "url": b.url}]})
+    held = threading.Thread(target=lambda: httpx.post(gw.v1 + "/chat/completions", timeout=30, json={
+        "model": "m", "messages": MESSAGES, "x_double": {"hold": True}}))
+    held.start()
+    deadline = time.monotonic() + 10
+    while a.stats()["in_flight"] + b.stats()["in_flight"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    busy = a if a.stats()["in_flight"] else b
+    other = b if busy is a else a
+    assert httpx.post(f"{gw.url}/admin/backends/{busy.name}/drain").json()["state"] == "draining"
+    time.sleep(0.5)  # probes run meanwhile and must not undo the drain
+    for _ in range(4):
+        r = httpx.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": MESSAGES})
+        assert r.headers["x-llm-gateway-backend"] == other.name
+    busy.release()
+    held.join(10)  # the in-flight request on the drained backend finished normally
+    assert busy.stats()["completed"] == 1
+    httpx.post(f"{gw.url}/admin/backends/{busy.name}/undrain")
+    deadline = time.monotonic() + 10
+    while {x["name"]: x["state"] for x in httpx.get(gw.url + "/admin/backends").json()["backends"]}[busy.name] != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert httpx.post(f"{gw.url}/admin/backends/nope/drain").status_code == 404

@@ -5,7 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from adapters.base import State
 from gateway.api.deps import get_gateway, require_api_key
+from gateway.backends import BackendRuntime
+from gateway.errors import GatewayError
 from gateway.runtime import Gateway
 
 router = APIRouter()
@@ -38,3 +41,28 @@ async def backends(gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
     return {"backends": [b.describe() for b in gw.backends.values()], "routes": gw.table.describe()}
 
 
+
+
+@router.post("/admin/backends/{name}/drain", summary="Stop sending new requests to a backend",
+             dependencies=[Depends(require_api_key)])
+async def drain(name: str, gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
+    """In-flight requests finish; new ones go to other deployments (e.g. before restarting it)."""
+    b = _backend(gw, name)
+    gw.mark_state(b, State.DRAINING.value, "drained by an operator")
+    return b.describe()
+
+
+@router.post("/admin/backends/{name}/undrain", summary="Send requests to a drained backend again",
+             dependencies=[Depends(require_api_key)])
+async def undrain(name: str, gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
+    b = _backend(gw, name)
+    if b.state is State.DRAINING:
+        gw.mark_state(b, State.STARTING.value, "undrained: waiting for its next probe")
+    return b.describe()
+
+
+def _backend(gw: Gateway, name: str) -> BackendRuntime:
+    b = gw.backends.get(name)
+    if b is None:
+        raise GatewayError(f"No backend named {name!r}.", status=404, type="not_found_error", code="backend_not_found")
+    return b

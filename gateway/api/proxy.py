@@ -170,7 +170,8 @@ class ProxyEndpoint:
                         gw.mark_failed(b, err.message)
                 elif err.backend_state is not None:
                     gw.mark_state(b, err.backend_state, err.message)
-                if not err.retryable or attempt + 1 >= gw.max_attempts:
+                if (not err.retryable or attempt + 1 >= gw.max_attempts
+                        or time.perf_counter() - t0 > gw.retry_deadline):
                     raise
                 log.info("retrying %s elsewhere after %s: %s", route.name, b.name, err.message)
                 gw.metrics.observe_retry(route.name)
