@@ -30,6 +30,7 @@ import orjson
 
 from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
                            UpstreamRequest)
+from adapters.chunks import DONE, ChunkWriter
 from adapters.fastchat_conv import render
 from adapters.openai_compatible import parse_error_body
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamUnavailable, status_error
@@ -251,20 +252,12 @@ class FastChatAdapter(Adapter):
 
 
 async def _cumulative_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
-    chat = endpoint is Endpoint.CHAT
-    cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-    created = int(time.time())
-    obj = "chat.completion.chunk" if chat else "text_completion"
+    w = ChunkWriter(endpoint, model)
     previous = ""
     finish: str | None = None
     usage: dict[str, int] | None = None
     first = True
     buf = b""
-
-    def event(choices: list[Any], **extra: Any) -> bytes:
-        return b"data: " + orjson.dumps({"id": cid, "object": obj, "created": created, "model": model,
-                                         "choices": choices, **extra}) + b"\n\n"
-
     async for data in chunks:
         buf += data
         out = b""
@@ -274,30 +267,23 @@ async def _cumulative_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], m
             if not isinstance(doc, dict):
                 continue
             if doc.get("error_code"):
-                err = worker_error(doc)
-                yield out + err.sse_event() + b"data: [DONE]\n\n"
+                yield out + worker_error(doc).sse_event() + DONE
                 return
             text = str(doc.get("text") or "").replace("\ufffd", "")  # half a UTF-8 character so far
             delta = text[len(previous):]
             if len(text) > len(previous):
                 previous = text
             if delta:
-                if chat:
-                    d: dict[str, Any] = {"role": "assistant", "content": delta} if first else {"content": delta}
-                    out += event([{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}])
-                else:
-                    out += event([{"index": 0, "text": delta, "logprobs": None, "finish_reason": None}])
+                out += w.piece(delta, role="assistant") if first and w.chat else w.piece(delta)
                 first = False
             finish = doc.get("finish_reason") or finish
             usage = _usage(doc) if doc.get("usage") else usage
         if out:
             yield out
-    last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish or "stop"} if chat else \
-        {"index": 0, "text": "", "logprobs": None, "finish_reason": finish or "stop"}
-    tail = event([last])
+    tail = w.piece("", finish or "stop")
     if usage is not None:
-        tail += event([], usage=usage)
-    yield tail + b"data: [DONE]\n\n"
+        tail += w.usage(usage["prompt_tokens"], usage["completion_tokens"])
+    yield tail + DONE
 
 
 def worker_error(doc: dict[str, Any]) -> GatewayError:

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from adapters.chunks import DONE, ChunkWriter
 from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
                            UpstreamRequest)
 from adapters.openai_compatible import parse_error_body
@@ -179,18 +180,10 @@ class OllamaAdapter(Adapter):
 
 
 async def _ndjson_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
-    chat = endpoint is Endpoint.CHAT
-    cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-    created = int(time.time())
-    obj = "chat.completion.chunk" if chat else "text_completion"
+    w = ChunkWriter(endpoint, model)
     called = False
     first = True
     buf = b""
-
-    def chunk(choices: list[Any], **extra: Any) -> bytes:
-        return b"data: " + orjson.dumps({"id": cid, "object": obj, "created": created, "model": model,
-                                         "choices": choices, **extra}) + b"\n\n"
-
     async for data in chunks:
         buf += data
         while (nl := buf.find(b"\n")) >= 0:
@@ -202,35 +195,27 @@ async def _ndjson_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model
                 continue
             if "error" in doc:  # a failure after the first byte: one error event, then the end
                 err = {"error": {"message": str(doc["error"]), "type": "server_error", "param": None, "code": None}}
-                yield b"data: " + orjson.dumps(err) + b"\n\ndata: [DONE]\n\n"
+                yield b"data: " + orjson.dumps(err) + b"\n\n" + DONE
                 return
             out = b""
-            if chat:
+            if w.chat:
                 msg = doc.get("message") or {}
-                delta: dict[str, Any] = {}
-                if first:
-                    delta["role"] = "assistant"
-                if msg.get("content"):
-                    delta["content"] = msg["content"]
+                delta: dict[str, Any] = {"role": "assistant"} if first else {}
                 if msg.get("thinking"):
                     delta["reasoning_content"] = msg["thinking"]
                 calls = _tool_calls(msg.get("tool_calls"))
                 if calls:
                     called = True
                     delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
-                if len(delta) > (1 if first else 0) or (first and not doc.get("done")):
-                    out += chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+                content = msg.get("content") or ""
+                if content or len(delta) > (1 if first else 0) or (first and not doc.get("done")):
+                    out += w.piece(content, **delta)
                     first = False
             elif doc.get("response"):
-                out += chunk([{"index": 0, "text": doc["response"], "logprobs": None, "finish_reason": None}])
+                out += w.piece(doc["response"])
             if doc.get("done"):
-                finish = _finish(doc, called)
-                if chat:
-                    out += chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])
-                else:
-                    out += chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": finish}])
-                out += chunk([], usage=_usage(doc)) + b"data: [DONE]\n\n"
-                yield out
+                u = _usage(doc)
+                yield out + w.piece("", _finish(doc, called)) + w.usage(u["prompt_tokens"], u["completion_tokens"]) + DONE
                 return
             if out:
                 yield out

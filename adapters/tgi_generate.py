@@ -16,9 +16,10 @@ from typing import Any
 
 import orjson
 
-from adapters.base import UpstreamRequest
+from adapters.base import Endpoint, UpstreamRequest
+from adapters.chunks import DONE, ChunkWriter
 from gateway.errors import CapabilityMissing
-from gateway.jsonio import dumps
+from gateway.jsonio import dumps, loads_or_none
 
 FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
@@ -59,16 +60,8 @@ def build(adapter: Any, body: dict[str, Any], upstream_model: str, stream: bool)
                            strip_usage=stream and not asked, passthrough=False, upstream_model=upstream_model)
 
 
-def _chunk(cid: str, created: int, model: str, text: str, finish: str | None, **extra: Any) -> bytes:
-    doc = {"id": cid, "object": "text_completion", "created": created, "model": model,
-           "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], **extra}
-    return b"data: " + orjson.dumps(doc) + b"\n\n"
-
-
 async def translate_stream(chunks: AsyncIterator[bytes], request: UpstreamRequest) -> AsyncIterator[bytes]:
-    cid = f"cmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    model = request.upstream_model
+    w = ChunkWriter(Endpoint.COMPLETIONS, request.upstream_model)
     buf = b""
     async for data in chunks:
         buf += data
@@ -77,42 +70,35 @@ async def translate_stream(chunks: AsyncIterator[bytes], request: UpstreamReques
             if end < 0:
                 break
             event, buf = buf[:end], buf[end + 2:]
-            out = _event(event, cid, created, model)
+            out = _event(event, w)
             if out:
                 yield out
     if buf.strip():
-        out = _event(buf, cid, created, model)
+        out = _event(buf, w)
         if out:
             yield out
 
 
-def _event(event: bytes, cid: str, created: int, model: str) -> bytes:
+def _event(event: bytes, w: ChunkWriter) -> bytes:
     payload = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
     if not payload:
         return event + b"\n\n" if event.startswith(b":") else b""  # keep-alive comments pass
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return b""
+    doc = loads_or_none(payload)
     if not isinstance(doc, dict):
         return b""
     if "error" in doc:
         err = {"error": {"message": str(doc.get("error")), "type": "server_error", "param": None,
                          "code": doc.get("error_type")}}
-        return b"data: " + orjson.dumps(err) + b"\n\n" + b"data: [DONE]\n\n"
+        return b"data: " + orjson.dumps(err) + b"\n\n" + DONE
     token = doc.get("token") or {}
     text = "" if token.get("special") else str(token.get("text") or "")
-    out = _chunk(cid, created, model, text, None) if text else b""
+    out = w.piece(text) if text else b""
     if doc.get("generated_text") is not None:  # the last event
         details = doc.get("details") or {}
-        finish = FINISH.get(details.get("finish_reason"), "stop")
-        out += _chunk(cid, created, model, "", finish)
+        out += w.piece("", FINISH.get(details.get("finish_reason"), "stop"))
         if "generated_tokens" in details:
-            p, c = int(details.get("input_length") or 0), int(details["generated_tokens"])
-            usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-            out += b"data: " + orjson.dumps({"id": cid, "object": "text_completion", "created": created,
-                                             "model": model, "choices": [], "usage": usage}) + b"\n\n"
-        out += b"data: [DONE]\n\n"
+            out += w.usage(int(details.get("input_length") or 0), int(details["generated_tokens"]))
+        out += DONE
     return out
 
 

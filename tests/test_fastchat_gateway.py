@@ -4,7 +4,6 @@ API server: the gateway speaks to the controller and the workers itself."""
 from __future__ import annotations
 
 import signal
-import time
 
 import httpx
 import openai

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import openai
-import pytest
 
 from tests.procs import Double, Spawner
 
