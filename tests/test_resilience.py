@@ -198,3 +198,30 @@ def test_an_operator_drains_one_backend(spawn: Spawner) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert httpx.post(f"{gw.url}/admin/backends/nope/drain").status_code == 404
+
+
+def test_keepalives_while_an_upstream_withholds_even_its_headers(spawn: Spawner) -> None:
+    # An upstream that answers nothing for a while (Ollama loading a model, a saturated FastChat
+    # worker): the SSE response starts with comments; the request stays retryable meanwhile.
+    slow_fail = spawn.double("slowfail", "m", "--headers-delay", "1.0", "--fail-status", "503")
+    good = spawn.double("good", "m")
+    gw = spawn.gateway({"upstream": {"stream_keepalive": 0.25},
+                        "backends": [{"name": "slowfail", "kind": "vllm", "url": slow_fail.url, "weight": 100},
+                                     {"name": "good", "kind": "vllm", "url": good.url}]})
+    body = {"model": "m", "messages": MESSAGES, "stream": True}  # the slow one finally fails (503)
+    with httpx.stream("POST", gw.v1 + "/chat/completions", timeout=30, json=body) as r:
+        assert r.status_code == 200
+        lines = [ln for ln in r.iter_lines() if ln]
+    first_data = next(i for i, ln in enumerate(lines) if ln.startswith("data:"))
+    assert lines[:first_data].count(": keepalive") >= 3
+    assert lines[-1] == "data: [DONE]" and "error" not in "".join(lines)  # retried on `good` after the comments
+    assert slow_fail.stats()["received"] == 1 and good.stats()["completed"] == 1
+    # nowhere else to go: the committed stream ends with the error as an event
+    gw2 = spawn.gateway({"upstream": {"stream_keepalive": 0.25, "max_attempts": 1},
+                         "backends": [{"name": "slowfail", "kind": "vllm", "url": slow_fail.url}]})
+    with httpx.stream("POST", gw2.v1 + "/chat/completions", timeout=30, json=body) as r:
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert r.status_code == 200 and lines[0] == ": keepalive"
+    assert lines[-1] == "data: [DONE]"
+    err = httpx.Response(200, content=lines[-2][5:]).json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "server_error"

@@ -25,7 +25,7 @@ from gateway.jsonio import loads
 from gateway.protocol import routing_fields
 from gateway.routing import Deployment, Route
 from gateway.runtime import Gateway
-from gateway.streaming import StreamTap, peek_first_event, relay_events, stream_end
+from gateway.streaming import DONE_EVENT, KEEPALIVE, StreamTap, peek_first_event, relay_events, stream_end
 from gateway.upstream import map_transport_errors
 
 log = logging.getLogger("gateway.proxy")
@@ -33,6 +33,24 @@ log = logging.getLogger("gateway.proxy")
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
 CLIENT_CLOSED = 499  # nginx's convention, for metrics only: nobody receives it
+
+
+class Reply:
+    """Whether this request's SSE response has started (headers and keepalive comments only: no
+    answer byte yet, so a failed attempt may still be retried, but a final error must now be an
+    error event instead of an HTTP status)."""
+
+    __slots__ = ("committed",)
+
+    def __init__(self) -> None:
+        self.committed = False
+
+
+async def start_sse(send: Send, reply: Reply, backend: str) -> None:
+    if not reply.committed:
+        reply.committed = True
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*SSE_HEADERS, (b"x-llm-gateway-backend", backend.encode())]})
 
 
 class ProxyEndpoint:
@@ -47,6 +65,7 @@ class ProxyEndpoint:
         model = backend = ""
         status = 500
         watch: DisconnectWatch | None = None
+        reply = Reply()
         try:
             if gw.api_keys and not gw.authorized(header(scope, b"authorization") or header(scope, b"x-api-key")):
                 raise Unauthorized("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.")
@@ -67,10 +86,13 @@ class ProxyEndpoint:
                 elif gw.affinity_from_user and type(body.get("user")) is str:
                     session = body["user"]
             watch = DisconnectWatch(receive)
-            status, backend = await self.serve(route, body, stream, needs, send, t0, watch, session)
+            status, backend = await self.serve(route, body, stream, needs, send, t0, watch, session, reply)
         except GatewayError as err:
             status = err.status
-            await send_error(send, err)
+            if reply.committed:  # the SSE response had started (keepalives only): end it with the error
+                await send({"type": "http.response.body", "body": err.sse_event() + DONE_EVENT, "more_body": False})
+            else:
+                await send_error(send, err)
         except ClientGone:
             status = CLIENT_CLOSED
         except asyncio.CancelledError:
@@ -90,11 +112,11 @@ class ProxyEndpoint:
             gw.metrics.observe_request(self.label, model, backend, status, time.perf_counter() - t0)
 
     async def serve(self, route: Route, body: dict[str, Any], stream: bool, needs: int, send: Send,
-                    t0: float, watch: DisconnectWatch, session: str | None) -> tuple[int, str]:
+                    t0: float, watch: DisconnectWatch, session: str | None, reply: Reply) -> tuple[int, str]:
         """The model's own deployments first, then its fallback models, in order, for as long as
         each fails before anything reached the client."""
         try:
-            return await self.dispatch(route, body, stream, needs, send, t0, watch, session)
+            return await self.dispatch(route, body, stream, needs, send, t0, watch, session, reply)
         except GatewayError as err:
             if not route.fallbacks or not (err.retryable or err.code == "no_ready_deployment"):
                 raise
@@ -106,7 +128,7 @@ class ProxyEndpoint:
             log.info("model %s cannot serve (%s): falling back to %s", route.name, last.message, fallback.name)
             self.gw.metrics.observe_retry(route.name)
             try:
-                return await self.dispatch(fallback, body, stream, needs, send, t0, watch, session)
+                return await self.dispatch(fallback, body, stream, needs, send, t0, watch, session, reply)
             except GatewayError as err:
                 if not (err.retryable or err.code == "no_ready_deployment"):
                     raise
@@ -114,7 +136,7 @@ class ProxyEndpoint:
         raise last
 
     async def dispatch(self, route: Route, body: dict[str, Any], stream: bool, needs: int, send: Send,
-                       t0: float, watch: DisconnectWatch, session: str | None = None) -> tuple[int, str]:
+                       t0: float, watch: DisconnectWatch, session: str | None, reply: Reply) -> tuple[int, str]:
         """Try deployments until one answers; retry only while nothing reached the client."""
         gw = self.gw
         tried: tuple[Deployment, ...] = ()
@@ -144,7 +166,10 @@ class ProxyEndpoint:
                                                 gw.upstream.fetch)
                 else:
                     req = adapter.build_request(self.endpoint, dict(body), dep.upstream_model, stream)
-                resp = await gw.upstream.open(req, b.name)
+                if stream and gw.stream_keepalive:
+                    resp = await self.open_with_keepalive(req, b.name, send, reply)
+                else:
+                    resp = await gw.upstream.open(req, b.name)
                 if resp.status >= 400:
                     try:
                         with map_transport_errors(b.name):
@@ -156,7 +181,7 @@ class ProxyEndpoint:
                         if b.errors_in_row >= gw.eject_after:
                             gw.mark_failed(b, f"{b.errors_in_row} server errors in a row (last HTTP {resp.status})")
                     raise adapter.map_error(resp.status, data)
-                result = await self.respond(resp, req, dep, route.name, send, t0, watch)
+                result = await self.respond(resp, req, dep, route.name, send, t0, watch, reply)
                 b.errors_in_row = 0
                 return result
             except GatewayError as err:
@@ -185,8 +210,25 @@ class ProxyEndpoint:
                 gauge.dec()
         raise last or GatewayError("no attempt made")  # unreachable: max_attempts >= 1
 
+    async def open_with_keepalive(self, req: Any, backend: str, send: Send, reply: Reply) -> Response:
+        """Open the upstream request; if its headers take longer than the keepalive interval (an
+        Ollama cold load, a saturated FastChat worker), start the SSE response and send comments
+        while waiting, so proxies and clients keep the connection."""
+        every = self.gw.stream_keepalive
+        task = asyncio.ensure_future(self.gw.upstream.open(req, backend))
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=every)
+                if done:
+                    return task.result()
+                await start_sse(send, reply, backend)
+                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+        finally:
+            if not task.done():
+                task.cancel()
+
     async def respond(self, resp: Response, req: Any, dep: Deployment, model: str,
-                      send: Send, t0: float, watch: DisconnectWatch) -> tuple[int, str]:
+                      send: Send, t0: float, watch: DisconnectWatch, reply: Reply) -> tuple[int, str]:
         b = dep.backend
         adapter = b.adapter
         m = self.gw.metrics
@@ -194,8 +236,8 @@ class ProxyEndpoint:
         try:
             # A pass-through stream is SSE; a translated one is whatever the native protocol uses
             # (Ollama NDJSON, FastChat NUL-delimited JSON), so only the request decides there.
-            if not req.stream or (req.passthrough
-                                  and not (resp.header(b"content-type") or b"").startswith(b"text/event-stream")):
+            if not reply.committed and (not req.stream or (
+                    req.passthrough and not (resp.header(b"content-type") or b"").startswith(b"text/event-stream"))):
                 with map_transport_errors(b.name):
                     data = adapter.translate_body(self.endpoint, await resp.read(), resp.headers, req)
                 if b'"usage"' in data:
@@ -215,8 +257,7 @@ class ProxyEndpoint:
                 err = adapter.first_event_error(first)
                 if err is not None:
                     raise err
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [*SSE_HEADERS, (b"x-llm-gateway-backend", b.name.encode())]})
+            await start_sse(send, reply, b.name)
             tap = StreamTap(req.strip_usage, adapter.usage_markers, adapter.extract_usage)
             failure: GatewayError | None = None
             try:

@@ -4,7 +4,8 @@ Run: python -m tests.doubles.openai_server --port P --models m1,m2 --name up1
 
 Behaviour per request comes from an extra body field, which also proves the gateway forwards
 unknown fields untouched:  "x_double": {"status": 500, "chunks": 5, "delay": 0.05, "hold": true,
-"truncate": true, "text": "...", "first_delay": 2.0}; `--hang` makes every inference request hang.
+"truncate": true, "text": "...", "first_delay": 2.0, "headers_delay": 2.0}; `--hang` makes every
+inference request hang.
 Test hooks: GET /_requests (every body received), GET /_stats (in-flight, max in-flight,
 cancelled), POST /_release (let held requests go on), POST /_reset.
 
@@ -80,6 +81,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     ctl = body.get("x_double") or {}
     if request.app["hang"]:  # a wedged backend: takes the request, never answers
         await asyncio.Event().wait()
+    if ctl.get("headers_delay") or request.app["headers_delay"]:  # nothing at all for a while (a model loading)
+        await asyncio.sleep(ctl.get("headers_delay") or request.app["headers_delay"])
+    if request.app["fail_status"]:
+        ctl = {**ctl, "status": request.app["fail_status"]}
     if ctl.get("status"):
         return error(ctl["status"], ctl.get("message", f"injected {ctl['status']}"),
                      ctl.get("type", "BadRequestError"))
@@ -207,9 +212,12 @@ async def hooks(request: web.Request) -> web.Response:
     raise web.HTTPNotFound()
 
 
-def make_app(name: str, models_: list[str], strict: bool, owned_by: str, hang: bool = False) -> web.Application:
+def make_app(name: str, models_: list[str], strict: bool, owned_by: str, hang: bool = False,
+             headers_delay: float = 0.0, fail_status: int = 0) -> web.Application:
     app = web.Application()
     app["hang"] = hang
+    app["headers_delay"] = headers_delay
+    app["fail_status"] = fail_status
     app["state"] = State(name, models_, strict, owned_by)
     app.router.add_post("/v1/chat/completions", handle)
     app.router.add_route("POST", "/v1/{kind:completions|embeddings}", handle)
@@ -227,8 +235,11 @@ def main() -> None:
     p.add_argument("--owned-by", default="vllm")
     p.add_argument("--lenient-model", action="store_true", help="accept any model name (llama.cpp-like)")
     p.add_argument("--hang", action="store_true", help="accept inference requests and never answer")
+    p.add_argument("--headers-delay", type=float, default=0.0, help="answer every inference request this late")
+    p.add_argument("--fail-status", type=int, default=0, help="answer every inference request with this status")
     a = p.parse_args()
-    web.run_app(make_app(a.name, a.models.split(","), not a.lenient_model, a.owned_by, a.hang), host="127.0.0.1",
+    web.run_app(make_app(a.name, a.models.split(","), not a.lenient_model, a.owned_by, a.hang, a.headers_delay,
+                         a.fail_status), host="127.0.0.1",
                 port=a.port, print=None, access_log=None, handler_cancellation=True)
 
 
