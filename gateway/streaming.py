@@ -135,9 +135,13 @@ async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: Stream
     `rewrite` repairs a dialect's quirks on complete events; `first` is what a peek already read;
     `keepalive` > 0 sends SSE comments while the first chunk is awaited.
     """
-    pending = first
-    if keepalive and not first:
-        pending = await wait_first(source, send, keepalive)
+    # What a peek or the keepalive wait already read goes out at once, like any chunk: holding it
+    # as a pending prefix would delay the first event until the upstream's second one.
+    if not first and keepalive:
+        first = await wait_first(source, send, keepalive)
+    if first:
+        source = _prepend(first, source)
+    pending = b""
     async for chunk in source:
         if pending:
             chunk = pending + chunk
@@ -168,6 +172,12 @@ async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: Stream
         pending = tap.inspect(pending)
         if pending:
             await send({"type": "http.response.body", "body": pending, "more_body": True})
+
+
+async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield head
+    async for chunk in rest:
+        yield chunk
 
 
 async def peek_first_event(source: AsyncIterator[bytes]) -> bytes:

@@ -132,3 +132,26 @@ def test_client_disconnect_cancels_upstream_request(spawn: Spawner, stream: bool
     wait_for(lambda: up.stats()["cancelled"] == 1, timeout=5)
     assert time.monotonic() - started < 1.0
     assert up.stats()["in_flight"] == 0
+
+
+@pytest.mark.parametrize("kind", ["vllm", "tgi"])
+def test_a_lone_first_event_is_not_held_back(spawn: Spawner, kind: str) -> None:
+    # The upstream sends one event, then nothing for a second: that event must reach the client
+    # at once (the keepalive wait, and TGI's peek, read it before the relay starts).
+    if kind == "vllm":
+        up = spawn.double("paced", "m")
+        model, extra = "m", {"x_double": {"chunks": 3, "delay": 1.0}}
+    else:  # one token, then nothing until released 1.5 s later
+        up = spawn.start_double("tgi_server", "/health", "--model-id", "m")
+        model, extra = "m", {"max_tokens": 3, "x_double": {"hold_after": 1}}
+        threading.Timer(1.5, up.release).start()
+    gw = spawn.gateway({"backends": [{"name": "paced", "kind": kind, "url": up.url}]})
+    started = time.monotonic()
+    with httpx.stream("POST", gw.v1 + "/chat/completions", timeout=30,
+                      json={"model": model, "messages": MESSAGES, "stream": True, **extra}) as r:
+        lines = r.iter_lines()
+        first = next(ln for ln in lines if ln.startswith("data:"))
+        waited = time.monotonic() - started
+        rest = [ln for ln in lines if ln.startswith("data:")]
+    assert '"choices"' in first and waited < 0.9, waited  # not one upstream gap (1 s) late
+    assert rest[-1] == "data: [DONE]"
