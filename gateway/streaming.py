@@ -139,10 +139,17 @@ async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: Stream
     # as a pending prefix would delay the first event until the upstream's second one.
     if not first and keepalive:
         first = await wait_first(source, send, keepalive)
-    if first:
-        source = _prepend(first, source)
     pending = b""
-    async for chunk in source:
+    head = first
+    nxt = source.__aiter__().__anext__
+    while True:
+        if head:
+            chunk, head = head, b""
+        else:
+            try:
+                chunk = await nxt()
+            except StopAsyncIteration:
+                break
         if pending:
             chunk = pending + chunk
             pending = b""
@@ -172,12 +179,6 @@ async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: Stream
         pending = tap.inspect(pending)
         if pending:
             await send({"type": "http.response.body", "body": pending, "more_body": True})
-
-
-async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield head
-    async for chunk in rest:
-        yield chunk
 
 
 async def peek_first_event(source: AsyncIterator[bytes]) -> bytes:
