@@ -100,7 +100,8 @@ class FastChatAdapter(Adapter):
             for m in w.models:
                 served[m] = min(filter(None, (served.get(m), w.context.get(m))), default=None)
         if not alive:
-            return Probe(State.DOWN, detail="no live model worker" + (" registered" if self.mode == "controller" else ""))
+            where = " registered" if self.mode == "controller" else ""
+            return Probe(State.DOWN, detail=f"no live model worker{where}")
         return Probe(State.READY, [ServedModel(m, c) for m, c in served.items()],
                      load=float(sum(w.queue_length for w in alive)),
                      detail=f"{len(alive)} live worker(s)")
@@ -131,7 +132,8 @@ class FastChatAdapter(Adapter):
     def pick_worker(self, model: str) -> Worker:
         best = None
         for w in self.workers.values():
-            if w.alive and model in w.models and (best is None or w.queue_length + w.sent < best.queue_length + best.sent):
+            busy = w.queue_length + w.sent
+            if w.alive and model in w.models and (best is None or busy < best.queue_length + best.sent):
                 best = w
         if best is None:
             raise UpstreamUnavailable(f"backend {self.target.name}: no live FastChat worker serves {model!r}",
@@ -162,7 +164,8 @@ class FastChatAdapter(Adapter):
         conv = w.convs.get(upstream_model) or {}
         if endpoint is Endpoint.CHAT:
             if not conv:
-                raise UpstreamUnavailable(f"backend {self.target.name}: no conversation template yet", code="no_template")
+                raise UpstreamUnavailable(f"backend {self.target.name}: no conversation template yet",
+                                          code="no_template")
             prompt = render(conv, body.get("messages") or [])
         else:
             prompt = body.get("prompt")
@@ -225,7 +228,8 @@ class FastChatAdapter(Adapter):
         if doc.get("error_code"):
             raise worker_error(doc)
         if endpoint is Endpoint.EMBEDDINGS:
-            data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(doc.get("embedding") or [])]
+            vectors = doc.get("embedding") or []
+            data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(vectors)]
             n = int(doc.get("token_num") or 0)
             return orjson.dumps({"object": "list", "data": data, "model": model,
                                  "usage": {"prompt_tokens": n, "total_tokens": n}})

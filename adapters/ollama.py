@@ -146,7 +146,8 @@ class OllamaAdapter(Adapter):
         doc = loads_or_none(body) or {}
         model = request.upstream_model if request is not None else doc.get("model")
         if endpoint is Endpoint.EMBEDDINGS:
-            data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(doc.get("embeddings") or [])]
+            vectors = doc.get("embeddings") or []
+            data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(vectors)]
             n = int(doc.get("prompt_eval_count") or 0)
             return orjson.dumps({"object": "list", "data": data, "model": model,
                                  "usage": {"prompt_tokens": n, "total_tokens": n}})
@@ -156,7 +157,8 @@ class OllamaAdapter(Adapter):
         if endpoint is Endpoint.CHAT:
             msg = doc.get("message") or {}
             calls = _tool_calls(msg.get("tool_calls"))
-            message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or ("" if not calls else None)}
+            content = msg.get("content") or ("" if not calls else None)
+            message: dict[str, Any] = {"role": "assistant", "content": content}
             if msg.get("thinking"):
                 message["reasoning_content"] = msg["thinking"]
             if calls:
@@ -215,7 +217,8 @@ async def _ndjson_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model
                 out += w.piece(doc["response"])
             if doc.get("done"):
                 u = _usage(doc)
-                yield out + w.piece("", _finish(doc, called)) + w.usage(u["prompt_tokens"], u["completion_tokens"]) + DONE
+                usage = w.usage(u["prompt_tokens"], u["completion_tokens"])
+                yield out + w.piece("", _finish(doc, called)) + usage + DONE
                 return
             if out:
                 yield out
