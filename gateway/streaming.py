@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 
 from gateway.errors import GatewayError
 
 ASGISend = Any
+T = TypeVar("T")
 DONE_EVENT = b"data: [DONE]\n\n"
 MAX_EVENT_BYTES = 8 * 1024 * 1024  # a single SSE event larger than this is not an LLM stream
 _EVENT_SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
@@ -109,22 +110,32 @@ def complete_end(buf: bytes) -> int:
 KEEPALIVE = b": keepalive\n\n"
 
 
-async def wait_first(source: AsyncIterator[bytes], send: ASGISend, every: float) -> bytes:
-    """The stream's first chunk, sending an SSE comment every `every` seconds while it is awaited
-    (prefill of a long prompt, a cold model): only the first chunk pays for the extra task."""
-    nxt = asyncio.ensure_future(source.__anext__())
+async def await_with_keepalives(aw: Awaitable[T], send: ASGISend, every: float,
+                                before_first: Callable[[], Awaitable[None]] | None = None) -> T:
+    """Await `aw`, sending an SSE comment every `every` seconds meanwhile (a long prefill, a cold
+    model, an upstream that withholds its headers). `before_first` runs ahead of the first comment
+    (e.g. starting the SSE response). Used once per stream, never per chunk."""
+    task = asyncio.ensure_future(aw)
     try:
         while True:
-            done, _ = await asyncio.wait((nxt,), timeout=every)
+            done, _ = await asyncio.wait((task,), timeout=every)
             if done:
-                try:
-                    return nxt.result()
-                except StopAsyncIteration:
-                    return b""
+                return task.result()
+            if before_first is not None:
+                await before_first()
+                before_first = None
             await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
     finally:
-        if not nxt.done():
-            nxt.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def wait_first(source: AsyncIterator[bytes], send: ASGISend, every: float) -> bytes:
+    """The stream's first chunk, with keepalive comments while it is awaited."""
+    try:
+        return await await_with_keepalives(source.__anext__(), send, every)
+    except StopAsyncIteration:
+        return b""
 
 
 async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: StreamTap,

@@ -25,7 +25,8 @@ from gateway.jsonio import loads
 from gateway.protocol import routing_fields
 from gateway.routing import Deployment, Route
 from gateway.runtime import Gateway
-from gateway.streaming import DONE_EVENT, KEEPALIVE, StreamTap, peek_first_event, relay_events, stream_end
+from gateway.streaming import (DONE_EVENT, StreamTap, await_with_keepalives, peek_first_event, relay_events,
+                               stream_end)
 from gateway.upstream import map_transport_errors
 
 log = logging.getLogger("gateway.proxy")
@@ -214,18 +215,8 @@ class ProxyEndpoint:
         """Open the upstream request; if its headers take longer than the keepalive interval (an
         Ollama cold load, a saturated FastChat worker), start the SSE response and send comments
         while waiting, so proxies and clients keep the connection."""
-        every = self.gw.stream_keepalive
-        task = asyncio.ensure_future(self.gw.upstream.open(req, backend))
-        try:
-            while True:
-                done, _ = await asyncio.wait((task,), timeout=every)
-                if done:
-                    return task.result()
-                await start_sse(send, reply, backend)
-                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
-        finally:
-            if not task.done():
-                task.cancel()
+        return await await_with_keepalives(self.gw.upstream.open(req, backend), send, self.gw.stream_keepalive,
+                                           lambda: start_sse(send, reply, backend))
 
     async def respond(self, resp: Response, req: Any, dep: Deployment, model: str,
                       send: Send, t0: float, watch: DisconnectWatch, reply: Reply) -> tuple[int, str]:
