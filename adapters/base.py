@@ -108,6 +108,21 @@ class FetchResult:
     headers: dict[str, str]
 
 
+def openai_usage(doc: dict[str, Any]) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) from an OpenAI-shaped answer or chunk, if it has usage."""
+    usage = doc.get("usage")
+    if type(usage) is dict:
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        return (p if type(p) is int else 0, c if type(c) is int else 0)
+    return None
+
+
+def client_asked_usage(body: dict[str, Any]) -> bool:
+    """Did the client ask for the usage chunk (`stream_options.include_usage`)?"""
+    opts = body.get("stream_options")
+    return isinstance(opts, dict) and bool(opts.get("include_usage"))
+
+
 # How adapters make probe calls: the gateway's shared client provides it (adapters stay free of
 # any HTTP library). Raises ConnectionError/TimeoutError subclasses on transport failures.
 Fetch = Callable[..., Awaitable[FetchResult]]
@@ -155,12 +170,8 @@ class Adapter:
         return None
 
     def extract_usage(self, doc: dict[str, Any]) -> tuple[int, int] | None:
-        """(prompt_tokens, completion_tokens) from one parsed stream event, if it reports usage."""
-        usage = doc.get("usage")
-        if type(usage) is dict:
-            p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            return (p if type(p) is int else 0, c if type(c) is int else 0)
-        return None
+        """(prompt_tokens, completion_tokens) from one parsed answer or stream event, if it reports usage."""
+        return openai_usage(doc)
 
     def connect_failed(self, request: UpstreamRequest) -> bool:
         """The backend refused a connection for `request`. True when the adapter can send a retry

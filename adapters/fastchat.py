@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import orjson
 
 from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
-                           UpstreamRequest)
+                           UpstreamRequest, client_asked_usage)
 from adapters.chunks import DONE, ChunkWriter
 from adapters.fastchat_conv import render
 from adapters.openai_compatible import parse_error_body
@@ -189,8 +189,7 @@ class FastChatAdapter(Adapter):
         params["max_new_tokens"] = await self._max_new_tokens(fetch, w, upstream_model, prompt,
                                                               body.get("max_completion_tokens", body.get("max_tokens")))
         w.sent += 1
-        opts = body.get("stream_options")
-        asked = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        asked = client_asked_usage(body)
         path = "/worker_generate_stream" if stream else "/worker_generate"
         return UpstreamRequest("POST", w.url + path, HEADERS, dumps(params), stream, strip_usage=stream and not asked,
                                passthrough=False, upstream_model=upstream_model)

@@ -29,7 +29,7 @@ import orjson
 
 from adapters.chunks import DONE, ChunkWriter
 from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
-                           UpstreamRequest)
+                           UpstreamRequest, client_asked_usage)
 from adapters.openai_compatible import parse_error_body
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, status_error
 from gateway.jsonio import dumps, loads_or_none
@@ -136,8 +136,7 @@ class OllamaAdapter(Adapter):
         for key, value in body.items():
             if key not in OPENAI_FIELDS:
                 native.setdefault(key, value)
-        opts = body.get("stream_options")
-        asked = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        asked = client_asked_usage(body)
         return UpstreamRequest("POST", self.target.url + path, self.headers, dumps(native), stream,
                                strip_usage=stream and not asked, passthrough=False, upstream_model=upstream_model)
 

@@ -14,6 +14,7 @@ import orjson
 
 from adapters.base import (
     Adapter,
+    client_asked_usage,
     BackendTarget,
     Endpoint,
     Fetch,
@@ -58,8 +59,8 @@ class OpenAICompatibleAdapter(Adapter):
         body["model"] = upstream_model
         strip = False
         if stream and self.stream_usage:
-            opts = body.get("stream_options")
-            if not (isinstance(opts, dict) and opts.get("include_usage")):
+            if not client_asked_usage(body):
+                opts = body.get("stream_options")
                 body["stream_options"] = {**opts, "include_usage": True} if isinstance(opts, dict) \
                     else {"include_usage": True}
                 strip = True

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from adapters.base import Endpoint, UpstreamRequest
+from adapters.base import Endpoint, UpstreamRequest, client_asked_usage
 from adapters.chunks import DONE, ChunkWriter
 from gateway.errors import CapabilityMissing
 from gateway.jsonio import dumps, loads_or_none
@@ -51,8 +51,7 @@ def build(adapter: Any, body: dict[str, Any], upstream_model: str, stream: bool)
         if body.get(key) is not None:
             params[key] = body[key]
     path = "/generate_stream" if stream else "/generate"
-    opts = body.get("stream_options")
-    asked = isinstance(opts, dict) and bool(opts.get("include_usage"))
+    asked = client_asked_usage(body)
     # translate_stream always reports usage (the gateway counts tokens); the relay strips it
     # again when the client did not ask for it, as for pass-through backends.
     return UpstreamRequest("POST", adapter.target.url + path, adapter.headers,

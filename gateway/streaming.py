@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from adapters.base import openai_usage
 from gateway.errors import GatewayError
 
 ASGISend = Any
@@ -40,7 +41,7 @@ class StreamTap:
         self.error = False
         self.strip_usage = strip_usage
         self.markers = markers
-        self.extract_usage = extract_usage or _openai_usage
+        self.extract_usage = extract_usage or openai_usage
 
     def wants(self, chunk: bytes) -> bool:
         if b"[DONE]" in chunk or b'{"error"' in chunk:
@@ -89,14 +90,6 @@ class StreamTap:
                     if self.strip_usage and doc.get("choices") == [] and "usage" in doc:
                         return False
         return True
-
-
-def _openai_usage(doc: dict[str, Any]) -> tuple[int, int] | None:
-    usage = doc.get("usage")
-    if type(usage) is dict:
-        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        return (p if type(p) is int else 0, c if type(c) is int else 0)
-    return None
 
 
 def complete_end(buf: bytes) -> int:

@@ -13,7 +13,6 @@ import logging
 import time
 from typing import Any
 
-import orjson
 
 from adapters.base import Endpoint
 from gateway.api.asgi import (ClientGone, DisconnectWatch, Receive, Scope, Send, header, read_body,
@@ -21,7 +20,7 @@ from gateway.api.asgi import (ClientGone, DisconnectWatch, Receive, Scope, Send,
 from gateway.balancer import pick
 from gateway.errors import GatewayError, InvalidRequest, Unauthorized
 from gateway.http1 import Response
-from gateway.jsonio import loads
+from gateway.jsonio import loads, loads_or_none
 from gateway.protocol import routing_fields
 from gateway.routing import Deployment, Route
 from gateway.runtime import Gateway
@@ -232,7 +231,10 @@ class ProxyEndpoint:
                 with map_transport_errors(b.name):
                     data = adapter.translate_body(self.endpoint, await resp.read(), resp.headers, req)
                 if b'"usage"' in data:
-                    _usage_from_body(data, m, model, b.name)
+                    doc = loads_or_none(data)
+                    usage = adapter.extract_usage(doc) if type(doc) is dict else None
+                    if usage is not None:
+                        m.observe_usage(model, b.name, *usage)
                 watch.finished = True
                 await send_json(send, resp.status, data, [(b"x-llm-gateway-backend", b.name.encode())])
                 ok = True
@@ -276,13 +278,3 @@ class ProxyEndpoint:
             else:
                 resp.close()
 
-
-def _usage_from_body(data: bytes, m: Any, model: str, backend: str) -> None:
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return
-    usage = doc.get("usage") if type(doc) is dict else None
-    if type(usage) is dict:
-        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        m.observe_usage(model, backend, p if type(p) is int else 0, c if type(c) is int else 0)
