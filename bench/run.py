@@ -41,9 +41,10 @@ def ensure_tools() -> None:
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def spawn(args: list[str], core: str, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(args: list[str], core: str, name: str, env: dict[str, str] | None = None,
+          cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     log = open(WORK / f"{name}.log", "wb")
-    return subprocess.Popen(["taskset", "-c", core, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    return subprocess.Popen(["taskset", "-c", core, *args], stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
                             env={**os.environ, **(env or {})})
 
 

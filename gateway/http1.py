@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -86,6 +87,7 @@ class _Conn(asyncio.Protocol):
         self.read_timeout = 0.0
         self.body_started = False
         self.timer: asyncio.TimerHandle | None = None
+        self.sink: Callable[[bytes], bool] | None = None
 
     # -- asyncio protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -130,6 +132,15 @@ class _Conn(asyncio.Protocol):
                 if self.deadline is not None:
                     wait = max(0.0, min(wait, self.deadline - self.loop.time()))
                 self.timer = self.loop.call_later(wait, self._check_idle, self.read_timeout)
+        sink = self.sink
+        if sink is not None and not self.body:  # nothing queued ahead of it: order is kept
+            try:
+                if sink(body):
+                    return  # forwarded in this callback; no queue, no task wake-up
+            except Exception as exc:  # a bug in the sink: fail this answer, not the event loop
+                self._fail(exc)
+                self.abort()
+                return
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
@@ -221,6 +232,7 @@ class _Conn(asyncio.Protocol):
 
     def finish(self) -> bool:
         """After a request: True if the connection can serve another one."""
+        self.sink = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -251,6 +263,11 @@ class Response:
         while chunk := await self._conn.next_chunk():
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def attach_sink(self, sink: Callable[[bytes], bool] | None) -> None:
+        """Offer each body piece to `sink` as it is parsed, before queueing it; the sink returns
+        False to decline (the piece is then queued for next_chunk as usual). None detaches."""
+        self._conn.sink = sink
 
     async def iter_chunks(self) -> Any:
         conn = self._conn

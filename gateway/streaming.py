@@ -12,7 +12,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -30,7 +30,7 @@ class StreamTap:
     """What the relay saw: first event time, usage, [DONE], upstream error event."""
 
     __slots__ = ("first_at", "prompt_tokens", "completion_tokens", "done", "error", "strip_usage",
-                 "markers", "extract_usage")
+                 "markers", "extract_usage", "watch")
 
     def __init__(self, strip_usage: bool, markers: tuple[bytes, ...] = (b'"usage"',),
                  extract_usage: Any = None) -> None:
@@ -42,11 +42,10 @@ class StreamTap:
         self.strip_usage = strip_usage
         self.markers = markers
         self.extract_usage = extract_usage or openai_usage
+        self.watch = (b"[DONE]", b'{"error"', *markers)  # what makes a chunk worth parsing
 
     def wants(self, chunk: bytes) -> bool:
-        if b"[DONE]" in chunk or b'{"error"' in chunk:
-            return True
-        for m in self.markers:
+        for m in self.watch:
             if m in chunk:
                 return True
         return False
@@ -131,53 +130,127 @@ async def wait_first(source: AsyncIterator[bytes], send: ASGISend, every: float)
         return b""
 
 
-async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: StreamTap,
-                       rewrite: Callable[[bytes], bytes] | None = None, first: bytes = b"",
-                       keepalive: float = 0.0) -> None:
-    """Forward SSE events from `source` to the client as they arrive. Raises on upstream failure.
+class Transport(Protocol):
+    """The client connection's transport (gateway/api/client_writer.py)."""
 
-    `rewrite` repairs a dialect's quirks on complete events; `first` is what a peek already read;
-    `keepalive` > 0 sends SSE comments while the first chunk is awaited.
-    """
-    # What a peek or the keepalive wait already read goes out at once, like any chunk: holding it
-    # as a pending prefix would delay the first event until the upstream's second one.
-    if not first and keepalive:
-        first = await wait_first(source, send, keepalive)
-    pending = b""
-    head = first
-    nxt = source.__aiter__().__anext__
-    while True:
-        if head:
-            chunk, head = head, b""
-        else:
-            try:
-                chunk = await nxt()
-            except StopAsyncIteration:
-                break
-        if pending:
-            chunk = pending + chunk
-            pending = b""
-        if not chunk.endswith(b"\n\n"):
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+
+class Upstream(Protocol):
+    def attach_sink(self, sink: Callable[[bytes], bool] | None) -> None: ...
+
+
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+class Relay:
+    """One stream's relay state, shared by its two paths. `feed` is called by the upstream
+    connection inside its read callback and writes complete events straight to the client's
+    transport; the task in `relay_events` takes whatever `feed` declines (a partial event, a client
+    that is behind or gone, anything while the task itself holds unsent bytes), so bytes leave in
+    the order they came and a slow client still gets uvicorn's flow control."""
+
+    __slots__ = ("tap", "rewrite", "pending", "busy", "transport")
+
+    def __init__(self, tap: StreamTap, rewrite: Callable[[bytes], bytes] | None,
+                 transport: Transport | None) -> None:
+        self.tap = tap
+        self.rewrite = rewrite
+        self.pending = b""
+        self.busy = True  # the task holds bytes not yet sent: feed must queue behind them
+        self.transport = transport
+
+    def events(self, chunk: bytes) -> bytes:
+        """The complete events in pending + chunk, repaired and tapped (b"" when none yet)."""
+        if self.pending:
+            chunk = self.pending + chunk
+            self.pending = b""
+        if not chunk.endswith(_EVENT_ENDS):
             end = complete_end(chunk)
             if end != len(chunk):
-                pending = chunk[end:]
+                self.pending = chunk[end:]
                 chunk = chunk[:end]
-                if len(pending) > MAX_EVENT_BYTES:
+                if len(self.pending) > MAX_EVENT_BYTES:
                     raise GatewayError("upstream sent an SSE event larger than 8 MiB", status=502,
                                        code="upstream_protocol_error")
                 if not chunk:
-                    continue
-        if rewrite is not None:
-            chunk = rewrite(chunk)
+                    return b""
+        if self.rewrite is not None:
+            chunk = self.rewrite(chunk)
+        tap = self.tap
         if tap.wants(chunk):
             chunk = tap.inspect(chunk)
-            if not chunk:
-                continue
-        if not tap.first_at:
+        if chunk and not tap.first_at:
             tap.first_at = time.perf_counter()
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    if pending:  # the upstream's last event lacked its blank line: still the client's data
-        pending += b"\n\n"
+        return chunk
+
+    def feed(self, chunk: bytes) -> bool:
+        """The upstream's sink: True when `chunk` was dealt with here (sent, or held nothing)."""
+        # Written flat on purpose: this runs once per token, usually on a core that just woke up,
+        # where every extra call and attribute costs several times what it does in a warm loop.
+        t = self.transport
+        if (self.busy or self.pending or t is None or not chunk.endswith(_EVENT_ENDS)
+                or t.get_write_buffer_size() or t.is_closing()):
+            return False
+        if self.rewrite is None:
+            for m in self.tap.watch:
+                if m in chunk:
+                    break
+            else:  # the common case: plain events nobody needs to look into
+                t.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))  # uvicorn's chunked framing
+                return True
+        out = self.events(chunk)  # whole events and nothing pending: cannot raise
+        if out:
+            t.write(b"%x\r\n%s\r\n" % (len(out), out))
+        return True
+
+
+async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: StreamTap,
+                       rewrite: Callable[[bytes], bytes] | None = None, first: bytes = b"",
+                       keepalive: float = 0.0, upstream: Upstream | None = None,
+                       transport: Transport | None = None) -> None:
+    """Forward SSE events from `source` to the client as they arrive. Raises on upstream failure.
+
+    `rewrite` repairs a dialect's quirks on complete events; `first` is what a peek already read;
+    `keepalive` > 0 sends SSE comments while the first chunk is awaited. With `upstream` (the raw
+    answer `source` reads) and the client's `transport`, events go out from the upstream's read
+    callback (Relay.feed).
+    """
+    relay = Relay(tap, rewrite, transport)
+    if upstream is not None and transport is not None:
+        upstream.attach_sink(relay.feed)
+    try:
+        # What a peek or the keepalive wait already read goes out at once, like any chunk: holding
+        # it as a pending prefix would delay the first event until the upstream's second one.
+        if not first and keepalive:
+            first = await wait_first(source, send, keepalive)
+        head = first
+        nxt = source.__aiter__().__anext__
+        while True:
+            if head:
+                chunk, head = head, b""
+            else:
+                # While the task waits, feed may send; not before the first event went out the
+                # slow way, which stamps the time to first token.
+                relay.busy = not tap.first_at
+                try:
+                    chunk = await nxt()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    relay.busy = True
+            chunk = relay.events(chunk)
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    finally:
+        if upstream is not None and transport is not None:
+            upstream.attach_sink(None)
+    if relay.pending:  # the upstream's last event lacked its blank line: still the client's data
+        pending = relay.pending + b"\n\n"
         if rewrite is not None:
             pending = rewrite(pending)
         pending = tap.inspect(pending)

@@ -15,6 +15,7 @@ from typing import Any
 
 
 from adapters.base import Endpoint
+from gateway.api.client_writer import client_transport
 from gateway.api.asgi import (ClientGone, DisconnectWatch, Receive, Scope, Send, header, read_body,
                               send_error, send_json)
 from gateway.balancer import pick
@@ -255,8 +256,10 @@ class ProxyEndpoint:
             failure: GatewayError | None = None
             try:
                 with map_transport_errors(b.name):
+                    # Pass-through: the raw answer can hand events to the client from its read callback.
                     await relay_events(source, send, tap, adapter.stream_rewriter(req), first,
-                                       self.gw.stream_keepalive)
+                                       self.gw.stream_keepalive, *((resp, client_transport(send))
+                                                                   if req.passthrough else (None, None)))
             except GatewayError as err:
                 failure = err
                 log.warning("stream from %s failed after the first byte: %s", b.name, err.message)
