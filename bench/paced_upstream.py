@@ -16,6 +16,10 @@ import uvloop
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n")
+EVENT = (b'data: {"object":"chat.completion.chunk","model":"bench-model","choices":[{"index":0,'
+         b'"delta":{"content":"tok"},"finish_reason":null}],"t":%d}\n\n')
+USAGE = (b'data: {"object":"chat.completion.chunk","model":"bench-model","choices":[],'
+         b'"usage":{"prompt_tokens":5,"completion_tokens":%d,"total_tokens":%d}}\n\n')
 MODELS = b'{"object":"list","data":[{"id":"paced-model","object":"model","owned_by":"bench"}]}'
 
 
@@ -52,11 +56,10 @@ class Paced(asyncio.Protocol):
     async def stream(self, n: int, gap_ms: float) -> None:
         t = self.t
         t.write(HEAD)  # type: ignore[attr-defined]
-        for i in range(n):
-            ev = b'data: {"object":"chat.completion.chunk","model":"bench-model","choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}],"t":%d}\n\n' % time.time_ns()
-            t.write(chunk(ev))  # type: ignore[attr-defined]
+        for _ in range(n):
+            t.write(chunk(EVENT % time.time_ns()))  # type: ignore[attr-defined]
             await asyncio.sleep(gap_ms / 1000)
-        t.write(chunk(b'data: {"object":"chat.completion.chunk","model":"bench-model","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":%d,"total_tokens":%d}}\n\n' % (n, n + 5)))  # type: ignore[attr-defined]
+        t.write(chunk(USAGE % (n, n + 5)))  # type: ignore[attr-defined]
         t.write(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")  # type: ignore[attr-defined]
 
 

@@ -35,7 +35,8 @@ def _venv(name: str, version: str, requirement: str) -> Path:
     return venv
 
 
-def start_litellm(work: Path, port: int, upstream: str, cpu: str) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
+def start_litellm(work: Path, port: int, upstream: str,
+                  cpu: str) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
     venv = _venv("litellm", LITELLM_VERSION, f"litellm[proxy]=={LITELLM_VERSION}")
     cfg = work / "litellm.yaml"
     cfg.write_text(
@@ -62,7 +63,8 @@ def start_litellm(work: Path, port: int, upstream: str, cpu: str) -> tuple[subpr
 VLLM_ROUTER_VERSION = "0.1.17"
 
 
-def start_vllm_router(work: Path, port: int, upstream: str, cpu: str) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
+def start_vllm_router(work: Path, port: int, upstream: str,
+                      cpu: str) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
     # The Rust router (tokio) behind a Python launcher; it health-checks its workers at /health,
     # which the benchmark's nginx answers.
     venv = _venv("vllm-router", VLLM_ROUTER_VERSION, f"vllm-router=={VLLM_ROUTER_VERSION}")

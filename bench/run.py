@@ -72,7 +72,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wrk(url: str, conc: int, seconds: float) -> dict[str, Any]:
-    out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+    out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conc}", f"-d{max(1, round(seconds))}s",
+                          "--timeout", "10s",
                           "-s", str(HERE / "post.lua"), url], capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("JSON "))
     r = json.loads(line[5:])
@@ -92,30 +93,32 @@ def measure(url: str, secs: float, warmup: float = 2) -> dict[str, Any]:
     return {"c1": wrk(url, 1, secs), "c64": wrk(url, 64, secs)}
 
 
-def stream(url: str, streams: int) -> dict[str, Any]:
-    """Latency figures from one stream at a time (a busy client would measure itself), then the
-    coalescing check with 8 streams at once."""
-    def client(n: int, conc: int) -> dict[str, Any]:
-        out = subprocess.run(["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "stream_client.py"), url,
-                              str(n), str(conc), "50", "10"], capture_output=True, text=True, check=True).stdout
-        return json.loads(out.strip().splitlines()[-1])
-    res = client(streams, 1)
-    busy = client(streams, 8)
-    res["concurrent_events"], res["coalesced_reads"] = busy["events"], busy["coalesced_reads"]
-    return res
+def stream_client(urls: list[str], streams: int, conc: int) -> dict[str, dict[str, Any]]:
+    out = subprocess.run(["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "stream_client.py"), str(streams),
+                          str(conc), "50", "10", *urls], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def reference_hop(path: str, streams: int) -> dict[str, Any]:
+def streams(targets: dict[str, str], n: int) -> dict[str, dict[str, Any]]:
+    """Latency from one stream at a time, the targets taking turns (so all of them see the same
+    machine noise), then the coalescing check with 8 streams at once, per target."""
+    res = stream_client(list(targets.values()), n, 1)
+    out = {name: res[url] for name, url in targets.items()}
+    for name, url in targets.items():
+        busy = stream_client([url], max(n // 2, 8), 8)[url]
+        out[name]["concurrent_events"], out[name]["coalesced_reads"] = busy["events"], busy["coalesced_reads"]
+    return out
+
+
+def start_reference_hop() -> subprocess.Popen[bytes]:
+    """nginx as a non-buffering reverse proxy to the paced upstream, on the proxy core."""
     conf = (HERE / "nginx-proxy.conf.template").read_text().replace("{WORK}", str(WORK)).replace(
         "{PORT}", str(PORTS["nginx-proxy"])).replace("{UPSTREAM}", str(PORTS["paced"]))
     (WORK / "nginx-proxy.conf").write_text(conf)
     proc = spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(WORK / "nginx-proxy.conf")], PROXY_CORE,
                  "nginx-proxy")
-    try:
-        wait_ready(f"http://127.0.0.1:{PORTS['nginx-proxy']}/v1/models", proc)
-        return stream(f"http://127.0.0.1:{PORTS['nginx-proxy']}{path}", streams)
-    finally:
-        stop(proc)
+    wait_ready(f"http://127.0.0.1:{PORTS['nginx-proxy']}/v1/models", proc)
+    return proc
 
 
 def gateway_config() -> Path:
@@ -133,7 +136,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     secs = 3 if args.quick else 10
     WORK.mkdir(exist_ok=True)
     ensure_tools()
-    conf = (HERE / "nginx.conf.template").read_text().replace("{WORK}", str(WORK)).replace("{PORT}", str(PORTS["nginx"]))
+    conf = (HERE / "nginx.conf.template").read_text().replace("{WORK}", str(WORK)).replace(
+        "{PORT}", str(PORTS["nginx"]))
     (WORK / "nginx.conf").write_text(conf)
     nginx = spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(WORK / "nginx.conf")], LOAD_CORE, "nginx")
     paced = spawn([sys.executable, str(HERE / "paced_upstream.py"), str(PORTS["paced"])], LOAD_CORE, "paced")
@@ -143,16 +147,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wait_ready(f"http://127.0.0.1:{PORTS['paced']}/v1/models", paced)
         path = "/v1/chat/completions"
         res["direct"] = measure(f"http://127.0.0.1:{PORTS['nginx']}{path}", secs)
-        res["direct"]["stream"] = stream(f"http://127.0.0.1:{PORTS['paced']}{path}", 8 if args.quick else 40)
-        res["nginx-proxy"] = {"stream": reference_hop(path, 8 if args.quick else 40)}
-
+        hop = start_reference_hop()
         gw = spawn([sys.executable, "-m", "gateway", "serve", "--config", str(gateway_config()),
                     "--port", str(PORTS["gateway"])], PROXY_CORE, "gateway")
         try:
             wait_ready(f"http://127.0.0.1:{PORTS['gateway']}/readyz", gw)
             url = f"http://127.0.0.1:{PORTS['gateway']}{path}"
             res["gateway"] = measure(url, secs)
-            res["gateway"]["stream"] = stream(url, 8 if args.quick else 40)
+            stream_client([url], 4, 1)  # warm-up: the gateway's connection to the paced upstream
+            s = streams({"direct": f"http://127.0.0.1:{PORTS['paced']}{path}",
+                         "nginx-proxy": f"http://127.0.0.1:{PORTS['nginx-proxy']}{path}", "gateway": url},
+                        20 if args.quick else 100)
+            res["direct"]["stream"], res["gateway"]["stream"] = s["direct"], s["gateway"]
+            res["nginx-proxy"] = {"stream": s["nginx-proxy"]}
             before = rss_kb(gw.pid)
             total, target = 0, (20_000 if args.quick else 200_000)
             while total < target:
@@ -160,6 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res["gateway"]["rss"] = {"requests": total, "before_kb": before, "after_kb": rss_kb(gw.pid)}
         finally:
             stop(gw)
+            stop(hop)
 
         for name in args.peers:
             peer = peers.PEERS[name]
@@ -192,7 +200,8 @@ def report(res: dict[str, Any], quick: bool) -> str:
         "Upstream nginx (fixed answer) and wrk on core 0; each proxy alone on core 1, one worker.",
         f"Mode: {'quick (3 s runs)' if quick else '10 s runs'}. Produced by `python bench/run.py`.", "",
         "## Non-streaming (POST /v1/chat/completions)", "",
-        "| target | req/s c=64 | p99 c=64 (ms) | p50 c=1 (us) | p99 c=1 (us) | added p50 c=1 (us) | added p99 c=1 (us) | non-2xx |",
+        "| target | req/s c=64 | p99 c=64 (ms) | p50 c=1 (us) | p99 c=1 (us) | added p50 c=1 (us) "
+        "| added p99 c=1 (us) | non-2xx |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res.items():
@@ -209,13 +218,16 @@ def report(res: dict[str, Any], quick: bool) -> str:
     lines += ["", "Throughput ratios at c=64: " + "; ".join(ratios) + "."]
     ds, gs = d["stream"], g["stream"]
     lines += ["", "## Streaming (paced upstream: 50 events, 10 ms apart)", "",
-              "Latency: one stream at a time, each event's arrival minus its upstream send time. "
+              "Latency: one stream at a time, the three targets taking turns (stream i goes to target i mod 3), "
+              "each event's arrival minus its upstream send time. "
               "Coalescing: reads carrying more than one event, with 8 streams at once.", "",
-              "| target | events | TTFT p50 (us) | TTFT p99 (us) | event delay p50 (us) | event delay p99 (us) | coalesced reads (8 streams) |",
+              "| target | events | TTFT p50 (us) | TTFT p99 (us) | event delay p50 (us) | event delay p99 (us) "
+              "| coalesced reads (8 streams) |",
               "|---|---|---|---|---|---|---|"]
     for name, s in (("direct", ds), ("nginx-proxy (reference hop)", res["nginx-proxy"]["stream"]), ("gateway", gs)):
         lines.append(f"| {name} | {s['events']} | {s['ttft_p50_us']:.0f} | {s['ttft_p99_us']:.0f} | "
-                     f"{s['delay_p50_us']:.0f} | {s['delay_p99_us']:.0f} | {s['coalesced_reads']} of {s['concurrent_events']} events |")
+                     f"{s['delay_p50_us']:.0f} | {s['delay_p99_us']:.0f} | "
+                     f"{s['coalesced_reads']} of {s['concurrent_events']} events |")
     lines += ["", f"Added by the gateway: first event {gs['ttft_p50_us'] - ds['ttft_p50_us']:.0f} us (p50), "
               f"per event {gs['delay_p50_us'] - ds['delay_p50_us']:.0f} us p50 / "
               f"{gs['delay_p99_us'] - ds['delay_p99_us']:.0f} us p99. A plain nginx hop adds "

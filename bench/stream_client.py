@@ -1,8 +1,12 @@
 """Streaming measurement: time to first event and per-event delay, at the client.
 
-python bench/stream_client.py URL STREAMS CONCURRENCY CHUNKS GAP_MS -> one JSON line.
+python bench/stream_client.py STREAMS CONCURRENCY CHUNKS GAP_MS URL [URL ...] -> one JSON line,
+an object of figures per URL.
+
 Each event carries its upstream send time; delay = arrival - send (same host clock). A read that
-carries more than one event counts as coalesced.
+carries more than one event counts as coalesced. With several URLs the streams take turns (stream
+i goes to URL i mod n), so every target is measured in the same minutes of the machine's life:
+a burst of noise from the VM's neighbours lands on all of them instead of on whichever ran then.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import aiohttp
 import uvloop
 
 T_RE = re.compile(rb'"t":(\d+)')
+
+
+def empty() -> dict:
+    return {"delays": [], "ttft": [], "reads": 0, "coalesced_reads": 0}
 
 
 async def one(session: aiohttp.ClientSession, url: str, chunks: int, gap: float, out: dict) -> None:
@@ -38,24 +46,26 @@ async def one(session: aiohttp.ClientSession, url: str, chunks: int, gap: float,
     out["ttft"].append(first or 0)
 
 
-async def main(url: str, streams: int, conc: int, chunks: int, gap: float) -> None:
-    out: dict = {"delays": [], "ttft": [], "reads": 0, "coalesced_reads": 0}
+def pct(xs: list[int], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))] / 1000 if xs else 0.0  # us
+
+
+async def main(streams: int, conc: int, chunks: int, gap: float, urls: list[str]) -> None:
+    outs = {u: empty() for u in urls}
     sem = asyncio.Semaphore(conc)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
-        async def guarded() -> None:
+        async def guarded(url: str) -> None:
             async with sem:
-                await one(s, url, chunks, gap, out)
-        await asyncio.gather(*(guarded() for _ in range(streams)))
-
-    def pct(xs: list[int], p: float) -> float:
-        xs = sorted(xs)
-        return xs[min(len(xs) - 1, int(len(xs) * p))] / 1000 if xs else 0.0  # us
-
-    print(json.dumps({"events": len(out["delays"]), "reads": out["reads"], "coalesced_reads": out["coalesced_reads"],
-                      "delay_p50_us": pct(out["delays"], 0.50), "delay_p99_us": pct(out["delays"], 0.99),
-                      "ttft_p50_us": pct(out["ttft"], 0.50), "ttft_p99_us": pct(out["ttft"], 0.99)}))
+                await one(s, url, chunks, gap, outs[url])
+        # Round-robin order; with concurrency 1 the semaphore runs them one after another.
+        await asyncio.gather(*(guarded(urls[i % len(urls)]) for i in range(streams * len(urls))))
+    print(json.dumps({u: {"events": len(o["delays"]), "reads": o["reads"], "coalesced_reads": o["coalesced_reads"],
+                          "delay_p50_us": pct(o["delays"], 0.50), "delay_p99_us": pct(o["delays"], 0.99),
+                          "ttft_p50_us": pct(o["ttft"], 0.50), "ttft_p99_us": pct(o["ttft"], 0.99)}
+                      for u, o in outs.items()}))
 
 
 if __name__ == "__main__":
     a = sys.argv
-    uvloop.run(main(a[1], int(a[2]), int(a[3]), int(a[4]), float(a[5])))
+    uvloop.run(main(int(a[1]), int(a[2]), int(a[3]), float(a[4]), a[5:]))

@@ -36,7 +36,8 @@ LC_MODELS = (b'{"object":"list","data":[{"id":"tiny","object":"model","owned_by"
 
 def test_llamacpp_probe_states_models_and_slot_load() -> None:
     a = LlamaCppAdapter(target())
-    loading = fake_fetch({"/health": (503, b'{"error":{"message":"Loading model","type":"unavailable_error","code":503}}')})
+    loading = fake_fetch(
+        {"/health": (503, b'{"error":{"message":"Loading model","type":"unavailable_error","code":503}}')})
     assert asyncio.run(a.probe(loading)).state is State.LOADING
     ready = fake_fetch({"/health": (200, b'{"status":"ok"}'), "/v1/models": (200, LC_MODELS),
                         "/slots": (200, b'[{"id":0,"is_processing":true},{"id":1,"is_processing":false}]'),
@@ -47,7 +48,8 @@ def test_llamacpp_probe_states_models_and_slot_load() -> None:
     b = LlamaCppAdapter(target())  # --no-slots but --metrics
     metrics = fake_fetch({"/health": (200, b'{"status":"ok"}'), "/v1/models": (200, LC_MODELS),
                           "/slots": (501, b"{}"), "/props": (200, b"{}"),
-                          "/metrics": (200, b"# HELP x\nllamacpp:requests_processing 2\nllamacpp:requests_deferred 3\n")})
+                          "/metrics": (200, b"# HELP x\nllamacpp:requests_processing 2\n"
+                                            b"llamacpp:requests_deferred 3\n")})
     assert asyncio.run(b.probe(metrics)).load == 5.0 and b.load_source == "metrics"
 
 
@@ -87,7 +89,8 @@ def test_vllm_probe_metrics_version_and_errors() -> None:
     assert p.state is State.READY and p.load == 7.0 and p.version == "0.33.0" and a.kv_cache_usage == 0.25
     assert p.models[0].context_length == 256
     assert asyncio.run(a.probe(fake_fetch({"/health": (503, b"")}))).state is State.DOWN
-    flat = b'{"object":"error","message":"This model\'s maximum context length is 256 tokens. However, you requested 300","type":"BadRequestError","param":null,"code":400}'
+    flat = (b'{"object":"error","message":"This model\'s maximum context length is 256 tokens. However, you '
+            b'requested 300","type":"BadRequestError","param":null,"code":400}')
     err = a.map_error(400, flat)
     assert err.code == "context_length_exceeded" and err.type == "invalid_request_error"
     nested = b'{"error":{"message":"The model `x` does not exist.","type":"NotFoundError","param":"model","code":404}}'
@@ -148,7 +151,8 @@ def test_tgi_errors_and_probe() -> None:
     err = a.map_error(422, b'{"error":"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 512. '
                            b'Given: 500 `inputs` tokens and 100 `max_new_tokens`","error_type":"validation"}')
     assert err.status == 400 and err.code == "context_length_exceeded"
-    err = a.map_error(422, b'{"error":"Input validation error: `top_p` must be > 0.0 and < 1.0","error_type":"validation"}')
+    err = a.map_error(422, b'{"error":"Input validation error: `top_p` must be > 0.0 and < 1.0",'
+                           b'"error_type":"validation"}')
     assert err.status == 400 and err.type == "invalid_request_error"
     assert a.map_error(424, b'{"error":"Request failed during generation: x","error_type":"generation"}').status == 502
     info = (b'{"model_id":"org/model","max_input_tokens":1000,"max_total_tokens":2048,'
@@ -171,7 +175,8 @@ def test_tgi_generate_stream_translation() -> None:
     req = a.build_request(Endpoint.COMPLETIONS, {"prompt": "Hi", "stream": True}, "org/model", True)
 
     async def src():  # type: ignore[no-untyped-def]
-        yield b'data:{"index":1,"token":{"id":5,"text":"Hi","logprob":-0.1,"special":false},"generated_text":null,"details":null}\n\n'
+        yield (b'data:{"index":1,"token":{"id":5,"text":"Hi","logprob":-0.1,"special":false},'
+               b'"generated_text":null,"details":null}\n\n')
         yield (b'data:{"index":2,"token":{"id":2,"text":"</s>","logprob":-0.01,"special":true},"generated_text":"Hi",'
                b'"details":{"finish_reason":"eos_token","generated_tokens":2,"seed":null,"input_length":12}}\n\n')
 

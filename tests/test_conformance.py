@@ -65,7 +65,8 @@ def test_chat_non_stream(setup: Setup) -> None:
 
 def test_chat_stream(setup: Setup) -> None:
     before = setup.tokens("completion")
-    chunks = list(setup.client.chat.completions.create(model=PUBLIC, messages=MESSAGES, max_tokens=12, stream=True, **GEN))
+    chunks = list(setup.client.chat.completions.create(model=PUBLIC, messages=MESSAGES, max_tokens=12, stream=True,
+                                                       **GEN))
     assert chunks, "no chunk arrived"
     ids = {c.id for c in chunks}
     assert len(ids) == 1 and all(ids), ids  # one non-empty id per stream

@@ -93,7 +93,8 @@ def test_chat_stream_with_usage_requested(setup: Setup) -> None:
 def test_tokens_are_counted_even_when_usage_is_stripped(setup: Setup) -> None:
     def completion_tokens() -> float:
         text = httpx.get(setup.gw.url + "/metrics").text
-        found = re.findall(r'llm_gateway_tokens_total\{backend="up\d",kind="completion",model="qwen2.5-7b"\} (\S+)', text)
+        found = re.findall(r'llm_gateway_tokens_total\{backend="up\d",kind="completion",model="qwen2.5-7b"\} (\S+)',
+                           text)
         return sum(float(v) for v in found)
 
     before = completion_tokens()

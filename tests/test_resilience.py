@@ -148,7 +148,8 @@ def test_fallback_model_serves_when_the_model_cannot(spawn: Spawner) -> None:
     gw = spawn.gateway({
         "backends": [{"name": "big", "kind": "vllm", "url": "http://127.0.0.1:9"},  # never up
                      {"name": "small", "kind": "vllm", "url": small.url}],
-        "models": [{"name": "big-model", "backends": [{"backend": "big", "model": "x"}], "fallbacks": ["small-model"]}]})
+        "models": [{"name": "big-model", "backends": [{"backend": "big", "model": "x"}],
+                    "fallbacks": ["small-model"]}]})
     r = httpx.post(gw.v1 + "/chat/completions", json={"model": "big-model", "messages": MESSAGES})
     assert r.status_code == 200 and r.headers["x-llm-gateway-backend"] == "small"
     assert small.requests()[-1]["body"]["model"] == "small-model"
@@ -194,7 +195,11 @@ def test_an_operator_drains_one_backend(spawn: Spawner) -> None:
     assert busy.stats()["completed"] == 1
     httpx.post(f"{gw.url}/admin/backends/{busy.name}/undrain")
     deadline = time.monotonic() + 10
-    while {x["name"]: x["state"] for x in httpx.get(gw.url + "/admin/backends").json()["backends"]}[busy.name] != "ready":
+
+    def states() -> dict[str, str]:
+        return {x["name"]: x["state"] for x in httpx.get(gw.url + "/admin/backends").json()["backends"]}
+
+    while states()[busy.name] != "ready":
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert httpx.post(f"{gw.url}/admin/backends/nope/drain").status_code == 404

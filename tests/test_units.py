@@ -93,7 +93,8 @@ def test_table_configured_discovered_and_hidden_upstream_names() -> None:
     route = t.resolve("q")
     assert route.name == "qwen"
     # a backend serving exactly one model maps `backends: [b]` to it
-    assert [(d.backend.name, d.upstream_model) for d in route.deployments] == [("a", "Qwen/Qwen2.5-7B"), ("b", "q.gguf")]
+    deployments = [(d.backend.name, d.upstream_model) for d in route.deployments]
+    assert deployments == [("a", "Qwen/Qwen2.5-7B"), ("b", "q.gguf")]
     assert sorted(r.name for r in t.routes) == ["other", "qwen"]
     assert [d.backend.name for d in t.resolve("other").deployments] == ["a", "c"]
     with pytest.raises(ModelNotFound):

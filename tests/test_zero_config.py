@@ -44,7 +44,8 @@ def test_gateway_config_env_var_selects_the_file(spawn: Spawner, tmp_path) -> No
     gw = spawn.gateway(None, env={"GATEWAY_CONFIG": str(cfg)})
     # a backend serving one model maps `backends: [name]` to that model
     assert sorted(m["id"] for m in httpx.get(gw.v1 + "/models").json()["data"]) == ["public"]
-    r = httpx.post(gw.v1 + "/chat/completions", json={"model": "public", "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(gw.v1 + "/chat/completions",
+                   json={"model": "public", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 200 and up.requests()[-1]["body"]["model"] == "m"
 
 

@@ -748,7 +748,8 @@ async def run_eval(st: State, m: Model, entry: dict, ctl: dict, chat: bool, prom
             if m.kind == "rwkv" and prompt == "":  # generate(): no prefill -> `logits` unbound
                 raise UnboundLocalError("cannot access local variable 'logits' where it is not associated "
                                         "with a value")
-            async for response, delta, prompt_tokens, completion_tokens in agen:
+            # The loop variables are read after the loop: the last values are the answer and its usage.
+            async for response, delta, prompt_tokens, completion_tokens in agen:  # noqa: B007
                 if emit is not None:
                     choice = ({"delta": {"content": delta}, "index": 0, "finish_reason": None} if chat
                               else {"text": delta, "index": 0, "finish_reason": None})
