@@ -140,7 +140,9 @@ class Transport(Protocol):
     def get_write_buffer_size(self) -> int: ...
 
 
-class Upstream(Protocol):
+class Answer(Protocol):
+    """The raw upstream answer a pass-through stream reads (gateway/http1.py Response)."""
+
     def attach_sink(self, sink: Callable[[bytes], bool] | None) -> None: ...
 
 
@@ -211,7 +213,7 @@ class Relay:
 
 async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: StreamTap,
                        rewrite: Callable[[bytes], bytes] | None = None, first: bytes = b"",
-                       keepalive: float = 0.0, upstream: Upstream | None = None,
+                       keepalive: float = 0.0, upstream: Answer | None = None,
                        transport: Transport | None = None) -> None:
     """Forward SSE events from `source` to the client as they arrive. Raises on upstream failure.
 
