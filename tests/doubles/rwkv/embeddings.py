@@ -1,0 +1,68 @@
+"""POST /embeddings (and its aliases): fake, deterministic unit vectors; takes the generation lock."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import math
+import struct
+
+from aiohttp import web
+
+from .hooks import record
+from .responses import detail, json_response
+from .schemas import EMBEDDINGS_BODY, parse_body
+from .state import State, acquire_lock
+from .tokens import tokenize
+
+
+def fake_embedding(text: str, dim: int) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    vec = [(digest[i % len(digest)] - 127.5) / 127.5 + 0.01 * (i + 1) for i in range(dim)]
+    norm = math.sqrt(sum(x * x for x in vec))
+    return [x / norm for x in vec]
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    st: State = request.app["state"]
+    data, body, bad = await parse_body(request, EMBEDDINGS_BODY)
+    record(st, request, data)
+    if bad:
+        return bad
+    m = st.model
+    if m is None:
+        return detail(400, "model not loaded")
+    if m.kind != "rwkv":
+        return detail(400, "model not support embedding")
+    inp = body["input"]
+    if inp is None or inp == "" or inp == [] or inp == [[]]:
+        return detail(400, "input not found")
+    try:
+        await acquire_lock(st)
+    except asyncio.CancelledError:
+        st.cancelled += 1
+        raise
+    st.in_flight += 1
+    st.max_in_flight = max(st.max_in_flight, st.in_flight)
+    try:
+        texts = [inp] if isinstance(inp, str) else inp
+        out, prompt_tokens = [], 0
+        for item in texts:
+            if isinstance(item, list):  # token ids: the real server decodes them with tiktoken
+                text, n = " ".join(str(t) for t in item), len(item)
+            else:
+                text, n = item, len(tokenize(item))
+            vec = fake_embedding(text, st.args.embedding_dim)
+            prompt_tokens += n
+            if body["encoding_format"] == "base64":
+                out.append(base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode())
+            else:
+                out.append(vec)
+        st.completed += 1
+        data_ = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(out)]
+        return json_response({"object": "list", "data": data_, "model": m.name,
+                              "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}})
+    finally:
+        st.in_flight -= 1
+        st.locked = False
