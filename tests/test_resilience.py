@@ -220,6 +220,9 @@ def test_keepalives_while_an_upstream_withholds_even_its_headers(spawn: Spawner)
     first_data = next(i for i, ln in enumerate(lines) if ln.startswith("data:"))
     assert lines[:first_data].count(": keepalive") >= 3
     assert lines[-1] == "data: [DONE]" and "error" not in "".join(lines)  # retried on `good` after the comments
+    # The headers left before anyone answered, so they name no backend; a comment names the one
+    # that did, just ahead of its answer.
+    assert "x-llm-gateway-backend" not in r.headers and lines[first_data - 1] == ": backend good"
     assert slow_fail.stats()["received"] == 1 and good.stats()["completed"] == 1
     # nowhere else to go: the committed stream ends with the error as an event
     gw2 = spawn.gateway({"upstream": {"stream_keepalive": 0.25, "max_attempts": 1},

@@ -47,11 +47,13 @@ class Reply:
         self.committed = False
 
 
-async def start_sse(send: Send, reply: Reply, backend: str) -> None:
+async def start_sse(send: Send, reply: Reply, backend: str | None) -> None:
+    """Start the SSE response once. `backend` None: started before any backend answered (keepalive
+    comments while waiting), so the header cannot say who serves; a retry may still go elsewhere."""
     if not reply.committed:
         reply.committed = True
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*SSE_HEADERS, (b"x-llm-gateway-backend", backend.encode())]})
+        headers = SSE_HEADERS if backend is None else [*SSE_HEADERS, (b"x-llm-gateway-backend", backend.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
 
 
 class ProxyEndpoint:
@@ -216,7 +218,7 @@ class ProxyEndpoint:
         Ollama cold load, a saturated FastChat worker), start the SSE response and send comments
         while waiting, so proxies and clients keep the connection."""
         return await await_with_keepalives(self.gw.upstream.open(req, backend), send, self.gw.stream_keepalive,
-                                           lambda: start_sse(send, reply, backend))
+                                           lambda: start_sse(send, reply, None))
 
     async def respond(self, resp: Response, req: Any, dep: Deployment, model: str,
                       send: Send, t0: float, watch: DisconnectWatch, reply: Reply) -> tuple[int, str]:
@@ -251,7 +253,11 @@ class ProxyEndpoint:
                 err = adapter.first_event_error(first)
                 if err is not None:
                     raise err
-            await start_sse(send, reply, b.name)
+            if reply.committed:  # by keepalive comments: name the backend that answers in one more
+                await send({"type": "http.response.body", "body": b": backend %s\n\n" % b.name.encode(),
+                            "more_body": True})
+            else:
+                await start_sse(send, reply, b.name)
             tap = StreamTap(req.strip_usage, adapter.usage_markers, adapter.extract_usage)
             failure: GatewayError | None = None
             try:
