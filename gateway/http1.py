@@ -128,10 +128,7 @@ class _Conn(asyncio.Protocol):
             self.body_started = True
             if self.timer is not None:
                 self.timer.cancel()
-                wait = self.read_timeout
-                if self.deadline is not None:
-                    wait = max(0.0, min(wait, self.deadline - self.loop.time()))
-                self.timer = self.loop.call_later(wait, self._check_idle, self.read_timeout)
+                self._check_idle()  # re-armed with the idle limit (and the total deadline)
         sink = self.sink
         if sink is not None and not self.body:  # nothing queued ahead of it: order is kept
             try:
@@ -161,13 +158,13 @@ class _Conn(asyncio.Protocol):
         self.deadline = now + total_timeout if total_timeout else None
         self.first_byte_timeout = first_byte_timeout or read_timeout
         self.read_timeout = read_timeout
-        first = self.first_byte_timeout if self.deadline is None else min(self.first_byte_timeout, total_timeout or 0)
-        self.timer = self.loop.call_later(first, self._check_idle, read_timeout)
+        first = min(self.first_byte_timeout, total_timeout) if total_timeout else self.first_byte_timeout
+        self.timer = self.loop.call_later(first, self._check_idle)
         assert self.transport is not None
         self.transport.write(data)
         return self.headers_done
 
-    def _check_idle(self, read_timeout: float) -> None:
+    def _check_idle(self) -> None:
         # One timer per request, re-armed lazily: cheaper than resetting it on every read.
         if self.complete or self.closed:
             return
@@ -175,7 +172,7 @@ class _Conn(asyncio.Protocol):
         idle = now - self.last_activity
         # Until the answer's first body byte (a long prefill, a model load) the generous
         # first-byte timeout applies; after it, the idle timeout between chunks.
-        limit = read_timeout if self.body_started else self.first_byte_timeout
+        limit = self.read_timeout if self.body_started else self.first_byte_timeout
         if self.deadline is not None and now >= self.deadline:
             self._fail(ReadTimeout("the upstream answer took longer than the total timeout"))
             self.abort()
@@ -187,7 +184,7 @@ class _Conn(asyncio.Protocol):
             wait = limit - idle
             if self.deadline is not None:
                 wait = min(wait, self.deadline - now)
-            self.timer = self.loop.call_later(wait, self._check_idle, read_timeout)
+            self.timer = self.loop.call_later(wait, self._check_idle)
 
     async def next_chunk(self) -> bytes:
         """The next piece of body as it arrived; b"" at the end of the answer."""

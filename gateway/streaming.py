@@ -194,8 +194,8 @@ class Relay:
         """The upstream's sink: True when `chunk` was dealt with here (sent, or held nothing)."""
         # Written flat on purpose: this runs once per token, usually on a core that just woke up,
         # where every extra call and attribute costs several times what it does in a warm loop.
-        t = self.transport
-        if (self.busy or self.pending or t is None or not chunk.endswith(_EVENT_ENDS)
+        t = self.transport  # never None here: relay_events attaches feed only with a transport
+        if (self.busy or self.pending or not chunk.endswith(_EVENT_ENDS)
                 or t.get_write_buffer_size() or t.is_closing()):
             return False
         if self.rewrite is None:
@@ -223,8 +223,9 @@ async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: Stream
     callback (Relay.feed).
     """
     relay = Relay(tap, rewrite, transport)
-    if upstream is not None and transport is not None:
-        upstream.attach_sink(relay.feed)
+    direct = upstream if transport is not None else None
+    if direct is not None:
+        direct.attach_sink(relay.feed)
     try:
         # What a peek or the keepalive wait already read goes out at once, like any chunk: holding
         # it as a pending prefix would delay the first event until the upstream's second one.
@@ -249,8 +250,8 @@ async def relay_events(source: AsyncIterator[bytes], send: ASGISend, tap: Stream
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
     finally:
-        if upstream is not None and transport is not None:
-            upstream.attach_sink(None)
+        if direct is not None:
+            direct.attach_sink(None)
     if relay.pending:  # the upstream's last event lacked its blank line: still the client's data
         pending = relay.pending + b"\n\n"
         if rewrite is not None:

@@ -11,7 +11,7 @@ is there, and only for a started, chunked, unfinished response. The relay writes
 transport's buffer is empty and it is open; otherwise bytes take `await send`, which waits for
 uvicorn's drain, so a slow client still slows the upstream read. Anything else (another server, a
 test's `send`, a uvicorn release that renamed its internals) gets None from `client_transport()` and the
-relay keeps to plain `await send(...)`; tests/test_client_writer.py fails if the fast path stops
+relay keeps to plain `await send(...)`; tests/test_stream_relay.py fails if the fast path stops
 engaging under the uvicorn version installed.
 """
 

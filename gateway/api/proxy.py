@@ -13,11 +13,10 @@ import logging
 import time
 from typing import Any
 
-
 from adapters.base import Endpoint
-from gateway.api.client_writer import client_transport
 from gateway.api.asgi import (ClientGone, DisconnectWatch, Receive, Scope, Send, header, read_body,
                               send_error, send_json)
+from gateway.api.client_writer import client_transport
 from gateway.balancer import pick
 from gateway.errors import GatewayError, InvalidRequest, Unauthorized
 from gateway.http1 import Response
@@ -263,9 +262,10 @@ class ProxyEndpoint:
             try:
                 with map_transport_errors(b.name):
                     # Pass-through: the raw answer can hand events to the client from its read callback.
+                    direct = req.passthrough
                     await relay_events(source, send, tap, adapter.stream_rewriter(req), first,
-                                       self.gw.stream_keepalive, *((resp, client_transport(send))
-                                                                   if req.passthrough else (None, None)))
+                                       self.gw.stream_keepalive, upstream=resp if direct else None,
+                                       transport=client_transport(send) if direct else None)
             except GatewayError as err:
                 failure = err
                 log.warning("stream from %s failed after the first byte: %s", b.name, err.message)
