@@ -117,6 +117,15 @@ def openai_usage(doc: dict[str, Any]) -> tuple[int, int] | None:
     return None
 
 
+def single_prompt(body: dict[str, Any]) -> str | None:
+    """The completion request's prompt as one string (a one-element list counts), or None: the
+    native completion APIs (FastChat, Ollama, TGI /generate) take exactly one prompt."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else None
+
+
 def client_asked_usage(body: dict[str, Any]) -> bool:
     """Did the client ask for the usage chunk (`stream_options.include_usage`)?"""
     opts = body.get("stream_options")

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import orjson
 
 from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
-                           UpstreamRequest, client_asked_usage)
+                           UpstreamRequest, client_asked_usage, single_prompt)
 from adapters.chunks import DONE, ChunkWriter
 from adapters.fastchat_conv import render
 from adapters.openai_compatible import parse_error_body
@@ -168,10 +168,8 @@ class FastChatAdapter(Adapter):
                                           code="no_template")
             prompt = render(conv, body.get("messages") or [])
         else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str):
+            prompt = single_prompt(body)
+            if prompt is None:
                 raise InvalidRequest("FastChat workers complete one prompt string per request.", param="prompt")
         params: dict[str, Any] = {"model": upstream_model, "prompt": prompt, "echo": False,
                                   "temperature": body.get("temperature", 1.0), "top_p": body.get("top_p", 1.0),

@@ -29,7 +29,7 @@ import orjson
 
 from adapters.chunks import DONE, ChunkWriter
 from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
-                           UpstreamRequest, client_asked_usage)
+                           UpstreamRequest, client_asked_usage, single_prompt)
 from adapters.openai_compatible import parse_error_body
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, status_error
 from gateway.jsonio import dumps, loads_or_none
@@ -122,10 +122,8 @@ class OllamaAdapter(Adapter):
                 native["tools"] = body["tools"]
             path = "/api/chat"
         else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str):
+            prompt = single_prompt(body)
+            if prompt is None:
                 raise InvalidRequest("Ollama completes one prompt string per request.", param="prompt")
             native["prompt"] = prompt
             native["raw"] = True  # a completion continues the prompt as given: no chat template

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from adapters.base import Endpoint, UpstreamRequest, client_asked_usage
+from adapters.base import Endpoint, UpstreamRequest, client_asked_usage, single_prompt
 from adapters.chunks import DONE, ChunkWriter
 from gateway.errors import CapabilityMissing
 from gateway.jsonio import dumps, loads_or_none
@@ -25,10 +25,8 @@ FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
 
 def build(adapter: Any, body: dict[str, Any], upstream_model: str, stream: bool) -> UpstreamRequest:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
+    prompt = single_prompt(body)
+    if prompt is None:
         raise CapabilityMissing("This TGI backend serves completions through /generate, which takes one "
                                 "prompt string.", param="prompt")
     params: dict[str, Any] = {"details": True}
