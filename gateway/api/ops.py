@@ -41,8 +41,6 @@ async def backends(gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
     return {"backends": [b.describe() for b in gw.backends.values()], "routes": gw.table.describe()}
 
 
-
-
 @router.post("/admin/backends/{name}/drain", summary="Stop sending new requests to a backend",
              dependencies=[Depends(require_api_key)])
 async def drain(name: str, gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
