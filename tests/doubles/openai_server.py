@@ -4,10 +4,13 @@ Run: python -m tests.doubles.openai_server --port P --models m1,m2 --name up1
 
 Behaviour per request comes from an extra body field, which also proves the gateway forwards
 unknown fields untouched:  "x_double": {"status": 500, "chunks": 5, "delay": 0.05, "hold": true,
-"truncate": true, "text": "...", "first_delay": 2.0, "headers_delay": 2.0}; `--hang` makes every
-inference request hang.
+"truncate": true, "text": "...", "first_delay": 2.0, "headers_delay": 2.0, "reasoning": "...",
+"raw": "..."}; `--hang` makes every inference request hang. "reasoning" adds vLLM 0.33's `reasoning`
+field (message, or one delta ahead of the content); "raw" writes that string (latin-1) to the socket
+as the whole HTTP answer and closes it (a broken or truncated upstream).
 Test hooks: GET /_requests (every body received), GET /_stats (in-flight, max in-flight,
-cancelled), POST /_release (let held requests go on), POST /_reset.
+cancelled), POST /_release (let held requests go on), POST /_reset, POST /_loading?on=1|0 (every
+route but the hooks answers llama-server's 503 "Loading model" while on).
 
 Wire format follows backends.md part A §2 (vLLM 0.33): role chunk with content "", content chunks,
 a finish chunk, the usage chunk (choices: []) only with stream_options.include_usage, then
@@ -79,6 +82,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     st.requests.append({"path": request.path, "body": body,
                         "authorization": request.headers.get("Authorization")})
     ctl = body.get("x_double") or {}
+    if "raw" in ctl:  # a broken upstream: bytes that are not (or not all of) an HTTP answer
+        request.transport.write(ctl["raw"].encode("latin-1"))
+        request.transport.close()
+        return web.Response()
     if request.app["hang"]:  # a wedged backend: takes the request, never answers
         await asyncio.Event().wait()
     if ctl.get("headers_delay") or request.app["headers_delay"]:  # nothing at all for a while (a model loading)
@@ -113,7 +120,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
         usage = {"prompt_tokens": 7, "total_tokens": 7 + n_out, "completion_tokens": n_out}
         served = st.models[0] if model is None else model
         if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            message = {"role": "assistant", "content": text}
+            if "reasoning" in ctl:
+                message["reasoning"] = ctl["reasoning"]
+            choice = {"index": 0, "message": message, "logprobs": None,
                       "finish_reason": finish, "stop_reason": None}
             doc = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                    "created": int(time.time()), "model": served, "choices": [choice], "usage": usage}
@@ -154,6 +164,9 @@ async def stream_answer(request: web.Request, st: State, body: dict, ctl: dict, 
     if kind == "chat":
         await resp.write(chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                  "finish_reason": None}]))
+        if "reasoning" in ctl:
+            await resp.write(chunk([{"index": 0, "delta": {"reasoning": ctl["reasoning"]}, "logprobs": None,
+                                     "finish_reason": None}]))
     for i, p in enumerate(parts):
         if delay:
             await asyncio.sleep(delay)
@@ -203,6 +216,9 @@ async def hooks(request: web.Request) -> web.Response:
     if what == "release":
         st.release.set()
         return web.json_response({"released": True})
+    if what == "loading":
+        request.app["loading"] = request.query.get("on") == "1"
+        return web.json_response({"loading": request.app["loading"]})
     if what == "reset":
         st.requests.clear()
         st.release = asyncio.Event()
@@ -212,9 +228,19 @@ async def hooks(request: web.Request) -> web.Response:
     raise web.HTTPNotFound()
 
 
+@web.middleware
+async def llama_loading(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    # llama-server's state middleware, byte for byte (backends.md §1.2): every route while loading.
+    if request.app["loading"] and not request.path.startswith("/_"):
+        return web.Response(status=503, content_type="application/json",
+                            text='{"error":{"message":"Loading model","type":"unavailable_error","code":503}}')
+    return await handler(request)
+
+
 def make_app(name: str, models_: list[str], strict: bool, owned_by: str, hang: bool = False,
              headers_delay: float = 0.0, fail_status: int = 0) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[llama_loading])
+    app["loading"] = False
     app["hang"] = hang
     app["headers_delay"] = headers_delay
     app["fail_status"] = fail_status
