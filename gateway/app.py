@@ -86,8 +86,12 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
             await monitor.stop()
             await gw.upstream.close()
 
+    # With keys, a team endpoint: no interactive console or schema for anonymous callers (README "Security").
+    docs = not gw.keys.configured
     api = FastAPI(title="llm-gateway", version=__version__, lifespan=lifespan,
-                  description="One OpenAI-compatible endpoint in front of every LLM inference server.")
+                  description="One OpenAI-compatible endpoint in front of every LLM inference server.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     api.state.gateway = gw
     install_error_handlers(api)
     api.include_router(models.router)

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("path")
     st = sub.add_parser("status", help="show a running gateway's backends: state, since, models, load")
     st.add_argument("--url", default="http://127.0.0.1:4000", help="the gateway's base URL")
-    st.add_argument("--api-key", default=None, help="the gateway's API key (default: $GATEWAY_API_KEY)")
+    st.add_argument("--api-key", default=None, help="deprecated: other users can read it in the process list; "
+                    "set $GATEWAY_ADMIN_KEY to an admin key instead")
     args = p.parse_args(argv)
     try:
         if args.command == "serve":
@@ -50,6 +51,8 @@ def serve(args: argparse.Namespace) -> int:
         settings.server.port = args.port
     level = settings.server.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.auth.exposure import log_exposure
+    log_exposure(settings, settings.server.host)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, loop="uvloop",
                             http="httptools", log_level=settings.server.log_level.lower(), access_log=False,
@@ -89,6 +92,9 @@ def check_config(path: str) -> int:
         for d in r.deployments:
             up = d.upstream_model if d.explicit else f"(resolved at start-up by discovery; default {d.upstream_model})"
             print(f"    -> {d.backend.name:<22} upstream model: {up}  weight {d.weight:g}")
+    a = settings.auth
+    print(f"\nauth: {len(a.api_keys)} client key(s), {len(a.admin_keys)} admin key(s)"
+          + ("" if a.api_keys or a.admin_keys else "  (none: open; admin from loopback only)"))
     disc = [b.name for b in gw.backends.values() if b.discover]
     if disc:
         print(f"\nalso served: every other model reported by {', '.join(disc)}")

@@ -5,12 +5,12 @@ One instance per app, created by the lifespan; request handlers and background t
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 
 from adapters import get_adapter
 from adapters.base import BackendTarget, State
+from gateway.auth import KeyRing
 from gateway.backends import BackendRuntime
 from gateway.limiter import Limiter
 from gateway.metrics import Metrics
@@ -34,7 +34,8 @@ class Gateway:
         self.affinity = settings.routing.affinity
         self.affinity_from_user = settings.routing.affinity_from_user
         self.eject_after = settings.routing.eject_after_errors
-        self.api_keys = [k.get_secret_value().encode() for k in settings.auth.api_keys]
+        self.keys = KeyRing(settings.auth.api_keys, settings.auth.admin_keys)
+        self.api_keys = self.keys.client  # non-empty: inference needs a key
         self.backends: dict[str, BackendRuntime] = {}
         for b in settings.backends:
             self.add_backend(b, rebuild=False)
@@ -83,15 +84,8 @@ class Gateway:
             self.state_changed(b)
 
     def authorized(self, header: bytes | None) -> bool:
-        if not self.api_keys:
-            return True
-        if not header:
-            return False
-        token = header[7:] if header[:7].lower() == b"bearer " else header
-        ok = False
-        for k in self.api_keys:  # constant-time, and over every key
-            ok |= hmac.compare_digest(token, k)
-        return ok
+        """May a request with this Authorization / X-Api-Key value infer? (gateway/auth/keys.py)"""
+        return self.keys.may_infer(header)
 
     def ready(self) -> bool:
         return any(d.backend.serving for r in self.table.routes for d in r.deployments)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -17,6 +18,7 @@ from adapters import ADAPTERS
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 # Placeholder secrets copied from examples must not reach production.
 PLACEHOLDER_KEYS = frozenset({"changeme", "changethis", "change-me", "secret", "sk-xxx", "your-api-key"})
+MIN_KEY_CHARS = 16  # a guessable key is no key
 
 
 class Strict(BaseModel):
@@ -33,18 +35,32 @@ class ServerSettings(Strict):
 
 
 class AuthSettings(Strict):
+    # Client keys: inference and /v1/models. Admin keys: /admin/* (and whatever a client key may do).
     api_keys: list[SecretStr] = []
+    admin_keys: list[SecretStr] = []
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_keys")
     @classmethod
-    def _no_placeholders(cls, keys: list[SecretStr]) -> list[SecretStr]:
-        for k in keys:
+    def _real_secrets(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for k in keys:  # messages never echo the key: they end up in logs and terminals
             v = k.get_secret_value()
             if not v.strip():
                 raise ValueError("an API key may not be empty")
             if v.lower() in PLACEHOLDER_KEYS:
                 raise ValueError("an API key is a placeholder value; set a real secret")
+            if len(v) < MIN_KEY_CHARS:
+                raise ValueError(f"a key must be at least {MIN_KEY_CHARS} characters (e.g. `openssl rand -hex 24`)")
+            if v != v.strip() or any(ord(c) < 32 or ord(c) == 127 for c in v):
+                # HTTP strips spaces around a header value and cannot carry control characters
+                raise ValueError("a key may not contain control characters or start or end with spaces")
         return keys
+
+    @model_validator(mode="after")
+    def _admin_keys_are_not_client_keys(self) -> AuthSettings:
+        client = {k.get_secret_value() for k in self.api_keys}
+        if any(k.get_secret_value() in client for k in self.admin_keys):
+            raise ValueError("admin_keys: a key is also in api_keys; an admin key must not be a client key")
+        return self
 
 
 class UpstreamSettings(Strict):
@@ -153,9 +169,20 @@ class BackendSettings(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
+        if "@" in urlsplit(v).netloc:
+            # they would be shown in /admin/backends and never sent; the message must not echo them
+            raise ValueError("credentials in a backend URL are not supported: remove `user:password@` and "
+                             "set api_key (sent as 'Authorization: Bearer <key>')")
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError(f"{v!r} is not an http(s) URL like http://127.0.0.1:8000")
         return v.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and any(ord(c) < 32 or ord(c) == 127 for c in v.get_secret_value()):
+            raise ValueError("api_key may not contain control characters (CR/LF would inject upstream headers)")
+        return v
 
 
 class DeploymentRef(Strict):

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
 
 
 def show(url: str, api_key: str | None) -> int:
-    key = api_key or os.environ.get("GATEWAY_API_KEY")
+    if api_key:
+        print("llm-gateway status: --api-key is deprecated (visible in the process list); set GATEWAY_ADMIN_KEY",
+              file=sys.stderr)
+    key = api_key or os.environ.get("GATEWAY_ADMIN_KEY") or os.environ.get("GATEWAY_API_KEY")
     req = urllib.request.Request(url.rstrip("/") + "/admin/backends",
                                  headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             doc = json.load(resp)
     except urllib.error.HTTPError as exc:
-        print(f"llm-gateway status: {url} answered HTTP {exc.code}" + (" (give --api-key)" if exc.code == 401 else ""))
+        print(f"llm-gateway status: {url} answered HTTP {exc.code}: {_message(exc)}"
+              + (" (set GATEWAY_ADMIN_KEY to an admin key)" if exc.code in (401, 403) else ""))
         return 1
     except (urllib.error.URLError, OSError) as exc:
         print(f"llm-gateway status: cannot reach {url}: {getattr(exc, 'reason', exc)}")
@@ -41,3 +46,10 @@ def _age(seconds: float) -> str:
     if s < 7200:
         return f"{s // 60}m"
     return f"{s // 3600}h"
+
+
+def _message(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.load(exc)["error"]["message"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return exc.reason or ""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jsonschema
+import pytest
 import yaml
 
 from gateway.config_loader import load_settings
@@ -37,6 +39,33 @@ def test_compose_gateway_config_points_at_compose_services() -> None:
         host_port = b.url.split("://")[1]
         assert host_port.split(":")[0] in compose["services"], b.url
     assert settings.server.port == 4000 and "4000:4000" in compose["services"]["gateway"]["ports"]
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}` (the forms compose.yaml uses)."""
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise LookupError(f"{name}: {arg}")
+        return arg if op == ":-" else ""
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-?])([^}]*))?\}", one, value)
+
+
+def test_compose_gateway_requires_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["gateway"]["environment"]
+    with pytest.raises(LookupError, match="LLM_GATEWAY_API_KEY"):  # `docker compose up` without a key stops
+        {k: interpolate(v, {}) for k, v in env.items()}
+    key = "0123456789abcdef0123456789abcdef"
+    for k, v in env.items():
+        monkeypatch.setenv(k, interpolate(v, {"LLM_GATEWAY_API_KEY": key}))
+    settings = load_settings(ROOT / "deploy" / "gateway.compose.yaml")
+    assert [k.get_secret_value() for k in settings.auth.api_keys] == [key]
+    assert settings.auth.admin_keys == []  # admin stays off unless an admin key is given
+    monkeypatch.setenv("GATEWAY_AUTH__ADMIN_KEYS", interpolate(env["GATEWAY_AUTH__ADMIN_KEYS"], {
+        "LLM_GATEWAY_ADMIN_KEYS": '["admin-0123456789abcdef"]'}))
+    assert len(load_settings(ROOT / "deploy" / "gateway.compose.yaml").auth.admin_keys) == 1
 
 
 def test_dockerfile_runs_the_console_script_non_root() -> None:

@@ -1,12 +1,16 @@
-"""Operational endpoints: liveness, readiness, metrics, and the backends view."""
+"""Operational endpoints: liveness, readiness, metrics, and the backends view.
+
+/healthz, /readyz and /metrics stay open for probes and Prometheus; /readyz names backends only to
+callers with a key when keys are set. /admin/* follows gateway/auth/admin.py.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from adapters.base import State
-from gateway.api.deps import get_gateway, require_api_key
+from gateway.api.deps import credential, get_gateway, require_admin
 from gateway.backends import BackendRuntime
 from gateway.errors import GatewayError
 from gateway.runtime import Gateway
@@ -20,12 +24,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="At least one deployment is ready to serve")
-async def readyz(gw: Gateway = Depends(get_gateway)) -> JSONResponse:
+async def readyz(request: Request, gw: Gateway = Depends(get_gateway)) -> JSONResponse:
     ready = gw.ready() and not gw.draining
-    body = {
-        "status": "ready" if ready else "not_ready",
-        "backends": {b.name: b.state.value for b in gw.backends.values()},
-    }
+    body: dict[str, object] = {"status": "ready" if ready else "not_ready"}
+    if not gw.keys.configured or gw.keys.role(credential(request)):  # no topology for anonymous callers
+        body["backends"] = {b.name: b.state.value for b in gw.backends.values()}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -36,13 +39,13 @@ async def metrics(gw: Gateway = Depends(get_gateway)) -> Response:
 
 
 @router.get("/admin/backends", summary="Every backend: state, since when, models, load",
-            dependencies=[Depends(require_api_key)])
+            dependencies=[Depends(require_admin)])
 async def backends(gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
     return {"backends": [b.describe() for b in gw.backends.values()], "routes": gw.table.describe()}
 
 
 @router.post("/admin/backends/{name}/drain", summary="Stop sending new requests to a backend",
-             dependencies=[Depends(require_api_key)])
+             dependencies=[Depends(require_admin)])
 async def drain(name: str, gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
     """In-flight requests finish; new ones go to other deployments (e.g. before restarting it)."""
     b = _backend(gw, name)
@@ -51,7 +54,7 @@ async def drain(name: str, gw: Gateway = Depends(get_gateway)) -> dict[str, obje
 
 
 @router.post("/admin/backends/{name}/undrain", summary="Send requests to a drained backend again",
-             dependencies=[Depends(require_api_key)])
+             dependencies=[Depends(require_admin)])
 async def undrain(name: str, gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
     b = _backend(gw, name)
     if b.state is State.DRAINING:
