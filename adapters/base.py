@@ -61,6 +61,9 @@ class BackendTarget:
     keep_alive: str | int | None = None  # how long Ollama keeps a model resident after a request
     num_ctx: int | None = None  # Ollama context window per request
     load: dict[str, Any] | None = None  # RWKV-Runner /switch-model body
+    worker_hosts: tuple[str, ...] | None = None  # FastChat: hosts a controller may name (None: its own)
+    client_overrides: bool = False  # Ollama: clients may set keep_alive and load-time options
+    media_urls: str = "allow"  # OpenAI family: "data_only" refuses media links (backend-side SSRF)
 
 
 @dataclass(frozen=True, slots=True)

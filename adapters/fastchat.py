@@ -16,15 +16,21 @@
   OpenAI deltas; usage comes from the last object; worker errors (`error_code`, HTTP 200) become
   proper errors: 4030x -> 400/404, 5000x -> 502/503 (retried elsewhere when nothing was sent).
 - Embeddings via `/worker_get_embeddings` (HF model workers have it; vLLM workers do not).
+- A controller's word is not trusted blindly (it could point the gateway, and clients' prompts, at
+  any URL): a worker address must be a bare http(s) base URL on an allowed host (`worker_hosts`,
+  default the controller's own host), else it is skipped and logged once.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -36,7 +42,14 @@ from adapters.openai_compatible import parse_error_body
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamUnavailable, status_error
 from gateway.jsonio import dumps, loads_or_none
 
+log = logging.getLogger("gateway.fastchat")
 HEADERS = {"Content-Type": "application/json"}
+# A base URL and nothing else: no user info, path, query or fragment (a `?x=` suffix would turn
+# the gateway's `addr + "/worker_get_status"` into any path on that host).
+BASE_URL_RE = re.compile(r"((?-i:https?))://(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::([0-9]{1,5}))?/?", re.I | re.A)
+HOST_PORT_RE = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::([0-9]{1,5}))?", re.I | re.A)
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})  # one machine: a controller on one, workers on another
+MAX_LOGGED = 256  # distinct rejected addresses remembered (each is logged once)
 MAX_DISCOVERY_CALLS = 16
 CODE_STATUS = {40001: 400, 40302: 400, 40303: 400, 40301: 404, 50001: 502, 50002: 503, 50003: 502, 50004: 502,
                50005: 503, 50006: 503, 42901: 429, 42902: 429, 42903: 429}
@@ -63,6 +76,8 @@ class FastChatAdapter(Adapter):
         super().__init__(target)
         self.mode: str | None = None  # "controller" or "worker"
         self.workers: dict[str, Worker] = {}
+        self.allowed = allowed_worker_hosts(target.url, getattr(target, "worker_hosts", None))
+        self.rejected: set[str] = set()
 
     # -- discovery and health --------------------------------------------------------------------
     async def probe(self, fetch: Fetch) -> Probe:
@@ -91,7 +106,8 @@ class FastChatAdapter(Adapter):
                     if not isinstance(addr, str) or not addr or addr.rstrip("/") in seen:
                         break
                     seen.add(addr.rstrip("/"))
-                    self.workers.setdefault(addr.rstrip("/"), Worker(addr.rstrip("/")))
+                    if self.worker_allowed(addr):
+                        self.workers.setdefault(addr.rstrip("/"), Worker(addr.rstrip("/")))
         for w in list(self.workers.values()):
             await self._probe_worker(fetch, w)
         alive = [w for w in self.workers.values() if w.alive]
@@ -105,6 +121,24 @@ class FastChatAdapter(Adapter):
         return Probe(State.READY, [ServedModel(m, c) for m, c in served.items()],
                      load=float(sum(w.queue_length for w in alive)),
                      detail=f"{len(alive)} live worker(s)")
+
+    def worker_allowed(self, addr: str) -> bool:
+        """Is this controller-reported address a base URL on an allowed host? A refused one is
+        never contacted, and logged once, by scheme, host and port only (no user info or query)."""
+        m = BASE_URL_RE.fullmatch(addr)
+        port = (int(m[3]) if m[3] else 443 if m[1] == "https" else 80) if m is not None else 0
+        if m is not None and 0 < port < 65536:
+            host = m[2].strip("[]").lower()
+            if (host, None) in self.allowed or (host, port) in self.allowed:
+                return True
+            why = "its host (or port) is not in worker_hosts"
+        else:
+            why = "it is not a bare http(s) base URL (user info, path, query or fragment)"
+        if addr not in self.rejected and len(self.rejected) < MAX_LOGGED:
+            self.rejected.add(addr)
+            log.warning("backend %s: controller reported worker address %r; skipped: %s", self.target.name,
+                        _safe(addr), why)
+        return False
 
     async def _probe_worker(self, fetch: Fetch, w: Worker) -> None:
         res = await _try(fetch, "POST", w.url + "/worker_get_status", headers=HEADERS)
@@ -250,6 +284,32 @@ class FastChatAdapter(Adapter):
         if isinstance(doc, dict) and doc.get("error_code"):
             return worker_error(doc)
         return status_error(status, parse_error_body(body)[0] or f"backend {self.target.name} answered HTTP {status}")
+
+
+def parse_host_port(entry: str) -> tuple[str, int | None]:
+    """A `worker_hosts` entry (`host`, `host:port`, `[v6]:port`) as (lowercase host, port or None)."""
+    m = HOST_PORT_RE.fullmatch(entry.strip())
+    if m is None or (m[2] is not None and not 0 < int(m[2]) < 65536):
+        raise ValueError(f"{entry!r} is not a host or host:port")
+    return m[1].strip("[]").lower(), int(m[2]) if m[2] else None
+
+
+def allowed_worker_hosts(controller_url: str, entries: Any) -> frozenset[tuple[str, int | None]]:
+    """Configured entries, or by default the controller's own host (any port; the loopback names
+    stand for each other: FastChat workers advertise `localhost` by default)."""
+    if entries is not None:
+        return frozenset(parse_host_port(e) for e in entries)
+    host = (urlsplit(controller_url).hostname or "").lower()
+    return frozenset((h, None) for h in (LOOPBACK if host in LOOPBACK else {host}))
+
+
+def _safe(addr: str) -> str:
+    """Scheme, host and port of an address, for the log: never its user info, path or query."""
+    try:
+        u = urlsplit(addr[:1000])
+        return f"{u.scheme}://{u.hostname or ''}" + (f":{u.port}" if u.port else "")
+    except ValueError:
+        return "(unparseable)"
 
 
 async def _cumulative_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:

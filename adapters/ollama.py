@@ -11,7 +11,10 @@ that repeat. Natively:
   `done_reason` -> `finish_reason` (`tool_calls` when the answer calls tools); tool-call
   arguments arrive as objects and leave as JSON strings; images from `data:` URLs;
 - `options` from the request (`max_tokens` -> `num_predict`, temperature, top_p, stop, seed,
-  penalties) plus `num_ctx` and `keep_alive` from the backend's config;
+  penalties) plus `num_ctx` and `keep_alive` from the backend's config. Clients do not override
+  the operator: their `keep_alive` and load-time options (`num_ctx`, `num_gpu`...: they size VRAM,
+  pin or unload models, and a changed value makes Ollama reload the model) are dropped, unless the
+  backend sets `client_overrides`, and even then the config's `num_ctx`/`keep_alive` win;
 - errors: `{"error": "..."}` with 404 for an unknown model and 503 when its queue is full
   (retried elsewhere); a mid-stream `{"error"}` line becomes an OpenAI error event.
 Note: bound to loopback, Ollama answers 403 (empty body) to a Host header that is not local: point
@@ -42,7 +45,10 @@ OPENAI_FIELDS = frozenset({
     "temperature", "top_p", "n", "stop", "seed", "frequency_penalty", "presence_penalty", "tools", "tool_choice",
     "parallel_tool_calls", "response_format", "logprobs", "top_logprobs", "logit_bias", "user", "metadata",
     "store", "service_tier", "reasoning_effort", "suffix", "echo", "best_of", "encoding_format", "dimensions",
-    "options", "top_k", "min_p", "repeat_penalty"})
+    "options", "top_k", "min_p", "repeat_penalty", "keep_alive"})
+# api.Runner: options read when a model is loaded (a request with other values reloads it).
+LOAD_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "use_mlock", "num_thread",
+                          "numa", "low_vram", "f16_kv", "logits_all", "vocab_only"})
 OPTION_FIELDS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
                  "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
                  "top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repeat_penalty"}
@@ -60,6 +66,7 @@ class OllamaAdapter(Adapter):
             self.headers["Authorization"] = f"Bearer {target.api_key}"
         self.keep_alive = getattr(target, "keep_alive", None)
         self.num_ctx = getattr(target, "num_ctx", None)
+        self.client_overrides = bool(getattr(target, "client_overrides", False))
         self.version: str | None = None
 
     # -- health, discovery, residency ----------------------------------------------------------
@@ -101,15 +108,18 @@ class OllamaAdapter(Adapter):
         stop = body.get("stop")
         if stop is not None:
             options["stop"] = [stop] if isinstance(stop, str) else stop
-        if self.num_ctx:
-            options["num_ctx"] = self.num_ctx
         if isinstance(body.get("options"), dict):  # Ollama-aware clients may send native options
-            options.update(body["options"])
+            options.update(body["options"] if self.client_overrides else
+                           {k: v for k, v in body["options"].items() if k not in LOAD_OPTIONS})
+        if self.num_ctx:  # after the client's: the operator's value wins
+            options["num_ctx"] = self.num_ctx
         native["stream"] = stream
         if options:
             native["options"] = options
         if self.keep_alive is not None:
             native["keep_alive"] = self.keep_alive
+        elif self.client_overrides and body.get("keep_alive") is not None:
+            native["keep_alive"] = body["keep_alive"]
         fmt = body.get("response_format")
         if isinstance(fmt, dict):
             if fmt.get("type") == "json_object":

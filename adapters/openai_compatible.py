@@ -23,6 +23,7 @@ from adapters.base import (
     State,
     UpstreamRequest,
 )
+from adapters.media_policy import refuse_media_links
 from gateway.errors import GatewayError, status_error
 from gateway.jsonio import dumps
 
@@ -64,6 +65,8 @@ class OpenAICompatibleAdapter(Adapter):
                 body["stream_options"] = {**opts, "include_usage": True} if isinstance(opts, dict) \
                     else {"include_usage": True}
                 strip = True
+        if self.target.media_urls == "data_only":  # backends fetch media links themselves (SSRF)
+            refuse_media_links(body)
         return UpstreamRequest("POST", self.urls[endpoint], self.headers, dumps(body), stream, strip)
 
     # -- errors -----------------------------------------------------------------------------

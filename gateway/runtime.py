@@ -49,7 +49,9 @@ class Gateway:
     def add_backend(self, b: BackendSettings, *, rebuild: bool = True) -> BackendRuntime:
         target = BackendTarget(b.name, b.url, b.api_key.get_secret_value() if b.api_key else None,
                                b.stream_usage, b.reasoning_field, b.keep_alive, b.num_ctx,
-                               b.load.model_dump() if b.load else None)
+                               b.load.model_dump() if b.load else None,
+                               worker_hosts=tuple(b.worker_hosts) if b.worker_hosts is not None else None,
+                               client_overrides=b.client_overrides, media_urls=b.media_urls)
         overrides = {k: v for k, v in b.capabilities.model_dump().items() if v is not None}
         adapter = get_adapter(b.kind)(target)
         rt = BackendRuntime(b.name, b.kind, b.url, adapter, b.weight, b.discover, overrides=overrides)

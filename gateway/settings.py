@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from adapters import ADAPTERS
+from adapters.fastchat import parse_host_port
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 # Placeholder secrets copied from examples must not reach production.
@@ -151,12 +152,26 @@ class BackendSettings(Strict):
     # and the context window to load it with (its default is small).
     keep_alive: str | int | None = None
     num_ctx: int | None = Field(None, ge=1)
+    # Ollama: may clients set keep_alive and load-time options (num_ctx, num_gpu...)? Only where
+    # the two above are unset: the operator's values always win.
+    client_overrides: bool = False
+    # FastChat: hosts (`host` or `host:port`) the controller may name as workers; None = its own host.
+    worker_hosts: list[str] | None = None
+    # OpenAI-family kinds: "data_only" refuses media links (image_url etc.) the backend would fetch.
+    media_urls: Literal["allow", "data_only"] = "allow"
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_RE.match(v):
             raise ValueError(f"{v!r} is not a valid name (letters, digits and . _ : / @ + -)")
+        return v
+
+    @field_validator("worker_hosts")
+    @classmethod
+    def _worker_hosts(cls, v: list[str] | None) -> list[str] | None:
+        for entry in v or []:
+            parse_host_port(entry)  # ValueError names the bad entry
         return v
 
     @field_validator("kind")

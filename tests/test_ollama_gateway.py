@@ -107,3 +107,29 @@ def test_completions_are_raw_and_embeddings(spawn: Spawner) -> None:
     assert sent["raw"] is True and sent["prompt"] == "Once upon"
     e = client.embeddings.create(model="nomic-embed-text:latest", input=["a", "b"])
     assert len(e.data) == 2 and len(e.data[0].embedding) > 1 and e.usage.prompt_tokens > 0
+
+
+def test_clients_do_not_override_the_operators_num_ctx_keep_alive_or_load_options(spawn: Spawner) -> None:
+    o = start_ollama(spawn, "--models", "llama3.2", "--loaded", "llama3.2")
+    pinned = {"keep_alive": "30m", "num_ctx": 8192}
+    backends = [{"name": "pinned", "kind": "ollama", "url": o.url, "discover": False, **pinned},
+                {"name": "unset", "kind": "ollama", "url": o.url, "discover": False},
+                {"name": "open", "kind": "ollama", "url": o.url, "discover": False, "client_overrides": True},
+                {"name": "open-pinned", "kind": "ollama", "url": o.url, "discover": False, "client_overrides": True,
+                 **pinned}]
+    gw = spawn.gateway({"backends": backends, "models": [
+        {"name": b["name"], "backends": [{"backend": b["name"], "model": "llama3.2:latest"}]} for b in backends]})
+    asked = {"options": {"num_ctx": 16384, "num_gpu": 99, "mirostat": 1}, "keep_alive": -1}
+
+    def sent(model: str) -> dict:
+        r = httpx.post(gw.v1 + "/chat/completions", json={"model": model, "messages": MESSAGES, **asked})
+        assert r.status_code == 200, r.text
+        body = o.requests()[-1]["body"]
+        return {"options": body.get("options"), "keep_alive": body.get("keep_alive")}
+
+    # the operator's values win; load-time options and keep_alive from clients are dropped by default
+    assert sent("pinned") == {"options": {"num_ctx": 8192, "mirostat": 1}, "keep_alive": "30m"}
+    assert sent("unset") == {"options": {"mirostat": 1}, "keep_alive": None}  # Ollama's own defaults apply
+    # client_overrides: the client's values where the config leaves them unset, never over it
+    assert sent("open") == {"options": {"num_ctx": 16384, "num_gpu": 99, "mirostat": 1}, "keep_alive": -1}
+    assert sent("open-pinned") == {"options": {"num_ctx": 8192, "num_gpu": 99, "mirostat": 1}, "keep_alive": "30m"}

@@ -68,3 +68,29 @@ def test_fastchat_controller_is_recognised_and_served(spawn: Spawner, tmp_path) 
     assert f"found fastchat at http://127.0.0.1:{port}" in gw.proc.output()
     b = httpx.get(gw.url + "/admin/backends").json()["backends"][0]
     assert (b["kind"], b["state"]) == ("fastchat", "down") and "no live model worker" in b["detail"]
+
+
+def test_a_discovered_controller_may_name_workers_on_its_own_host_only(spawn: Spawner) -> None:
+    # Any local process answering /test_connection becomes a controller: it must not be able to
+    # send the gateway (and clients' prompts) to another host.
+    import time
+
+    from tests.doubles.fastchat_fake import controller, worker
+    good = worker("127.0.0.1", "good-model", "Hello from good")
+    elsewhere = worker("127.0.0.2", "elsewhere", "never")
+    ctl = controller("127.0.0.1", {"good-model": good.url, "elsewhere": elsewhere.url})
+    try:
+        gw = spawn.gateway(None, env={"GATEWAY_AUTODISCOVER__PORTS": json.dumps([ctl.port])})
+        deadline = time.monotonic() + 30
+        while [b["state"] for b in httpx.get(gw.url + "/admin/backends").json()["backends"]] != ["ready"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert f"found fastchat at {ctl.url}" in gw.proc.output()
+        assert sorted(m["id"] for m in httpx.get(gw.v1 + "/models").json()["data"]) == ["good-model"]
+        r = httpx.post(gw.v1 + "/chat/completions", json={"model": "good-model", "messages": [
+            {"role": "user", "content": "hi"}]})
+        assert r.json()["choices"][0]["message"]["content"] == "Hello from good"
+        assert elsewhere.requests == []
+    finally:
+        for s in (ctl, good, elsewhere):
+            s.close()
