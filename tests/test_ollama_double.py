@@ -16,12 +16,11 @@ import time
 from typing import Any
 
 import httpx
+import ollama  # the official client: a pinned [test] dependency, so an import failure fails (never skips)
+import openai
 import pytest
 
 from tests.procs import Double, Spawner, free_port
-
-ollama = pytest.importorskip("ollama", reason="the official ollama client (pip install ollama==0.6.3)")
-openai = pytest.importorskip("openai")
 
 MODELS = "llama3.2,qwen2.5:0.5b"
 LOAD_SECONDS = 0.3

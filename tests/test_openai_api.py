@@ -59,15 +59,18 @@ def test_models_lists_configured_and_discovered(setup: Setup) -> None:
 
 
 def test_chat_non_stream_alias_and_substitution(setup: Setup) -> None:
-    for _ in range(4):  # both deployments get picked over a few idle requests
+    picked = set()
+    for _ in range(4):  # both deployments get picked over a few idle requests (ties rotate)
         raw = setup.client.chat.completions.with_raw_response.create(model="qwen", messages=MESSAGES)
         backend = served_by(raw)
+        picked.add(backend)
         resp = raw.parse()
         assert resp.choices[0].message.content == f"Hello from {backend}, this is a streamed answer"
         assert resp.usage is not None and resp.usage.completion_tokens == 8
         sent = setup.last_request(backend)["body"]
         assert sent["model"] == UPSTREAM[backend]
         assert sent["messages"] == MESSAGES
+    assert picked == {"up1", "up2"}
 
 
 def test_chat_stream_sync_without_usage(setup: Setup) -> None:

@@ -16,6 +16,13 @@ MODEL = "RWKV-x070-World-0.1B-v2.8-20241210-ctx4096"
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
+def wait_until(cond, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
 def start_rwkv(spawn: Spawner, *args: str) -> Double:
     return spawn.start_double("rwkv_server", "/status", *args)
 
@@ -81,9 +88,10 @@ def test_one_generation_at_a_time_with_a_bounded_queue(spawn: Spawner) -> None:
             "model": MODEL, "messages": MESSAGES, "x_double": {"hold": True}}).status_code)
 
     threads = [threading.Thread(target=call) for _ in range(2)]
-    for t in threads:
-        t.start()
-        time.sleep(0.3)
+    threads[0].start()
+    wait_until(lambda: r.stats()["in_flight"] == 1)  # the first is generating (held) ...
+    threads[1].start()
+    wait_until(lambda: backend(gw.url)["limit"]["queued"] == 1)  # ... the second queued behind it
     b = backend(gw.url)
     assert b["limit"] == {"max_concurrency": 1, "in_use": 1, "queued": 1}
     assert r.stats()["in_flight"] == 1  # the second waits in the gateway, not on RWKV's lock
@@ -96,11 +104,22 @@ def test_one_generation_at_a_time_with_a_bounded_queue(spawn: Spawner) -> None:
 
 
 def test_swallowed_generation_error_is_not_an_answer(spawn: Spawner) -> None:
-    r = start_rwkv(spawn, "--preload", MODEL_PATH)
-    gw = spawn.gateway({"upstream": {"max_attempts": 1},
-                        "backends": [{"name": "rwkv", "kind": "rwkv-runner", "url": r.url}]})
-    resp = httpx.post(gw.v1 + "/chat/completions", json={"model": MODEL, "messages": MESSAGES,
-                                                         "x_double": {"fail": True}})
+    # RWKV-Runner answers a generation that raised with an empty 200: the gateway makes it a 502 ...
+    broken = start_rwkv(spawn, "--preload", MODEL_PATH, "--fail-generations")
+    good = start_rwkv(spawn, "--preload", MODEL_PATH)
+    gw = spawn.gateway({"upstream": {"max_attempts": 2},
+                        "backends": [{"name": "broken", "kind": "rwkv-runner", "url": broken.url, "weight": 100},
+                                     {"name": "good", "kind": "rwkv-runner", "url": good.url}]})
+    body = {"model": MODEL, "messages": MESSAGES}
+    resp = httpx.post(gw.v1 + "/chat/completions", json=body)  # ... and retries it elsewhere
+    assert resp.status_code == 200 and resp.headers["x-llm-gateway-backend"] == "good"
+    assert resp.json()["choices"][0]["message"]["content"]
+    assert broken.stats()["failed"] == 1 and good.stats()["completed"] == 1  # tried first (weight 100)
+    assert f'llm_gateway_retries_total{{model="{MODEL}"}} 1.0' in httpx.get(gw.url + "/metrics").text
+    # nowhere else to go: the 502 reaches the client
+    gw1 = spawn.gateway({"upstream": {"max_attempts": 1},
+                         "backends": [{"name": "broken", "kind": "rwkv-runner", "url": broken.url}]})
+    resp = httpx.post(gw1.v1 + "/chat/completions", json=body)
     assert resp.status_code == 502 and resp.json()["error"]["code"] == "upstream_generation_failed"
 
 
@@ -110,4 +129,8 @@ def test_not_loaded_backend_is_down_and_not_used(spawn: Spawner) -> None:
     b = backend(gw.url)
     assert b["state"] == "down" and "no model loaded" in b["detail"]
     assert httpx.get(gw.v1 + "/models").json()["data"] == []
-    assert not any(q["path"] == "/exit" for q in r.requests())
+    r404 = httpx.post(gw.v1 + "/chat/completions", json={"model": MODEL, "messages": MESSAGES})
+    assert r404.status_code == 404 and r404.json()["error"]["code"] == "model_not_found"
+    # not used: no generation was sent, and no model was loaded on it (no `load:` configured)
+    assert [q["path"] for q in r.requests() if q["path"] != "/status"] == []
+    assert r.stats()["status"] == 0 and r.stats()["switch_calls"] == 0

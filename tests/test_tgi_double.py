@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import text_generation as tg  # HF's official TGI client, a pinned [test] dependency
 
 from tests.procs import Proc, Spawner, free_port
 
@@ -141,7 +142,6 @@ def test_port_closed_while_loading_then_health_info_models(spawn: Spawner) -> No
 
 
 def test_text_generation_client_generate(tgi: Tgi) -> None:
-    tg = pytest.importorskip("text_generation", reason="pip install text-generation==0.7.0")
     from text_generation.types import FinishReason
 
     client = tg.Client(tgi.url)
@@ -168,7 +168,6 @@ def test_text_generation_client_generate(tgi: Tgi) -> None:
 
 
 def test_text_generation_client_stream_and_async(tgi: Tgi) -> None:
-    tg = pytest.importorskip("text_generation", reason="pip install text-generation==0.7.0")
     from text_generation.types import FinishReason
 
     responses = list(tg.Client(tgi.url).generate_stream("Why is the sky blue?", max_new_tokens=20))
@@ -330,7 +329,6 @@ def test_openai_client_completions(tgi: Tgi) -> None:
 
 
 def test_overload_non_stream_429_and_in_band_stream_errors(spawn: Spawner) -> None:
-    tg = pytest.importorskip("text_generation", reason="pip install text-generation==0.7.0")
     t = start_tgi(spawn, "--max-concurrent-requests", "2")
     out: list = []
     threads = [
@@ -390,7 +388,6 @@ def test_overload_non_stream_429_and_in_band_stream_errors(spawn: Spawner) -> No
 
 
 def test_validation_422(tgi: Tgi) -> None:
-    tg = pytest.importorskip("text_generation", reason="pip install text-generation==0.7.0")
     cases = [
         ({"top_p": 1.0}, "`top_p` must be > 0.0 and < 1.0"),
         ({"temperature": 0}, "`temperature` must be strictly positive"),
@@ -465,7 +462,6 @@ def test_body_rejections_like_axum(tgi: Tgi) -> None:
 
 
 def test_generation_error_injection(tgi: Tgi) -> None:
-    tg = pytest.importorskip("text_generation", reason="pip install text-generation==0.7.0")
     r = tgi.post("/generate", {"inputs": "x", "x_double": {"fail_after": 2, "message": "boom"}})
     assert (r.status_code, r.json()) == (
         424,

@@ -33,6 +33,7 @@ from tests.backends.fastchat_env import (
     wait_worker_ready,
     worker_args,
 )
+from tests.backends.availability import unavailable
 from tests.backends.hf_model import write_tiny_llama
 from tests.procs import Proc, free_port
 
@@ -69,7 +70,7 @@ def fc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastChat]:
     try:
         venv = ensure_fastchat_venv()
     except FastChatUnavailable as e:
-        pytest.skip(f"FastChat cannot run on this machine: {e}")
+        unavailable("FastChat", e)
     tmp = tmp_path_factory.mktemp("fastchat")
     model = write_tiny_llama(tmp / "tiny-llama", max_pos=CONTEXT)
     procs: list[Proc] = []

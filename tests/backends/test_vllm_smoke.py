@@ -3,7 +3,8 @@
 Checks the wire facts the gateway's vLLM adapter relies on (shared/backends.md part A §2) against the
 real thing: readiness via /health, /v1/models, chat with and without streaming, usage in the stream,
 error bodies, Prometheus metrics. The first run on a machine builds vLLM's virtualenv (~2 min); the
-server then starts in ~30 s. If vLLM cannot be installed here, the tests skip with the reason.
+server then starts in ~30 s. If vLLM cannot be installed here, the tests skip with the reason
+(fail under CI=true: tests/backends/availability.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.backends.availability import unavailable
 from tests.backends.hf_model import write_tiny_llama
 from tests.backends.vllm_cpu import VllmUnavailable, ensure_vllm_venv, server_args, stop_server, wait_ready
 from tests.procs import Proc, free_port
@@ -41,7 +43,7 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         venv = ensure_vllm_venv()
     except VllmUnavailable as e:
-        pytest.skip(f"vLLM CPU cannot run on this machine: {e}")
+        unavailable("vLLM (CPU)", e)
     tmp = tmp_path_factory.mktemp("vllm")
     model = write_tiny_llama(tmp / "tiny-llama", max_pos=512)
     port = free_port()

@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device-name", default="CPU")
     p.add_argument("--embedding-dim", type=int, default=16)
     p.add_argument("--exit-kills", action="store_true", help="POST /exit really ends the process")
+    p.add_argument("--fail-generations", action="store_true",
+                   help='every generation fails, as x_double {"fail": true} makes one fail')
     return p.parse_args(argv)
 
 

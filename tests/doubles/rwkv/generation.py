@@ -13,7 +13,7 @@ async def generate_rwkv(st: State, ctl: dict, text: str, max_tokens: int, stop: 
                         prompt_tokens: int) -> AsyncIterator[tuple[str, str, int, int]]:
     """utils/rwkv.py AbstractRWKV.generate, with a fixed answer instead of sampling."""
     toks = tokenize(text)
-    fail_at = 0 if ctl.get("fail") else ctl.get("fail_at")
+    fail_at = 0 if ctl.get("fail") or st.args.fail_generations else ctl.get("fail_at")
     delay = float(ctl.get("delay", st.args.token_delay))
     completion_tokens = 0
     response = ""
@@ -52,7 +52,7 @@ async def generate_llama(st: State, ctl: dict, text: str, max_tokens: int, stop:
     stops = [stop] if isinstance(stop, str) else (stop or [])
     cut = min([text.index(s) for s in stops if s and s in text], default=len(text))
     toks = tokenize(text[:cut])
-    fail_at = 0 if ctl.get("fail") else ctl.get("fail_at")
+    fail_at = 0 if ctl.get("fail") or st.args.fail_generations else ctl.get("fail_at")
     delay = float(ctl.get("delay", st.args.token_delay))
     response = ""
     for i, tok in enumerate(toks[:max_tokens]):

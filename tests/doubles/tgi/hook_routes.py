@@ -27,6 +27,7 @@ async def hooks(request: web.Request) -> web.Response:
                 "overloaded": st.overloaded,
                 "received": len(st.requests),
                 "healthy": st.healthy,
+                "health_checks": st.health_checks,
             }
         )
     if what == "release":

@@ -11,6 +11,7 @@ from .state import State
 
 async def health(request: web.Request) -> web.Response:
     st: State = request.app["state"]
+    st.health_checks += 1
     if st.healthy:
         return web.Response(status=200)
     return json_response({"error": "unhealthy", "error_type": "healthcheck"}, status=503)

@@ -30,6 +30,7 @@ class State:
         self.legacy_sse = a.legacy_sse
         self.fingerprint = f"{self.version}-{self.docker_label or 'native'}"
         self.healthy = True
+        self.health_checks = 0  # GET /health answered: a gateway's probe rounds, for tests
         self.default_ctl: dict = {}
         self.release = asyncio.Event()
         self.requests: list[dict] = []
