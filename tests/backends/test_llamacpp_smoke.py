@@ -20,7 +20,6 @@ import pytest
 from tests.backends.llamacpp import (
     _writer_class,
     build_vocab,
-    ensure_llama_server,
     server_args,
     write_tiny_gguf,
 )
@@ -47,11 +46,6 @@ CHAT = {"model": ALIAS, "messages": [{"role": "user", "content": "Hello! How are
 LOADING = {"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}
 
 
-@pytest.fixture(scope="module")
-def binary() -> Path:
-    return ensure_llama_server()
-
-
 def wait_ready(proc: Proc, url: str, timeout: float = 60.0) -> None:
     proc.wait_http(url + "/health", timeout)
     deadline = time.monotonic() + timeout
@@ -62,11 +56,11 @@ def wait_ready(proc: Proc, url: str, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(llama_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("llamacpp")
     model = write_tiny_gguf(tmp / "tiny.gguf")
     port = free_port()
-    proc = Proc(server_args(binary, model, port, alias=ALIAS, ctx=CTX, parallel=2), tmp / "llama-server.log")
+    proc = Proc(server_args(llama_binary, model, port, alias=ALIAS, ctx=CTX, parallel=2), tmp / "llama-server.log")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url)
@@ -91,11 +85,8 @@ def test_fast_gguf_writer_matches_stock_writer() -> None:
         assert fast._pack_val(arr, array, True) == stock._pack_val(arr, array, True)
 
 
-def test_tiny_gguf_is_small_and_quick(tmp_path: Path) -> None:
-    write_tiny_gguf(tmp_path / "warm.gguf")    # imports numpy and gguf
-    t0 = time.monotonic()
-    path = write_tiny_gguf(tmp_path / "tiny.gguf")
-    assert time.monotonic() - t0 < 1.0
+def test_tiny_gguf_is_small_and_has_the_special_tokens(tmp_path: Path) -> None:
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")  # no time bound: ~0.03 s, and nothing rests on its speed
     assert path.stat().st_size < 1_000_000
     tokens, _, types = build_vocab()
     assert {"<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<0x00>", "<0xFF>"} <= set(tokens)
@@ -184,27 +175,30 @@ def test_metrics(server: str) -> None:
     assert values["llamacpp:requests_processing"] == 0 and values["llamacpp:requests_deferred"] == 0
 
 
-def test_loading_model_answers_503_then_200(binary: Path, tmp_path: Path) -> None:
+def test_loading_model_answers_503_then_200(llama_binary: Path, tmp_path: Path) -> None:
+    # The state sequence, not its duration: from its first answer the server says 503 "Loading
+    # model" on every route, then 200 for good. The "loading" model keeps it loading ~4 s here;
+    # the polls are ~0.05 s apart, so the first answer lands inside the window with a wide margin.
     model = write_tiny_gguf(tmp_path / "loading.gguf", size="loading")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = Proc(server_args(binary, model, port, alias="loading"), tmp_path / "llama-server.log")
+    proc = Proc(server_args(llama_binary, model, port, alias="loading"), tmp_path / "llama-server.log")
     try:
-        proc.wait_http(url + "/health", timeout=30)
-        first_503 = None
-        while True:
+        proc.wait_http(url + "/health", timeout=60)  # listening (the model loads after that)
+        statuses = []
+        deadline = time.monotonic() + 120
+        while not statuses or statuses[-1] != 200:
+            assert time.monotonic() < deadline and proc.popen.poll() is None, proc.output()
             r = httpx.get(url + "/health")
-            if r.status_code != 503:
-                break
-            assert r.json() == LOADING
-            first_503 = first_503 or time.monotonic()
-            # every route answers the same while loading (unless loading finished in between)
-            models = httpx.get(url + "/v1/models")
-            assert models.json() == LOADING if models.status_code == 503 else models.status_code == 200
+            statuses.append(r.status_code)
+            if r.status_code == 503:
+                assert r.json() == LOADING
+                # every route answers the same while loading (unless loading finished in between)
+                models = httpx.get(url + "/v1/models")
+                assert models.json() == LOADING if models.status_code == 503 else models.status_code == 200
             time.sleep(0.05)
-        assert r.status_code == 200 and r.json() == {"status": "ok"}
-        assert first_503 is not None, "never saw 503 Loading model"
-        window = time.monotonic() - first_503
-        assert window >= 2.0, f"loading window only {window:.1f}s; enlarge the 'loading' preset"
+        assert r.json() == {"status": "ok"}
+        assert statuses[0] == 503 and set(statuses[:-1]) == {503}, statuses  # loading, then ready
+        assert all(httpx.get(url + "/health").status_code == 200 for _ in range(3))  # and it stays ready
     finally:
         proc.stop()
