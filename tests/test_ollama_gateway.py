@@ -82,7 +82,7 @@ def test_errors_mid_stream_unknown_model_and_queue_full(spawn: Spawner) -> None:
     assert events[-1] == "data: [DONE]" and '"error"' in events[-2]
     r = httpx.post(gw.v1 + "/chat/completions", json={"model": "ghost", "messages": MESSAGES})
     assert r.status_code == 404 and "ghost" in r.json()["error"]["message"]
-    # one request in flight fills Ollama's only slot and its (zero-length) queue: 503 -> retried, then 503
+    # one request in flight fills Ollama's only slot and its (zero-length) queue: 503, nowhere else to retry
     import threading
     t = threading.Thread(target=lambda: httpx.post(gw.v1 + "/chat/completions", timeout=30, json={
         "model": "llama3.2:latest", "messages": MESSAGES, "x_double": {"hold": True}}))
@@ -93,7 +93,30 @@ def test_errors_mid_stream_unknown_model_and_queue_full(spawn: Spawner) -> None:
         time.sleep(0.05)
     r = httpx.post(gw.v1 + "/chat/completions", json={"model": "llama3.2:latest", "messages": MESSAGES})
     assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+    assert o.stats()["rejected"] == 1  # it was Ollama's queue-full answer, not the gateway's own 503
     httpx.post(o.url + "/_release")
+    t.join(10)
+
+
+def test_queue_full_503_is_retried_on_another_backend(spawn: Spawner) -> None:
+    full = start_ollama(spawn, "--models", "llama3.2", "--loaded", "llama3.2", "--max-queue", "0")
+    spare = start_ollama(spawn, "--models", "llama3.2", "--loaded", "llama3.2")
+    # weight 100: `full` stays the first choice even with a request in flight, so its 503 must be retried
+    gw = spawn.gateway({"backends": [{"name": "full", "kind": "ollama", "url": full.url, "weight": 100},
+                                     {"name": "spare", "kind": "ollama", "url": spare.url}]})
+    import threading
+    t = threading.Thread(target=lambda: httpx.post(gw.v1 + "/chat/completions", timeout=30, json={
+        "model": "llama3.2:latest", "messages": MESSAGES, "x_double": {"hold": True}}))
+    t.start()
+    deadline = time.monotonic() + 20
+    while full.stats()["in_flight"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    r = httpx.post(gw.v1 + "/chat/completions", json={"model": "llama3.2:latest", "messages": MESSAGES})
+    assert r.status_code == 200 and r.headers["x-llm-gateway-backend"] == "spare", r.text
+    assert full.stats()["rejected"] == 1 and spare.stats()["completed"] == 1  # tried `full` first, then `spare`
+    assert 'llm_gateway_retries_total{model="llama3.2:latest"} 1.0' in httpx.get(gw.url + "/metrics").text
+    httpx.post(full.url + "/_release")
     t.join(10)
 
 
