@@ -29,7 +29,15 @@ class Strict(BaseModel):
 class ServerSettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(4000, ge=1, le=65535)
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Parsing costs far more than the bytes: 8 MiB of `[],[],...` becomes ~190 MiB of Python
+    # objects and holds the event loop for a fraction of a second. 8 MiB still fits a
+    # million-token conversation or several base64 images.
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # Bodies over 1 MiB take one of these slots while they are read and parsed (0 = no cap), so
+    # slow uploads cannot pile up max_body_bytes each; one that waits longer than
+    # large_body_wait seconds for a slot gets 503.
+    max_large_bodies: int = Field(4, ge=0)
+    large_body_wait: float = Field(10.0, gt=0)
     log_level: str = "info"
     # On SIGTERM: stop accepting, let in-flight requests (streams too) finish for up to this long.
     drain_timeout: float = Field(30.0, ge=0)
@@ -95,7 +103,9 @@ class RoutingSettings(Strict):
     # Also treat the request's `user` field as the session (off: an app that sends one constant
     # `user` would otherwise pin all its traffic to one replica).
     affinity_from_user: bool = False
-    # Consecutive 5xx answers from one backend that take it out of service until a probe succeeds.
+    # Consecutive failures that are the backend's (502/504 answers; 500s and timeouts of distinct
+    # requests, so one client's poison request cannot count twice) that take it out of service
+    # until a probe succeeds.
     eject_after_errors: int = Field(3, ge=1)
 
 

@@ -4,7 +4,7 @@ Run: python -m tests.doubles.openai_server --port P --models m1,m2 --name up1
 
 Behaviour per request comes from an extra body field, which also proves the gateway forwards
 unknown fields untouched:  "x_double": {"status": 500, "chunks": 5, "delay": 0.05, "hold": true,
-"truncate": true, "text": "...", "first_delay": 2.0, "headers_delay": 2.0, "reasoning": "...",
+"truncate": true, "text": "...", "first_delay": 2.0, "code": "any-error-code", "headers_delay": 2.0, "reasoning": "...",
 "raw": "..."}; `--hang` makes every inference request hang. "reasoning" adds vLLM 0.33's `reasoning`
 field (message, or one delta ahead of the content); "raw" writes that string (latin-1) to the socket
 as the whole HTTP answer and closes it (a broken or truncated upstream).
@@ -42,8 +42,8 @@ class State:
         self.release = asyncio.Event()
 
 
-def error(status: int, message: str, etype: str, param: str | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": etype, "param": param, "code": status}}
+def error(status: int, message: str, etype: str, param: str | None = None, code: object = None) -> web.Response:
+    body = {"error": {"message": message, "type": etype, "param": param, "code": status if code is None else code}}
     return web.json_response(body, status=status)
 
 
@@ -94,7 +94,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         ctl = {**ctl, "status": request.app["fail_status"]}
     if ctl.get("status"):
         return error(ctl["status"], ctl.get("message", f"injected {ctl['status']}"),
-                     ctl.get("type", "BadRequestError"))
+                     ctl.get("type", "BadRequestError"), code=ctl.get("code"))
     model = body.get("model")
     if st.strict and model is not None and model not in st.models:
         return error(404, f"The model `{model}` does not exist. Valid aliases: {', '.join(st.models)}.",
@@ -239,7 +239,7 @@ async def llama_loading(request: web.Request, handler):  # type: ignore[no-untyp
 
 def make_app(name: str, models_: list[str], strict: bool, owned_by: str, hang: bool = False,
              headers_delay: float = 0.0, fail_status: int = 0) -> web.Application:
-    app = web.Application(middlewares=[llama_loading])
+    app = web.Application(middlewares=[llama_loading], client_max_size=64 << 20)  # big bodies: vLLM takes them
     app["loading"] = False
     app["hang"] = hang
     app["headers_delay"] = headers_delay
