@@ -151,6 +151,10 @@ def test_llamacpp_load_from_metrics_when_slots_are_off(llama_binary: Path, spawn
     url = f"http://127.0.0.1:{port}"
     spawn.proc(server_args(llama_binary, model, port, alias="long", ctx=4096, parallel=1, extra=["--no-slots"]),
                "llama-no-slots").wait_http(url + "/health", timeout=60)
+    deadline = time.monotonic() + 60
+    while httpx.get(url + "/health").status_code != 200:  # 503 while the model loads
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert httpx.get(url + "/slots").status_code == 501  # really off; /metrics is on (server_args)
     gw = spawn.gateway({"health": {"interval": 0.05}, "backends": [{"name": "ns", "kind": "llamacpp", "url": url}]})
 
