@@ -159,7 +159,7 @@ _BASE_ENV = {
 
 
 class FastChatUnavailable(RuntimeError):
-    """FastChat cannot be installed or run here; the message says why (tests skip with it)."""
+    """FastChat cannot be installed or run here; the message says why (its tests skip with it; fail under CI)."""
 
 
 VENV = VenvRecipe(

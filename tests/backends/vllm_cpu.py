@@ -199,7 +199,7 @@ _CHECK = (
 
 
 class VllmUnavailable(RuntimeError):
-    """vLLM CPU cannot be installed or run here; the message says why (tests skip with it)."""
+    """vLLM CPU cannot be installed or run here; the message says why (its tests skip with it; fail under CI)."""
 
 
 VENV = VenvRecipe(
