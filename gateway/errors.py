@@ -6,6 +6,7 @@
     ├── Unauthorized              401 authentication_error
     ├── ModelNotFound             404 not_found_error / model_not_found
     ├── PayloadTooLarge           413 invalid_request_error / request_too_large
+    ├── UnsupportedMediaType      415 invalid_request_error / unsupported_media_type
     ├── Overloaded                429 rate_limit_error (+ Retry-After)
     ├── UpstreamHTTPError         status chosen by the adapter's map_error
     ├── UpstreamUnavailable       502/503 server_error (connect refused, no ready deployment)
@@ -55,6 +56,10 @@ class GatewayError(Exception):
         # One process behind the backend failed but others can serve (a FastChat worker):
         # a retry may go to the same backend, which stays in service.
         self.retry_same_backend = False
+        # Text a backend wrote (set by status_error). For a 5xx it may hold tracebacks, DSNs or
+        # internal hosts: the proxy logs it and sends the client a generic message instead.
+        self.upstream_text: str | None = None
+        self.upstream_status = 0
 
     def envelope(self) -> dict[str, dict[str, object]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -92,6 +97,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class Overloaded(GatewayError):
@@ -145,6 +156,7 @@ def status_error(status: int, message: str, *, code: str | None = None, param: s
     Upstream 4xx stay 4xx (the client's request was at fault, an auth failure upstream is the
     gateway's misconfiguration and becomes 502); 5xx other than 503/504 become 502 Bad Gateway.
     Retry elsewhere is allowed for 429/502/503/504 only: a 4xx will fail on every replica.
+    A 4xx keeps the backend's message (the client's business); a 5xx's is replaced by the proxy.
     """
     if status == 401 or status == 403:
         # The client authenticated to *us*; an upstream refusal is our configuration's fault.
@@ -156,7 +168,7 @@ def status_error(status: int, message: str, *, code: str | None = None, param: s
     else:
         out_status = 502
     default_type, default_code = _STATUS_TYPES.get(status, ("server_error", None))
-    return UpstreamHTTPError(
+    err = UpstreamHTTPError(
         message,
         status=out_status,
         type=type or default_type,
@@ -164,3 +176,8 @@ def status_error(status: int, message: str, *, code: str | None = None, param: s
         param=param,
         retryable=status in (429, 502, 503, 504),
     )
+    # Every adapter's upstream-derived error passes here: mark its text as the backend's, so the
+    # one place that renders errors (gateway/api/proxy.py) can keep a 5xx's text from the client.
+    err.upstream_text = message
+    err.upstream_status = status
+    return err

@@ -16,7 +16,10 @@ def loads(data: bytes) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)  # raises ValueError (JSONDecodeError) for truly malformed input
+        try:
+            return json.loads(data)  # raises ValueError (JSONDecodeError) for truly malformed input
+        except RecursionError:  # nesting orjson refused too: bad input, not a gateway bug (no traceback)
+            raise ValueError("JSON nested too deeply") from None
 
 
 def dumps(obj: Any) -> bytes:

@@ -1,7 +1,8 @@
 """Every Prometheus metric the gateway exports, and the helpers that record them.
 
 Labels come from closed sets only: configured/discovered model and backend names, the endpoint,
-the status code. Never a raw client string (an unknown model is recorded as model="").
+the status code, the gateway's own error codes (UPSTREAM_ERROR_CODES). Never a raw client or
+backend string (an unknown model is recorded as model="").
 Children are cached per label tuple: `.labels()` takes a lock and builds a key on every call,
 which the token path should not pay.
 """
@@ -15,6 +16,20 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+# The `code` label of upstream_errors_total: the gateway's own error codes, a closed set. An error
+# code a backend chose (a 4xx's `code` passes through to the client) would let any backend, or a
+# client whose input it echoes, create series without bound: it is counted as `other`, and an
+# error with no code by its status class (http_4xx / http_5xx).
+UPSTREAM_ERROR_CODES = frozenset({
+    "upstream_connect_failed", "upstream_disconnected", "upstream_protocol_error", "upstream_timeout",
+    "upstream_unavailable", "upstream_pool_exhausted", "upstream_auth_failed", "upstream_empty_answer",
+    "upstream_generation_failed", "backend_loading", "no_live_worker", "no_ready_deployment",
+    "rate_limit_exceeded", "context_length_exceeded", "request_too_large", "unsupported_endpoint",
+    "unsupported_parameter", "model_not_found", "media_url_not_allowed", "no_template", "invalid_json",
+    "invalid_type", "invalid_value", "missing_required_parameter", "stream_truncated",
+    "http_4xx", "http_5xx", "other",
+})
 
 
 class Metrics:
@@ -71,8 +86,12 @@ class Metrics:
         if completion:
             self._child(self.tokens, model, backend, "completion").inc(completion)
 
-    def observe_upstream_error(self, backend: str, code: str | None) -> None:
-        self._child(self.upstream_errors, backend, code or "error").inc()
+    def observe_upstream_error(self, backend: str, code: str | None, status: int) -> None:
+        if code is None:
+            code = "http_5xx" if status >= 500 else "http_4xx"
+        elif code not in UPSTREAM_ERROR_CODES:
+            code = "other"
+        self._child(self.upstream_errors, backend, code).inc()
 
     def observe_retry(self, model: str) -> None:
         self._child(self.retries, model).inc()

@@ -9,6 +9,7 @@ import pytest
 from tests.procs import Double, Gateway, Spawner, free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,8 @@ def test_body_over_limit_is_413(env) -> None:  # type: ignore[no-untyped-def]
         yield big[:2000].encode()
         yield big[2000:].encode()
 
-    r = httpx.post(env[0].v1 + "/chat/completions", content=chunked(), timeout=10)
+    r = httpx.post(env[0].v1 + "/chat/completions", content=chunked(), timeout=10,
+                   headers={"content-type": "application/json"})
     assert_envelope(r, 413, "invalid_request_error", "request_too_large")
 
 
@@ -98,7 +100,13 @@ def test_upstream_errors_keep_a_sensible_status(env, upstream: int, status: int,
     r = post(env[0], "/chat/completions", f'{{"model": "m", "messages": [{{}}], '
              f'"x_double": {{"status": {upstream}, "message": "upstream says no"}}}}')
     err = assert_envelope(r, status, etype)
-    assert err["message"] == "upstream says no"
+    rid = r.headers["x-request-id"]
+    if upstream < 500:  # the client's business: the backend's words pass through
+        assert err["message"] == "upstream says no"
+    else:  # the backend's words stay in the gateway's log; the client learns who failed and the request id
+        assert err["message"] == f"backend err-up failed (HTTP {upstream}); request id {rid}"
+        logged = [ln for ln in env[0].proc.output().splitlines() if f"request id {rid}:" in ln]
+        assert len(logged) == 1 and "WARNING" in logged[0] and "upstream says no" in logged[0]
 
 
 def test_stream_options_without_stream_is_400(env) -> None:  # type: ignore[no-untyped-def]
@@ -134,23 +142,24 @@ def test_wrong_method_and_unknown_path(env) -> None:  # type: ignore[no-untyped-
 
 def test_api_keys(spawn: Spawner) -> None:
     up = spawn.double("auth-up", "m")
-    gw = spawn.gateway({"auth": {"api_keys": ["k-one", "k-two"]},
+    gw = spawn.gateway({"auth": {"api_keys": ["k-one-4f1c9a7e2b", "k-two-8d3e6b0a5c"]},
                         "backends": [{"name": "auth-up", "kind": "vllm", "url": up.url}]})
     body = '{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k-one"}):
-        r = httpx.post(gw.v1 + "/chat/completions", content=body, headers=headers)
-        if headers.get("Authorization") == "k-one":
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k-one-4f1c9a7e2b"}):
+        r = httpx.post(gw.v1 + "/chat/completions", content=body, headers={**headers, **JSON})
+        if headers.get("Authorization") == "k-one-4f1c9a7e2b":
             assert r.status_code == 200  # a bare key is accepted like Azure-style clients send it
         else:
             assert_envelope(r, 401, "authentication_error", "invalid_api_key")
     assert httpx.post(gw.v1 + "/chat/completions", content=body,
-                      headers={"Authorization": "Bearer k-two"}).status_code == 200
-    assert httpx.post(gw.v1 + "/chat/completions", content=body, headers={"X-Api-Key": "k-one"}).status_code == 200
+                      headers={"Authorization": "Bearer k-two-8d3e6b0a5c", **JSON}).status_code == 200
+    assert httpx.post(gw.v1 + "/chat/completions", content=body,
+                      headers={"X-Api-Key": "k-one-4f1c9a7e2b", **JSON}).status_code == 200
     assert_envelope(httpx.get(gw.v1 + "/models"), 401, "authentication_error")
-    client = openai.OpenAI(base_url=gw.v1, api_key="k-one", max_retries=0)
+    client = openai.OpenAI(base_url=gw.v1, api_key="k-one-4f1c9a7e2b", max_retries=0)
     assert [m.id for m in client.models.list()] == ["m"]
     assert httpx.get(gw.url + "/healthz").status_code == 200
-    assert "k-one" not in gw.proc.output() and "k-two" not in gw.proc.output()
+    assert "k-one-4f1c9a7e2b" not in gw.proc.output() and "k-two-8d3e6b0a5c" not in gw.proc.output()
 
 
 @pytest.mark.parametrize("upstream", [{"first_byte_timeout": 0.5}, {"read_timeout": 0.5},

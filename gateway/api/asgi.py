@@ -23,31 +23,88 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    cl = header(scope, b"content-length")
-    if cl is not None and cl.isdigit() and int(cl) > limit:
-        raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
-    msg = await receive()
-    if msg["type"] == "http.disconnect":
-        raise ClientGone
-    body: bytes = msg.get("body", b"")
-    if not msg.get("more_body"):  # the usual case: the whole body in one message
-        if len(body) > limit:
-            raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
-        return body
-    parts = [body]
-    size = len(body)
-    while True:
+LARGE_BODY = 1 << 20  # bodies over this take a BodySlots slot while read and parsed
+
+
+class BodySlots:
+    """At most `n` request bodies over LARGE_BODY are read and parsed at once (S18).
+
+    A body costs its size while it trickles in and up to ~24x that once parsed; without a cap, slow
+    clients can hold any number of max-size bodies. A request waits `wait` seconds for a slot (its
+    socket is not read meanwhile: uvicorn pauses it), then gets 503 `server_busy`."""
+
+    __slots__ = ("_sem", "n", "wait")
+
+    def __init__(self, n: int, wait: float) -> None:
+        self.n = n
+        self.wait = wait
+        self._sem = asyncio.Semaphore(n)
+
+    async def acquire(self) -> None:
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._sem.acquire()
+        except TimeoutError:
+            raise GatewayError("The gateway is busy reading other large requests; retry shortly.", status=503,
+                               code="server_busy", headers={"Retry-After": "1"}) from None
+
+    def release(self) -> None:
+        self._sem.release()
+
+
+class BodyRead:
+    """One request's body read: the bytes, and whether they hold a BodySlots slot (which the
+    caller releases once the body is parsed)."""
+
+    __slots__ = ("slots", "held")
+
+    def __init__(self, slots: BodySlots | None) -> None:
+        self.slots = slots
+        self.held = False
+
+    async def _take(self) -> None:
+        if self.slots is not None and not self.held:
+            await self.slots.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release()  # type: ignore[union-attr]
+
+    async def read(self, scope: Scope, receive: Receive, limit: int) -> bytes:
+        cl = header(scope, b"content-length")
+        if cl is not None and cl.isdigit():
+            n = int(cl)
+            if n > limit:
+                raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
+            if n > LARGE_BODY:
+                await self._take()
         msg = await receive()
         if msg["type"] == "http.disconnect":
             raise ClientGone
-        chunk = msg.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
-        parts.append(chunk)
-        if not msg.get("more_body"):
-            return b"".join(parts)
+        body: bytes = msg.get("body", b"")
+        if not msg.get("more_body"):  # the usual case: the whole body in one message
+            if len(body) > limit:
+                raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
+            return body
+        parts = [body]
+        size = len(body)
+        while True:
+            if size > LARGE_BODY:  # no (or a lying) Content-Length: the slot is taken once it is large
+                await self._take()
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
+            parts.append(chunk)
+            if not msg.get("more_body"):
+                if size > LARGE_BODY:  # it is parsed next: that needs the slot too
+                    await self._take()
+                return b"".join(parts)
 
 
 async def send_json(send: Send, status: int, body: bytes,
@@ -59,9 +116,22 @@ async def send_json(send: Send, status: int, body: bytes,
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def send_error(send: Send, err: GatewayError) -> None:
-    extra = [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    await send_json(send, err.status, err.body(), extra)
+async def send_error(send: Send, err: GatewayError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    if extra:
+        headers.extend(extra)
+    await send_json(send, err.status, err.body(), headers)
+
+
+def is_json_media_type(value: bytes | None) -> bool:
+    """`application/json`, any case, parameters allowed (`; charset=utf-8`): the raw header bytes,
+    no parsing. Anything else is refused: a browser page may POST text/plain (or a form) across
+    sites without asking first, never application/json."""
+    if value is None:
+        return False
+    if value == b"application/json":
+        return True
+    return value[:16].lower() == b"application/json" and value[16:17] in (b"", b";", b" ", b"\t")
 
 
 class DisconnectWatch:

@@ -9,16 +9,20 @@ the upstream request -> send -> relay (retry elsewhere while nothing reached the
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
+import weakref
 from typing import Any
 
 from adapters.base import Endpoint
-from gateway.api.asgi import (ClientGone, DisconnectWatch, Receive, Scope, Send, header, read_body,
-                              send_error, send_json)
+from gateway.api.asgi import (BodyRead, BodySlots, ClientGone, DisconnectWatch, Receive, Scope, Send, header,
+                              is_json_media_type, send_error, send_json)
 from gateway.api.client_writer import client_transport
 from gateway.balancer import pick
-from gateway.errors import GatewayError, InvalidRequest, Unauthorized
+from gateway.backends import BackendRuntime
+from gateway.errors import GatewayError, InvalidRequest, Unauthorized, UnsupportedMediaType, UpstreamTimeout
 from gateway.http1 import Response
 from gateway.jsonio import loads, loads_or_none
 from gateway.protocol import routing_fields
@@ -33,17 +37,31 @@ log = logging.getLogger("gateway.proxy")
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
 CLIENT_CLOSED = 499  # nginx's convention, for metrics only: nobody receives it
+LOGGED_BODY = 2048  # characters of a backend's 5xx text kept in the log
+
+# Request ids: a random per-process prefix and a counter, 16 hex digits; unique enough to find a
+# request in the logs, and cheaper than os.urandom per request.
+_RID_PREFIX = os.urandom(4).hex().encode()
+_rid_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+def new_request_id() -> bytes:
+    return b"%s%08x" % (_RID_PREFIX, next(_rid_counter) & 0xFFFFFFFF)
 
 
 class Reply:
-    """Whether this request's SSE response has started (headers and keepalive comments only: no
-    answer byte yet, so a failed attempt may still be retried, but a final error must now be an
-    error event instead of an HTTP status)."""
+    """This request's response: its id (the `x-request-id` header of every answer, ok or error, and
+    the key to its log lines), its body (whose fingerprint passive health needs), and whether its SSE
+    response has started (headers and keepalive comments only: no answer byte yet, so a failed
+    attempt may still be retried, but a final error must now be an error event, not a status)."""
 
-    __slots__ = ("committed",)
+    __slots__ = ("committed", "rid", "rid_header", "raw")
 
     def __init__(self) -> None:
         self.committed = False
+        self.rid = new_request_id()
+        self.rid_header = (b"x-request-id", self.rid)
+        self.raw = b""
 
 
 async def start_sse(send: Send, reply: Reply, backend: str | None) -> None:
@@ -51,8 +69,54 @@ async def start_sse(send: Send, reply: Reply, backend: str | None) -> None:
     comments while waiting), so the header cannot say who serves; a retry may still go elsewhere."""
     if not reply.committed:
         reply.committed = True
-        headers = SSE_HEADERS if backend is None else [*SSE_HEADERS, (b"x-llm-gateway-backend", backend.encode())]
+        headers = [*SSE_HEADERS, reply.rid_header]
+        if backend is not None:
+            headers.append((b"x-llm-gateway-backend", backend.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+
+class PassiveHealth:
+    """Passive ejection counts only failures that are the backend's (S6): 502/504 answers, and 500s
+    (any 5xx but 501 "not implemented" and 503 "busy/loading", which a live server says) and
+    timeouts of *distinct* requests. A 500 or a timeout may be the request's fault (malformed
+    input, a huge generation): the same body failing again, resent by a retrying client, counts
+    once. A refused connection takes the backend out at once (the dispatcher does that)."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.seen: dict[str, set[int]] = {}  # per backend: fingerprints counted in the current run
+
+    def failure(self, b: BackendRuntime, fingerprint: int | None, what: str) -> None:
+        """Count one failure; `fingerprint` None counts always, else once per run per request body."""
+        seen = self.seen.get(b.name)
+        if seen is None or b.errors_in_row == 0:  # a new run (a success or an ejection ended the last)
+            seen = self.seen[b.name] = set()
+        if fingerprint is not None:
+            if fingerprint in seen:
+                return
+            seen.add(fingerprint)
+        b.errors_in_row += 1
+        if b.errors_in_row >= self.gw.eject_after:
+            self.gw.mark_failed(b, f"{b.errors_in_row} server errors in a row (last {what})")
+
+
+class Shared:
+    """What the three inference endpoints of one gateway share."""
+
+    def __init__(self, gw: Gateway) -> None:
+        s = gw.settings.server
+        self.body_slots = BodySlots(s.max_large_bodies, s.large_body_wait) if s.max_large_bodies else None
+        self.health = PassiveHealth(gw)
+
+
+_shared: weakref.WeakKeyDictionary[Gateway, Shared] = weakref.WeakKeyDictionary()
+
+
+def shared(gw: Gateway) -> Shared:
+    sh = _shared.get(gw)
+    if sh is None:
+        sh = _shared[gw] = Shared(gw)
+    return sh
 
 
 class ProxyEndpoint:
@@ -60,6 +124,9 @@ class ProxyEndpoint:
         self.gw = gw
         self.endpoint = endpoint
         self.label = endpoint.value
+        sh = shared(gw)
+        self.body_slots = sh.body_slots
+        self.health = sh.health
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
@@ -71,12 +138,21 @@ class ProxyEndpoint:
         try:
             if gw.api_keys and not gw.authorized(header(scope, b"authorization") or header(scope, b"x-api-key")):
                 raise Unauthorized("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.")
-            raw = await read_body(scope, receive, gw.max_body)
+            ctype = header(scope, b"content-type")
+            if ctype != b"application/json" and not is_json_media_type(ctype):
+                # 415, not 400: the body may be fine, its declared type is not (and a cross-site
+                # page can send text/plain or a form without a CORS preflight, never JSON).
+                raise UnsupportedMediaType("Send the request body as JSON with 'Content-Type: application/json'.")
+            reader = BodyRead(self.body_slots)
             try:
-                body = loads(raw)
-            except ValueError:
-                raise InvalidRequest("We could not parse the JSON body of your request: it is not valid JSON.",
-                                     code="invalid_json") from None
+                raw = reply.raw = await reader.read(scope, receive, gw.max_body)
+                try:
+                    body = loads(raw)
+                except ValueError:
+                    raise InvalidRequest("We could not parse the JSON body of your request: it is not valid JSON.",
+                                         code="invalid_json") from None
+            finally:
+                reader.release()
             name, stream, needs = routing_fields(self.endpoint, body)
             route = gw.table.resolve(name)
             model = route.name
@@ -91,10 +167,12 @@ class ProxyEndpoint:
             status, backend = await self.serve(route, body, stream, needs, send, t0, watch, session, reply)
         except GatewayError as err:
             status = err.status
+            if status >= 500:  # the id finds the gateway's log lines about it (a 5xx's details are there)
+                err.message = f"{err.message}; request id {reply.rid.decode()}"
             if reply.committed:  # the SSE response had started (keepalives only): end it with the error
                 await send({"type": "http.response.body", "body": err.sse_event() + DONE_EVENT, "more_body": False})
             else:
-                await send_error(send, err)
+                await send_error(send, err, [reply.rid_header])
         except ClientGone:
             status = CLIENT_CLOSED
         except asyncio.CancelledError:
@@ -103,9 +181,10 @@ class ProxyEndpoint:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             status = CLIENT_CLOSED
         except Exception:  # a gateway bug: log it, answer in the envelope if headers are not out yet
-            log.exception("unhandled error serving %s", self.label)
+            log.exception("unhandled error serving %s (request id %s)", self.label, reply.rid.decode())
             try:
-                await send_error(send, GatewayError("The gateway hit an internal error; it has been logged."))
+                await send_error(send, GatewayError("The gateway hit an internal error; it has been logged (request "
+                                                    f"id {reply.rid.decode()})."), [reply.rid_header])
             except RuntimeError:
                 pass
         finally:
@@ -178,16 +257,28 @@ class ProxyEndpoint:
                             data = await resp.read()
                     finally:
                         resp.release()
-                    if resp.status >= 500 and resp.status != 503:  # 503: loading/overload, said by a live server
-                        b.errors_in_row += 1
-                        if b.errors_in_row >= gw.eject_after:
-                            gw.mark_failed(b, f"{b.errors_in_row} server errors in a row (last HTTP {resp.status})")
-                    raise adapter.map_error(resp.status, data)
+                    err = adapter.map_error(resp.status, data)
+                    if err.upstream_text is not None and err.status >= 500:
+                        err.upstream_text = data[:LOGGED_BODY].decode("utf-8", "replace")  # the log shows it whole
+                    if resp.status == 502 or resp.status == 504:
+                        self.health.failure(b, None, f"HTTP {resp.status}")
+                    elif resp.status >= 500 and resp.status != 501 and resp.status != 503:
+                        self.health.failure(b, hash(reply.raw), f"HTTP {resp.status}")
+                    raise err
                 result = await self.respond(resp, req, dep, route.name, send, t0, watch, reply)
                 b.errors_in_row = 0
                 return result
             except GatewayError as err:
-                gw.metrics.observe_upstream_error(b.name, err.code)
+                if err.upstream_text is not None and err.status >= 500:
+                    # A backend's own words about its failure may carry tracebacks, DSNs or internal
+                    # hosts: the operator reads them in the log, the client gets who and a request id.
+                    log.warning("backend %s failed (HTTP %d), request id %s: %r", b.name, err.upstream_status,
+                                reply.rid.decode(), err.upstream_text[:LOGGED_BODY])
+                    err.message = f"backend {b.name} failed (HTTP {err.upstream_status})"
+                    err.upstream_text = None
+                elif isinstance(err, UpstreamTimeout):
+                    self.health.failure(b, hash(reply.raw), "a timeout")
+                gw.metrics.observe_upstream_error(b.name, err.code, err.status)
                 same_backend = err.retry_same_backend
                 if err.code == "upstream_connect_failed":
                     # One of several processes behind the backend (a FastChat worker) may be gone
@@ -238,7 +329,8 @@ class ProxyEndpoint:
                     if usage is not None:
                         m.observe_usage(model, b.name, *usage)
                 watch.finished = True
-                await send_json(send, resp.status, data, [(b"x-llm-gateway-backend", b.name.encode())])
+                await send_json(send, resp.status, data,
+                                [(b"x-llm-gateway-backend", b.name.encode()), reply.rid_header])
                 ok = True
                 return resp.status, b.name
             source = resp.iter_chunks()
@@ -268,7 +360,8 @@ class ProxyEndpoint:
                                        transport=client_transport(send) if direct else None)
             except GatewayError as err:
                 failure = err
-                log.warning("stream from %s failed after the first byte: %s", b.name, err.message)
+                log.warning("stream from %s failed after the first byte (request id %s): %s", b.name,
+                            reply.rid.decode(), err.message)
             tail = stream_end(tap, failure)
             watch.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
