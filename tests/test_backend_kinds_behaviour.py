@@ -6,6 +6,7 @@ Probes are every 60 s here: a state change seen right after a request came from 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,16 +24,25 @@ RWKV_PATH = "models/RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth"
 RWKV_MODEL = "RWKV-x070-World-0.1B-v2.8-20241210-ctx4096"
 
 
+DOUBLES = {  # name: (module, ready path, args); started together, then waited for
+    "llama": ("openai_server", "/health", ("--name", "llama-like", "--models", "tiny-llama")),
+    "vllm": ("openai_server", "/health", ("--name", "vllm-r", "--models", "qwq")),
+    "tgi": ("tgi_server", "/health", ("--model-id", "org/tgi-model")),
+    "ollama": ("ollama_server", "/api/version", ("--models", "llama3.2", "--loaded", "llama3.2")),
+    "rwkv": ("rwkv_server", "/status", ("--preload", RWKV_PATH)),
+}
+
+
 @pytest.fixture(scope="module")
 def kinds(module_spawn: Spawner) -> tuple[Gateway, dict[str, Double]]:
-    d = {
-        "llama": module_spawn.double("llama-like", "tiny-llama"),
-        "vllm": module_spawn.double("vllm-r", "qwq"),
-        "tgi": module_spawn.start_double("tgi_server", "/health", "--model-id", "org/tgi-model", name="tgi"),
-        "ollama": module_spawn.start_double("ollama_server", "/api/version", "--models", "llama3.2",
-                                            "--loaded", "llama3.2", name="ollama"),
-        "rwkv": module_spawn.start_double("rwkv_server", "/status", "--preload", RWKV_PATH, name="rwkv"),
-    }
+    d = {}
+    for name, (module, _, args) in DOUBLES.items():
+        port = free_port()
+        proc = module_spawn.proc([sys.executable, "-m", f"tests.doubles.{module}", "--port", str(port), *args],
+                                 f"{module}-{name}")
+        d[name] = Double(proc, port, name)
+    for name, (_, ready, _) in DOUBLES.items():
+        d[name].proc.wait_http(d[name].url + ready)
     gw = module_spawn.gateway({
         "upstream": {"stream_keepalive": 0},
         "health": {"interval": 60},
