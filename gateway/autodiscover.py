@@ -91,10 +91,11 @@ class Autodiscovery:
     async def scan(self) -> int:
         taken = {b.url for b in self.gw.backends.values()}
         todo = [p for p in self.ports if self.url(p) not in taken]
-        found = await asyncio.gather(*(fingerprint(self.gw.upstream.fetch, self.url(p)) for p in todo))
+        found = await asyncio.gather(*(fingerprint(self.gw.upstream.probe_fetch, self.url(p)) for p in todo))
         added = 0
         for port, hit in zip(todo, found):
             if hit is None:
+                log.debug("nothing recognisable at %s", self.url(port))  # why a port stays empty
                 continue
             kind, evidence = hit
             name = f"{kind}-{port}"

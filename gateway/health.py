@@ -62,7 +62,7 @@ class HealthMonitor:
 
         async def fetch(method: str, url: str, *, headers: dict[str, str] | None = None,
                         body: bytes | None = None, timeout: float = timeout):  # type: ignore[no-untyped-def]
-            return await self.gw.upstream.fetch(method, url, headers=headers, body=body, timeout=timeout)
+            return await self.gw.upstream.probe_fetch(method, url, headers=headers, body=body, timeout=timeout)
 
         try:
             result = await asyncio.wait_for(b.adapter.probe(fetch), timeout * 2)

@@ -8,233 +8,28 @@ uvicorn uses. Measurements are in README "Performance" and bench/RESULTS.md.
 
 Concurrency: one Pool per event loop; a connection serves one request at a time and goes back to
 the idle list only when its answer was read completely and the server allows keep-alive.
+The connection itself and its framing rules (1xx skipped, reuse only after an exactly-complete
+answer, stray bytes close it) are in gateway/http1_conn.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import httptools
-
-HIGH_WATER = 256 * 1024  # pause reading the upstream when this much body waits for a slow client
-LOW_WATER = 64 * 1024
-
-
-class TransportError(Exception):
-    """Base of the client's failures (mapped to GatewayErrors in gateway/upstream.py)."""
-
-
-class ConnectFailed(TransportError, ConnectionError):
-    pass
-
-
-class ConnectionClosed(TransportError, ConnectionError):
-    pass
-
-
-class ProtocolError(TransportError):
-    pass
-
-
-class ReadTimeout(TransportError, TimeoutError):
-    pass
-
-
-class Origin:
-    __slots__ = ("key", "host", "port", "ssl", "host_header")
-
-    def __init__(self, scheme: str, host: str, port: int) -> None:
-        self.key = (scheme, host, port)
-        self.host = host
-        self.port = port
-        self.ssl = ssl.create_default_context() if scheme == "https" else None
-        default = 443 if scheme == "https" else 80
-        self.host_header = (host if port == default else f"{host}:{port}").encode()
-
-
-class _Conn(asyncio.Protocol):
-    """One upstream connection; also the httptools parser's callback target."""
-
-    def __init__(self, pool: Pool, origin: Origin) -> None:
-        self.pool = pool
-        self.origin = origin
-        self.loop = pool.loop
-        self.parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.headers_done: asyncio.Future[None] | None = None
-        self.body: deque[bytes] = deque()
-        self.buffered = 0
-        self.complete = False
-        self.keep_alive = False
-        self.error: BaseException | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        self.paused = False
-        self.bytes_in = 0
-        self.last_activity = 0.0
-        self.deadline: float | None = None
-        self.first_byte_timeout = 0.0
-        self.read_timeout = 0.0
-        self.body_started = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.sink: Callable[[bytes], bool] | None = None
-
-    # -- asyncio protocol ---------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        self.last_activity = self.loop.time()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(ProtocolError(f"malformed HTTP response: {exc}"))
-            self.abort()
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if not self.complete:
-            why = f": {exc}" if exc else ""
-            self._fail(ConnectionClosed(f"connection closed before the answer was complete{why}"))
-        self.pool._lost(self)
-
-    # -- httptools callbacks --------------------------------------------------------------------
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self.keep_alive = self.parser.should_keep_alive()
-        if self.headers_done is not None and not self.headers_done.done():
-            self.headers_done.set_result(None)
-
-    def on_body(self, body: bytes) -> None:
-        if not self.body_started:
-            # The first-byte wait is over: from now on the (shorter) idle limit applies.
-            self.body_started = True
-            if self.timer is not None:
-                self.timer.cancel()
-                self._check_idle()  # re-armed with the idle limit (and the total deadline)
-        sink = self.sink
-        if sink is not None and not self.body:  # nothing queued ahead of it: order is kept
-            try:
-                if sink(body):
-                    return  # forwarded in this callback; no queue, no task wake-up
-            except Exception as exc:  # a bug in the sink: fail this answer, not the event loop
-                self._fail(exc)
-                self.abort()
-                return
-        self.body.append(body)
-        self.buffered += len(body)
-        if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True  # backpressure: a slow client slows the upstream read, no unbounded buffer
-            self.transport.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        self._wake()
-
-    # -- request side ---------------------------------------------------------------------------
-    def send(self, data: bytes, read_timeout: float, total_timeout: float | None = None,
-             first_byte_timeout: float | None = None) -> asyncio.Future[None]:
-        self._reset()
-        self.headers_done = self.loop.create_future()
-        self.last_activity = now = self.loop.time()
-        self.deadline = now + total_timeout if total_timeout else None
-        self.first_byte_timeout = first_byte_timeout or read_timeout
-        self.read_timeout = read_timeout
-        first = min(self.first_byte_timeout, total_timeout) if total_timeout else self.first_byte_timeout
-        self.timer = self.loop.call_later(first, self._check_idle)
-        assert self.transport is not None
-        self.transport.write(data)
-        return self.headers_done
-
-    def _check_idle(self) -> None:
-        # One timer per request, re-armed lazily: cheaper than resetting it on every read.
-        if self.complete or self.closed:
-            return
-        now = self.loop.time()
-        idle = now - self.last_activity
-        # Until the answer's first body byte (a long prefill, a model load) the generous
-        # first-byte timeout applies; after it, the idle timeout between chunks.
-        limit = self.read_timeout if self.body_started else self.first_byte_timeout
-        if self.deadline is not None and now >= self.deadline:
-            self._fail(ReadTimeout("the upstream answer took longer than the total timeout"))
-            self.abort()
-        elif idle >= limit:
-            what = "between chunks" if self.body_started else "before its first byte"
-            self._fail(ReadTimeout(f"the upstream sent nothing for {limit:g}s {what}"))
-            self.abort()
-        else:
-            wait = limit - idle
-            if self.deadline is not None:
-                wait = min(wait, self.deadline - now)
-            self.timer = self.loop.call_later(wait, self._check_idle)
-
-    async def next_chunk(self) -> bytes:
-        """The next piece of body as it arrived; b"" at the end of the answer."""
-        while True:
-            if self.body:
-                chunk = self.body.popleft()
-                self.buffered -= len(chunk)
-                if self.paused and self.buffered < LOW_WATER and self.transport is not None:
-                    self.paused = False
-                    self.transport.resume_reading()
-                return chunk
-            if self.error is not None:
-                raise self.error
-            if self.complete:
-                return b""
-            self.waiter = self.loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-
-    def _wake(self) -> None:
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        hd = self.headers_done
-        if hd is not None and not hd.done():
-            hd.set_exception(exc)
-            hd.exception()  # mark retrieved: the caller may already have gone (cancelled)
-        self._wake()
-
-    def abort(self) -> None:
-        self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.transport is not None:
-            self.transport.abort()
-
-    def finish(self) -> bool:
-        """After a request: True if the connection can serve another one."""
-        self.sink = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        return self.complete and self.keep_alive and not self.closed and self.error is None \
-            and self.transport is not None and not self.transport.is_closing()
+from gateway.http1_conn import (  # noqa: F401 (the client's errors are imported from here)
+    ConnectFailed,
+    ConnectionClosed,
+    Origin,
+    PoolTimeout,
+    ProtocolError,
+    ReadTimeout,
+    TransportError,
+    _Conn,
+)
 
 
 class Response:
@@ -256,8 +51,16 @@ class Response:
         return None
 
     async def read(self) -> bytes:
+        """The whole body, up to the pool's max_response_bytes (beyond it: ProtocolError, and the
+        connection is closed: a backend that never stops must not fill the gateway's memory)."""
         parts = []
+        size = 0
+        cap = self._pool.max_response_bytes
         while chunk := await self._conn.next_chunk():
+            size += len(chunk)
+            if size > cap:
+                self.close()
+                raise ProtocolError(f"the answer is larger than {cap} bytes")
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -288,17 +91,20 @@ class Response:
 class Pool:
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int,
                  max_idle_per_origin: int = 512, total_timeout: float | None = None,
-                 first_byte_timeout: float | None = None) -> None:
+                 first_byte_timeout: float | None = None, pool_timeout: float = 10.0,
+                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.total_timeout = total_timeout
         self.first_byte_timeout = first_byte_timeout
         self.max_connections = max_connections
         self.max_idle = max_idle_per_origin
+        self.pool_timeout = pool_timeout
+        self.max_response_bytes = max_response_bytes
         self.loop = asyncio.get_running_loop()
         self.idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self.origins: dict[str, tuple[Origin, bytes]] = {}
-        self.open = 0
+        self.open = 0  # connections counted against max_connections: busy, idle and connecting
         self.slot_waiters: deque[asyncio.Future[None]] = deque()
 
     def target(self, url: str) -> tuple[Origin, bytes]:
@@ -326,15 +132,18 @@ class Pool:
             data = b"".join(head)
         timeout = read_timeout or self.read_timeout
         conn = self._idle(origin)
-        if conn is not None:
-            try:
-                return await self._send(conn, data, timeout)
-            except ConnectionClosed:
-                # A kept-alive connection the server had already closed: nothing was processed
-                # (no byte came back), so sending again on a fresh connection is safe.
-                if conn.bytes_in:
-                    raise
-        return await self._send(await self._connect(origin), data, timeout)
+        if conn is None:
+            conn = await self._acquire(origin)
+        if not conn.reused:
+            return await self._send(conn, data, timeout)
+        try:
+            return await self._send(conn, data, timeout)
+        except ConnectionClosed:
+            # A kept-alive connection the server had already closed: nothing was processed
+            # (no byte came back), so sending again on a fresh connection is safe.
+            if conn.bytes_in:
+                raise
+        return await self._send(await self._acquire(origin, fresh=True), data, timeout)
 
     async def _send(self, conn: _Conn, data: bytes, timeout: float) -> Response:
         try:
@@ -351,15 +160,49 @@ class Pool:
         while conns:
             c = conns.pop()
             if not c.closed and c.transport is not None and not c.transport.is_closing():
+                c.reused = True
                 return c
             self.open -= 1
         return None
 
-    async def _connect(self, origin: Origin) -> _Conn:
-        while self.open >= self.max_connections:
+    def _evict_idle(self) -> bool:
+        """Close one idle connection (of any origin) so its slot can be used elsewhere."""
+        for conns in self.idle.values():
+            if conns:
+                c = conns.pop(0)  # the longest idle
+                self.open -= 1
+                c.abort()
+                return True
+        return False
+
+    async def _acquire(self, origin: Origin, *, fresh: bool = False) -> _Conn:
+        """A connection for `origin`: an idle one, a new one within max_connections (closing an
+        idle one of another origin if that is what holds the slot), or the first of those to
+        come free within pool_timeout; after that, PoolTimeout."""
+        deadline = None
+        while True:
+            if not fresh and (conn := self._idle(origin)) is not None:
+                return conn
+            if self.open < self.max_connections or self._evict_idle():
+                return await self._connect(origin)
+            if deadline is None:
+                deadline = self.loop.time() + self.pool_timeout
+            left = deadline - self.loop.time()
+            if left <= 0:
+                raise PoolTimeout(f"all {self.max_connections} upstream connections stayed busy for "
+                                  f"{self.pool_timeout:g}s")
             fut = self.loop.create_future()
             self.slot_waiters.append(fut)
-            await fut
+            try:
+                await asyncio.wait_for(fut, left)
+            except asyncio.TimeoutError:
+                pass
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    self._wake_one()  # we were woken but will not use it: pass the turn on
+                raise
+
+    async def _connect(self, origin: Origin) -> _Conn:
         self.open += 1
         try:
             _, conn = await asyncio.wait_for(
@@ -369,8 +212,13 @@ class Pool:
         except (OSError, asyncio.TimeoutError) as exc:
             self.open -= 1
             self._wake_one()
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
-            raise ConnectFailed(f"cannot connect to {origin.host}:{origin.port}: {reason}") from exc
+            # No host:port here: the message can reach clients; operators know the backend by name.
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or type(exc).__name__)
+            raise ConnectFailed(f"cannot connect: {reason.lower()}") from exc
+        except BaseException:
+            self.open -= 1
+            self._wake_one()
+            raise
         return conn
 
     def _release(self, conn: _Conn) -> None:
@@ -388,7 +236,7 @@ class Pool:
 
     def _lost(self, conn: _Conn) -> None:
         conns = self.idle.get(conn.origin.key)
-        if conns and conn in conns:  # an idle connection the server closed
+        if conns and conn in conns:  # an idle connection the server closed (or that sent stray bytes)
             conns.remove(conn)
             self.open -= 1
             self._wake_one()

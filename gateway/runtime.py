@@ -29,7 +29,9 @@ class Gateway:
         u = settings.upstream
         self.upstream = Upstream(connect_timeout=u.connect_timeout, read_timeout=u.read_timeout,
                                  total_timeout=u.total_timeout, max_connections=u.max_connections,
-                                 first_byte_timeout=u.first_byte_timeout)
+                                 first_byte_timeout=u.first_byte_timeout, pool_timeout=u.pool_timeout,
+                                 max_response_bytes=u.max_response_bytes,
+                                 probe_connections=settings.health.max_connections)
         self.stream_keepalive = u.stream_keepalive
         self.affinity = settings.routing.affinity
         self.affinity_from_user = settings.routing.affinity_from_user

@@ -80,6 +80,10 @@ class UpstreamSettings(Strict):
     read_timeout: float = Field(120.0, gt=0)
     total_timeout: float | None = Field(None, gt=0)
     max_connections: int = Field(1000, ge=1)
+    # A request that finds every connection busy waits this long for one, then gets a 503.
+    pool_timeout: float = Field(10.0, gt=0)
+    # Largest non-stream answer (or error body) the gateway buffers from a backend; more is a 502.
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # Attempts per request on other deployments when one fails before any byte reached the client.
     max_attempts: int = Field(2, ge=1, le=10)
     # No new attempt starts once this many seconds have passed since the request arrived.
@@ -94,6 +98,8 @@ class HealthSettings(Strict):
     not_ready_interval: float = Field(2.0, gt=0)  # while starting/loading, and the first probes when down
     down_max_interval: float = Field(30.0, gt=0)  # a backend that stays down is probed ever less often, up to this
     timeout: float = Field(5.0, gt=0)
+    # Connections for probes and discovery, a pool apart from requests' so busy streams cannot starve them.
+    max_connections: int = Field(64, ge=1)
 
 
 class RoutingSettings(Strict):
