@@ -92,19 +92,22 @@ def test_status_command_prints_the_backends(spawn: Spawner) -> None:
     import subprocess
     import sys
     up = spawn.double("st", "m")
-    gw = spawn.gateway({"auth": {"api_keys": ["k-status"]},
+    import os
+    gw = spawn.gateway({"auth": {"api_keys": ["k-status-client-0001"], "admin_keys": ["k-status-admin-00001"]},
                         "backends": [{"name": "st", "kind": "vllm", "url": up.url},
                                      {"name": "gone", "kind": "vllm", "url": "http://127.0.0.1:9"}]})
-    out = subprocess.run([sys.executable, "-m", "gateway", "status", "--url", gw.url, "--api-key", "k-status"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-m", "gateway", "status", "--url", gw.url],
+                         capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "GATEWAY_ADMIN_KEY": "k-status-admin-00001"})
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split()[:3] == ["BACKEND", "KIND", "STATE"]
     row = {ln.split()[0]: ln.split() for ln in lines[1:]}
     assert row["st"][1:3] == ["vllm", "ready"] and "m" in row["st"]
     assert row["gone"][2] == "starting"
+    env = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_ADMIN_KEY", "GATEWAY_API_KEY")}
     denied = subprocess.run([sys.executable, "-m", "gateway", "status", "--url", gw.url], capture_output=True,
-                            text=True, timeout=30)
+                            text=True, timeout=30, env=env)
     assert denied.returncode == 1 and "401" in denied.stdout
 
 
