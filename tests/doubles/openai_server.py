@@ -9,8 +9,10 @@ unknown fields untouched:  "x_double": {"status": 500, "chunks": 5, "delay": 0.0
 field (message, or one delta ahead of the content); "raw" writes that string (latin-1) to the socket
 as the whole HTTP answer and closes it (a broken or truncated upstream).
 Test hooks: GET /_requests (every body received), GET /_stats (in-flight, max in-flight,
-cancelled), POST /_release (let held requests go on), POST /_reset, POST /_loading?on=1|0 (every
-route but the hooks answers llama-server's 503 "Loading model" while on).
+cancelled), GET /_probes (arrival times of GET /v1/models), POST /_probe?status=N&hang=1 (GET
+/v1/models answers N, or never; status=0 hang=0 restores it), POST /_release (let held requests go
+on), POST /_reset, POST /_loading?on=1|0 (every route but the hooks answers llama-server's 503
+"Loading model" while on). `--host` and `--vllm-version V` (also answer vLLM's GET /version).
 
 Wire format follows backends.md part A §2 (vLLM 0.33): role chunk with content "", content chunks,
 a finish chunk, the usage chunk (choices: []) only with stream_options.include_usage, then
@@ -40,6 +42,7 @@ class State:
         self.cancelled = 0
         self.completed = 0
         self.release = asyncio.Event()
+        self.probes: list[float] = []  # arrival times (monotonic) of GET /v1/models: health tests
 
 
 def error(status: int, message: str, etype: str, param: str | None = None, code: object = None) -> web.Response:
@@ -199,6 +202,11 @@ async def embeddings(st: State, body: dict) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     st: State = request.app["state"]
+    st.probes.append(time.monotonic())
+    if request.app.get("probe_hang"):  # POST /_probe?hang=1: a wedged backend the probe must time out on
+        await asyncio.Event().wait()
+    if request.app.get("probe_status"):  # POST /_probe?status=503|500: loading, or down
+        return error(request.app["probe_status"], "injected probe failure", "ServiceUnavailableError")
     return web.json_response({"object": "list", "data": [
         {"id": m, "object": "model", "created": int(time.time()), "owned_by": st.owned_by, "root": m,
          "parent": None, "max_model_len": 4096} for m in st.models]})
@@ -213,6 +221,12 @@ async def hooks(request: web.Request) -> web.Response:
         return web.json_response({"in_flight": st.in_flight, "max_in_flight": st.max_in_flight,
                                   "cancelled": st.cancelled, "completed": st.completed,
                                   "received": len(st.requests)})
+    if what == "probes":
+        return web.json_response(st.probes)
+    if what == "probe":
+        request.app["probe_status"] = int(request.query.get("status", 0))
+        request.app["probe_hang"] = request.query.get("hang") == "1"
+        return web.json_response({"probe_status": request.app["probe_status"], "from_probe": len(st.probes)})
     if what == "release":
         st.release.set()
         return web.json_response({"released": True})
@@ -263,10 +277,14 @@ def main() -> None:
     p.add_argument("--hang", action="store_true", help="accept inference requests and never answer")
     p.add_argument("--headers-delay", type=float, default=0.0, help="answer every inference request this late")
     p.add_argument("--fail-status", type=int, default=0, help="answer every inference request with this status")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--vllm-version", default="", help="also answer vLLM's GET /version with this version")
     a = p.parse_args()
-    web.run_app(make_app(a.name, a.models.split(","), not a.lenient_model, a.owned_by, a.hang, a.headers_delay,
-                         a.fail_status), host="127.0.0.1",
-                port=a.port, print=None, access_log=None, handler_cancellation=True)
+    app = make_app(a.name, a.models.split(","), not a.lenient_model, a.owned_by, a.hang, a.headers_delay,
+                   a.fail_status)
+    if a.vllm_version:
+        app.router.add_get("/version", lambda r: web.json_response({"version": a.vllm_version}))
+    web.run_app(app, host=a.host, port=a.port, print=None, access_log=None, handler_cancellation=True)
 
 
 if __name__ == "__main__":
