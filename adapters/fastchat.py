@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from adapters.records import records
 from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
                            UpstreamRequest, client_asked_usage, single_prompt)
 from adapters.chunks import DONE, ChunkWriter
@@ -318,29 +319,22 @@ async def _cumulative_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], m
     finish: str | None = None
     usage: dict[str, int] | None = None
     first = True
-    buf = b""
-    async for data in chunks:
-        buf += data
-        out = b""
-        while (end := buf.find(b"\0")) >= 0:
-            raw, buf = buf[:end], buf[end + 1:]
-            doc = loads_or_none(raw)
-            if not isinstance(doc, dict):
-                continue
-            if doc.get("error_code"):
-                yield out + worker_error(doc).sse_event() + DONE
-                return
-            text = str(doc.get("text") or "").replace("\ufffd", "")  # half a UTF-8 character so far
-            delta = text[len(previous):]
-            if len(text) > len(previous):
-                previous = text
-            if delta:
-                out += w.piece(delta, role="assistant") if first and w.chat else w.piece(delta)
-                first = False
-            finish = doc.get("finish_reason") or finish
-            usage = _usage(doc) if doc.get("usage") else usage
-        if out:
-            yield out
+    async for raw in records(chunks, b"\0"):
+        doc = loads_or_none(raw)
+        if not isinstance(doc, dict):
+            continue
+        if doc.get("error_code"):
+            yield worker_error(doc).sse_event() + DONE
+            return
+        text = str(doc.get("text") or "").replace("\ufffd", "")  # half a UTF-8 character so far
+        delta = text[len(previous):]
+        if len(text) > len(previous):
+            previous = text
+        if delta:
+            yield w.piece(delta, role="assistant") if first and w.chat else w.piece(delta)
+            first = False
+        finish = doc.get("finish_reason") or finish
+        usage = _usage(doc) if doc.get("usage") else usage
     tail = w.piece("", finish or "stop")
     if usage is not None:
         tail += w.usage(usage["prompt_tokens"], usage["completion_tokens"])

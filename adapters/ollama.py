@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import orjson
 
 from adapters.chunks import DONE, ChunkWriter
+from adapters.records import records
 from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
                            UpstreamRequest, client_asked_usage, single_prompt)
 from adapters.openai_compatible import parse_error_body
@@ -192,43 +193,39 @@ async def _ndjson_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model
     w = ChunkWriter(endpoint, model)
     called = False
     first = True
-    buf = b""
-    async for data in chunks:
-        buf += data
-        while (nl := buf.find(b"\n")) >= 0:
-            line, buf = buf[:nl], buf[nl + 1:]
-            if not line.strip():
-                continue
-            doc = loads_or_none(line)
-            if not isinstance(doc, dict):
-                continue
-            if "error" in doc:  # a failure after the first byte: one error event, then the end
-                err = {"error": {"message": str(doc["error"]), "type": "server_error", "param": None, "code": None}}
-                yield b"data: " + orjson.dumps(err) + b"\n\n" + DONE
-                return
-            out = b""
-            if w.chat:
-                msg = doc.get("message") or {}
-                delta: dict[str, Any] = {"role": "assistant"} if first else {}
-                if msg.get("thinking"):
-                    delta["reasoning_content"] = msg["thinking"]
-                calls = _tool_calls(msg.get("tool_calls"))
-                if calls:
-                    called = True
-                    delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
-                content = msg.get("content") or ""
-                if content or len(delta) > (1 if first else 0) or (first and not doc.get("done")):
-                    out += w.piece(content, **delta)
-                    first = False
-            elif doc.get("response"):
-                out += w.piece(doc["response"])
-            if doc.get("done"):
-                u = _usage(doc)
-                usage = w.usage(u["prompt_tokens"], u["completion_tokens"])
-                yield out + w.piece("", _finish(doc, called)) + usage + DONE
-                return
-            if out:
-                yield out
+    async for line in records(chunks, b"\n"):
+        if not line.strip():
+            continue
+        doc = loads_or_none(line)
+        if not isinstance(doc, dict):
+            continue
+        if "error" in doc:  # a failure after the first byte: one error event, then the end
+            err = {"error": {"message": str(doc["error"]), "type": "server_error", "param": None, "code": None}}
+            yield b"data: " + orjson.dumps(err) + b"\n\n" + DONE
+            return
+        out = b""
+        if w.chat:
+            msg = doc.get("message") or {}
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if msg.get("thinking"):
+                delta["reasoning_content"] = msg["thinking"]
+            calls = _tool_calls(msg.get("tool_calls"))
+            if calls:
+                called = True
+                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
+            content = msg.get("content") or ""
+            if content or len(delta) > (1 if first else 0) or (first and not doc.get("done")):
+                out += w.piece(content, **delta)
+                first = False
+        elif doc.get("response"):
+            out += w.piece(doc["response"])
+        if doc.get("done"):
+            u = _usage(doc)
+            usage = w.usage(u["prompt_tokens"], u["completion_tokens"])
+            yield out + w.piece("", _finish(doc, called)) + usage + DONE
+            return
+        if out:
+            yield out
 
 
 def _message(m: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from adapters.records import records
 from adapters.base import Endpoint, UpstreamRequest, client_asked_usage, single_prompt
 from adapters.chunks import DONE, ChunkWriter
 from gateway.errors import CapabilityMissing
@@ -59,21 +60,11 @@ def build(adapter: Any, body: dict[str, Any], upstream_model: str, stream: bool)
 
 async def translate_stream(chunks: AsyncIterator[bytes], request: UpstreamRequest) -> AsyncIterator[bytes]:
     w = ChunkWriter(Endpoint.COMPLETIONS, request.upstream_model)
-    buf = b""
-    async for data in chunks:
-        buf += data
-        while True:
-            end = buf.find(b"\n\n")
-            if end < 0:
-                break
-            event, buf = buf[:end], buf[end + 2:]
+    async for event in records(chunks, b"\n\n", tail=True):
+        if event.strip():
             out = _event(event, w)
             if out:
                 yield out
-    if buf.strip():
-        out = _event(buf, w)
-        if out:
-            yield out
 
 
 def _event(event: bytes, w: ChunkWriter) -> bytes:

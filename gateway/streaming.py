@@ -17,12 +17,13 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from adapters.base import openai_usage
+from adapters.records import MAX_RECORD_BYTES
 from gateway.errors import GatewayError
 
 ASGISend = Any
 T = TypeVar("T")
 DONE_EVENT = b"data: [DONE]\n\n"
-MAX_EVENT_BYTES = 8 * 1024 * 1024  # a single SSE event larger than this is not an LLM stream
+MAX_EVENT_BYTES = MAX_RECORD_BYTES  # a single SSE event larger than this is not an LLM stream
 _EVENT_SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
 
 
