@@ -97,7 +97,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def llama_servers(session_spawn: Spawner, llama_binary: Path, tiny_gguf: Path) -> list[BackendUnderTest]:
     """Two real llama-servers with the same tiny model: one pool for the gateway."""
-    from tests.backends.llamacpp import server_args
+    from tests.backends.llamacpp import server_args, wait_ready
     from tests.procs import free_port
     out = []
     for i in range(2):
@@ -105,7 +105,7 @@ def llama_servers(session_spawn: Spawner, llama_binary: Path, tiny_gguf: Path) -
         p = session_spawn.proc(server_args(llama_binary, tiny_gguf, port, alias="tiny-llama", ctx=256, parallel=2),
                                f"llama-server-{i}")
         url = f"http://127.0.0.1:{port}"
-        p.wait_http(url + "/health", timeout=60)
+        wait_ready(p, url, timeout=60)  # 200, not the 503 it answers while loading
         out.append(BackendUnderTest("llamacpp", "llamacpp", url, "tiny-llama"))
     return out
 

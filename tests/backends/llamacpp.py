@@ -415,3 +415,15 @@ def server_args(binary: str | os.PathLike[str], model: str | os.PathLike[str], p
     if alias:
         argv += ["--alias", alias]
     return argv + list(extra)
+
+
+def wait_ready(proc: Any, url: str, timeout: float = 60.0) -> None:
+    """Until /health says 200: llama-server listens first and answers 503 "Loading model" meanwhile."""
+    import httpx
+
+    proc.wait_http(url + "/health", timeout)
+    deadline = time.monotonic() + timeout
+    while httpx.get(url + "/health").status_code != 200:
+        if time.monotonic() > deadline or proc.popen.poll() is not None:
+            raise RuntimeError(f"llama-server not ready:\n{proc.output()}")
+        time.sleep(0.05)

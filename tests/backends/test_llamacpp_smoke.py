@@ -21,6 +21,7 @@ from tests.backends.llamacpp import (
     _writer_class,
     build_vocab,
     server_args,
+    wait_ready,
     write_tiny_gguf,
 )
 from tests.procs import Proc, free_port
@@ -44,15 +45,6 @@ CTX = 256
 CHAT = {"model": ALIAS, "messages": [{"role": "user", "content": "Hello! How are you?"}], "max_tokens": 8,
         "temperature": 0}
 LOADING = {"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}
-
-
-def wait_ready(proc: Proc, url: str, timeout: float = 60.0) -> None:
-    proc.wait_http(url + "/health", timeout)
-    deadline = time.monotonic() + timeout
-    while httpx.get(url + "/health").status_code != 200:
-        if time.monotonic() > deadline or proc.popen.poll() is not None:
-            raise RuntimeError(f"llama-server not ready:\n{proc.output()}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
