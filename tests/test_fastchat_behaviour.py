@@ -1,0 +1,110 @@
+"""README "Backend kinds", fastchat: echo off, the load figure (the sum of the workers'
+`queue_length`) and the least busy live worker, through a running gateway and the session's real
+FastChat (a controller and two HF model workers on CPU, tests/conftest.py `fastchat_cluster`).
+
+Workers are kept busy by requests sent to them directly, past the gateway: the gateway learns of
+that work only from its probes of each worker's /worker_get_status, which is the point.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.procs import Gateway, Proc, Spawner
+
+pytestmark = pytest.mark.fastchat
+JSON = {"content-type": "application/json"}
+GENERATE = '"POST /worker_generate HTTP/1.1"'  # the gateway's non-stream calls (uvicorn's access log)
+
+
+@pytest.fixture(scope="module")
+def fc(fastchat_cluster: dict, module_spawn: Spawner) -> tuple[Gateway, dict]:  # type: ignore[type-arg]
+    gw = module_spawn.gateway({"health": {"interval": 0.1},
+                               "backends": [{"name": "fc", "kind": "fastchat", "url": fastchat_cluster["controller"]}]})
+    return gw, fastchat_cluster
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def reported_load(gw: Gateway) -> float | None:
+    return httpx.get(gw.url + "/admin/backends").json()["backends"][0]["reported_load"]
+
+
+def generate_calls(worker: dict) -> int:  # type: ignore[type-arg]
+    proc: Proc = worker["proc"]
+    return proc.output().count(GENERATE)
+
+
+def busy(worker_url: str, model: str, n: int) -> list[threading.Thread]:
+    """n long generations on one worker, sent directly (streamed, so they do not count as GENERATE)."""
+    def run() -> None:
+        with httpx.stream("POST", worker_url + "/worker_generate_stream", timeout=300, json={
+                "model": model, "prompt": "Hi", "temperature": 0, "max_new_tokens": 500, "echo": False}) as r:
+            for _ in r.iter_bytes():
+                pass
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+@pytest.fixture
+def quiet(fc) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    gw, _ = fc
+    wait_for(lambda: reported_load(gw) == 0.0, "no work left on the workers")
+    yield
+    wait_for(lambda: reported_load(gw) == 0.0, "the direct generations finished")
+
+
+def test_echo_is_off(fc) -> None:  # type: ignore[no-untyped-def]
+    gw, cluster = fc
+    worker, model, prompt = cluster["workers"][0]["url"], cluster["model"], "Hello! How are you?"
+    direct = {"model": model, "prompt": prompt, "temperature": 0, "max_new_tokens": 6}
+    # the worker's own default repeats the prompt ahead of the answer
+    assert httpx.post(worker + "/worker_generate", json=direct, timeout=60).json()["text"].startswith(prompt)
+    answer = httpx.post(worker + "/worker_generate", json={**direct, "echo": False}, timeout=60).json()["text"]
+    assert answer and not answer.startswith(prompt)
+    body = {"model": model, "prompt": prompt, "temperature": 0, "max_tokens": 6}
+    r = httpx.post(gw.v1 + "/completions", json=body, headers=JSON, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == answer  # greedy: the same tokens, without the prompt
+    with httpx.stream("POST", gw.v1 + "/completions", json={**body, "stream": True}, headers=JSON, timeout=60) as s:
+        events = [json.loads(ln[6:]) for ln in s.iter_lines() if ln.startswith("data: {")]
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == answer
+    chat = httpx.post(gw.v1 + "/chat/completions", headers=JSON, timeout=60, json={
+        "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 6, "temperature": 0})
+    content = chat.json()["choices"][0]["message"]["content"]
+    assert prompt not in content and "USER:" not in content  # not the rendered conversation either
+
+
+@pytest.mark.parametrize("busier", [0, 1])
+def test_load_is_the_sum_of_queues_and_the_least_busy_worker_serves(fc, quiet, busier: int) -> None:  # type: ignore[no-untyped-def]
+    gw, cluster = fc
+    workers, model = cluster["workers"], cluster["model"]
+    other = 1 - busier
+    threads = busy(workers[busier]["url"], model, 3) + busy(workers[other]["url"], model, 1)
+    try:
+        # 3 + 1 running: only the sum of both workers' queue_length reads 4
+        seen: list[float | None] = []
+        wait_for(lambda: seen.append(reported_load(gw)) or seen[-1] == 4.0, f"load 4 reported: {seen[-20:]}")
+        calls = [generate_calls(w) for w in workers]
+        r = httpx.post(gw.v1 + "/completions", headers=JSON, timeout=60,
+                       json={"model": model, "prompt": "Once", "max_tokens": 2})
+        assert r.status_code == 200, r.text
+        # the gateway's request went to the worker with the shorter queue, whichever it lists first
+        wait_for(lambda: generate_calls(workers[other]) == calls[other] + 1, "served by the less busy worker")
+        assert generate_calls(workers[busier]) == calls[busier]
+    finally:
+        for t in threads:
+            t.join(300)
