@@ -218,3 +218,13 @@ def test_connect_timeout_on_the_request_path(env: dict[str, Any]) -> None:
         assert 0.3 <= took < 3.0
         b = admin(gw)["doomed"]
         assert b["state"] == "down" and "timed out" in b["detail"]
+
+
+def test_retry_deadline_also_stops_fallbacks(env: dict[str, Any]) -> None:
+    gw, shared = env["gw"], env["shared"]
+    before = shared.stats()["received"]
+    # `primary`'s deployments answer 503 after 1.5 s, past the 1 s retry_deadline: its fallback
+    # (`via-plain`, on the shared double) is a new attempt and must not start either.
+    r = chat(gw, "primary", x_double={"headers_delay": 1.5})
+    assert r.status_code == 503, r.text
+    assert shared.stats()["received"] == before

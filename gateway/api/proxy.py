@@ -206,6 +206,8 @@ class ProxyEndpoint:
             fallback = self.gw.table.by_name.get(name)
             if fallback is None:
                 continue
+            if time.perf_counter() - t0 > self.gw.retry_deadline:  # a fallback is a new attempt too
+                break
             log.info("model %s cannot serve (%s): falling back to %s", route.name, last.message, fallback.name)
             self.gw.metrics.observe_retry(route.name)
             try:
