@@ -1,14 +1,14 @@
 """A small real RWKV-Runner `backend-python` server (legacy engine) for the gateway's tests.
 
 Run: python -m tests.doubles.rwkv_server --port P [--load-seconds S] [--preload PATH]
-     [--ping-seconds S] [--text TEXT] [--token-delay S] [--device-name NAME] [--embedding-dim N]
-     [--exit-kills]
+     [--ping-seconds S] [--text TEXT] [--token-delay S] [--device-name NAME]
+     [--embedding-dim N | --embedding-shape H,N,N] [--exit-kills]
 
 Every detail below was read from RWKV-Runner's source at 64269f0 (release v1.9.11:
 backend-python/{main.py, global_var.py, routes/completion.py, routes/config.py, routes/misc.py,
 routes/schema.py, utils/rwkv.py, utils/llama.py}) and its pinned web stack (fastapi 0.109.1,
-pydantic 2.4.2, sse-starlette 1.6.5, uvicorn 0.23.2), and checked against that real app run with
-a fake torch-less TextRWKV model.
+pydantic 2.4.2, sse-starlette 1.6.5, uvicorn 0.23.2), and compared with recordings of that real app
+run with a tiny random-weight model (tests/fixtures/rwkv_recordings/, tests/test_rwkv_recordings.py).
 
 Behaviour that mirrors RWKV-Runner:
 * GET / -> {"Hello":"World!"}; GET /status -> {"status":0|2|3,"pid":N,"device_name":"CPU"}
@@ -64,6 +64,8 @@ Behaviour that mirrors RWKV-Runner:
   .pth models only (400 "model not support embedding" for .gguf), 400 "input not found" for
   ""/[]/[[]]; {"object":"list","data":[{"object":"embedding","index":i,"embedding":[...]}],
   "model":<name>,"usage":{"prompt_tokens","total_tokens"}}; encoding_format "base64" -> float32 LE.
+  The vector is model_state[-11]: flat for v4 models (--embedding-dim N), but a nested
+  (heads, head_size, head_size) list for v5+ ones (--embedding-shape H,N,N; base64 flattens it).
 * POST /exit: 403 in deploy mode; otherwise the real server kills itself. The double records the
   call (GET /_stats "exit_calls") and drops the connection without an answer, staying up (with
   --exit-kills it really exits).

@@ -65,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text", default=DEFAULT_TEXT, help="the generated answer")
     p.add_argument("--token-delay", type=float, default=0.0, help="seconds per generated token")
     p.add_argument("--device-name", default="CPU")
-    p.add_argument("--embedding-dim", type=int, default=16)
+    p.add_argument("--embedding-dim", type=int, default=16, help="length of a (v4-style) flat embedding")
+    p.add_argument("--embedding-shape", type=lambda v: [int(x) for x in v.split(",")] if v else [], default=[],
+                   help="H,N,N: a v5+ model's nested (heads, head_size, head_size) embedding instead")
     p.add_argument("--exit-kills", action="store_true", help="POST /exit really ends the process")
     p.add_argument("--fail-generations", action="store_true",
                    help='every generation fails, as x_double {"fail": true} makes one fail')

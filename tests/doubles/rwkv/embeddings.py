@@ -24,6 +24,14 @@ def fake_embedding(text: str, dim: int) -> list[float]:
     return [x / norm for x in vec]
 
 
+def nest(vec: list[float], shape: list[int]) -> list:
+    """get_embedding returns model_state[-11].tolist(): flat for v4 models, but for v5+ (every World model
+    since) that state slot is a layer's (heads, head_size, head_size) matrix, so the answer is nested."""
+    for size in reversed(shape[1:]):
+        vec = [vec[i:i + size] for i in range(0, len(vec), size)]
+    return vec
+
+
 async def embeddings(request: web.Request) -> web.Response:
     st: State = request.app["state"]
     data, body, bad = await parse_body(request, EMBEDDINGS_BODY)
@@ -53,12 +61,13 @@ async def embeddings(request: web.Request) -> web.Response:
                 text, n = " ".join(str(t) for t in item), len(item)
             else:
                 text, n = item, len(tokenize(item))
-            vec = fake_embedding(text, st.args.embedding_dim)
+            shape = st.args.embedding_shape or [st.args.embedding_dim]
+            vec = fake_embedding(text, math.prod(shape))
             prompt_tokens += n
-            if body["encoding_format"] == "base64":
+            if body["encoding_format"] == "base64":  # np.array(nested).astype(np.float32): flattened
                 out.append(base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode())
             else:
-                out.append(vec)
+                out.append(nest(vec, shape))
         st.completed += 1
         data_ = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(out)]
         return json_response({"object": "list", "data": data_, "model": m.name,
