@@ -38,7 +38,7 @@ from adapters.records import records
 from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
                            UpstreamRequest, client_asked_usage, single_prompt)
 from adapters.chunks import DONE, ChunkWriter
-from adapters.fastchat_conv import render
+from adapters.fastchat_conv import render, stop_params
 from adapters.openai_compatible import parse_error_body
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamUnavailable, status_error
 from gateway.jsonio import dumps, loads_or_none
@@ -212,13 +212,9 @@ class FastChatAdapter(Adapter):
         for key in ("presence_penalty", "frequency_penalty", "repetition_penalty", "seed"):
             if body.get(key) is not None:
                 params[key] = body[key]
-        stop = body.get("stop")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        conv_stop = conv.get("stop_str")
-        stops += [conv_stop] if isinstance(conv_stop, str) else list(conv_stop or [])
-        params["stop"] = list(dict.fromkeys(s for s in stops if s))
-        if conv.get("stop_token_ids"):
-            params["stop_token_ids"] = conv["stop_token_ids"]
+        params["stop"], stop_ids = stop_params(conv, body.get("stop"))
+        if stop_ids:
+            params["stop_token_ids"] = stop_ids
         params["max_new_tokens"] = await self._max_new_tokens(fetch, w, upstream_model, prompt,
                                                               body.get("max_completion_tokens", body.get("max_tokens")))
         w.sent += 1

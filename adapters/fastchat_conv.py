@@ -177,3 +177,13 @@ def get_prompt(conv: dict[str, Any], system_message: str, messages: list[list[An
                 ret += message + "<n>"
         return ret.rstrip("<n>") + sep  # rstrip of a character set, as FastChat does
     raise InvalidRequest(f"Unknown FastChat separator style {conv.get('sep_style')!r}.")
+
+
+def stop_params(conv: dict[str, Any], request_stop: Any) -> tuple[list[str], list[int] | None]:
+    """(stop strings, stop token ids) as FastChat's API server sends them to a worker: the request's
+    stops together with the template's stop_str (openai_api_server.get_gen_params), and the
+    template's stop_token_ids."""
+    stops = [request_stop] if isinstance(request_stop, str) else list(request_stop or [])
+    conv_stop = conv.get("stop_str")
+    stops += [conv_stop] if isinstance(conv_stop, str) else list(conv_stop or [])
+    return list(dict.fromkeys(s for s in stops if s)), conv.get("stop_token_ids") or None

@@ -168,19 +168,20 @@ def test_timeouts(spawn: Spawner, upstream: dict) -> None:
     up = spawn.double("slow", "m")
     gw = spawn.gateway({"upstream": {**upstream, "max_attempts": 1},
                         "backends": [{"name": "slow", "kind": "vllm", "url": up.url}]})
-    # non-stream: the double answers after 2 s, so nothing comes back before then
-    r = httpx.post(gw.v1 + "/chat/completions", timeout=10, json={
-        "model": "m", "messages": MESSAGES, "x_double": {"delay": 2}})
+    # non-stream: the double answers after 5x the timeout that should fire, so nothing comes back before then
+    delay = 4.0 if "total_timeout" in upstream else 2.5
+    r = httpx.post(gw.v1 + "/chat/completions", timeout=20, json={
+        "model": "m", "messages": MESSAGES, "x_double": {"delay": delay}})
     if "read_timeout" in upstream and len(upstream) == 1:
         assert r.status_code == 200  # the idle timeout only starts once the answer has begun
     else:
         assert_envelope(r, 504, "server_error", "upstream_timeout")
     if "first_byte_timeout" in upstream:
         return
-    # stream: chunks 0.6 s apart (idle timeout 0.5 s cuts after the first), or 0.3 s apart for
-    # 3 s in all (only the total timeout can cut it); either way the client is told
-    delay = 0.6 if len(upstream) == 1 else 0.3
-    with httpx.stream("POST", gw.v1 + "/chat/completions", timeout=10, json={
+    # stream: chunks 2.5 s apart (the 0.5 s idle timeout cuts after the first, 5x margin), or 0.5 s
+    # apart for >= 4 s in all (only the 0.8 s total timeout can cut it); either way the client is told
+    delay = 2.5 if len(upstream) == 1 else 0.5
+    with httpx.stream("POST", gw.v1 + "/chat/completions", timeout=20, json={
             "model": "m", "messages": MESSAGES, "stream": True, "x_double": {"delay": delay}}) as s:
         events = [ln for ln in s.iter_lines() if ln.startswith("data:")]
     assert events[-1] == "data: [DONE]" and "upstream_timeout" in events[-2]

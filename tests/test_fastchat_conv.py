@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.fastchat_conv import STYLES, render
+from adapters.fastchat_conv import STYLES, render, stop_params
 from gateway.errors import InvalidRequest
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "fastchat_prompts.json").read_text())
@@ -25,6 +25,23 @@ def test_prompt_matches_fastchat(case: dict) -> None:
     template = FIXTURES["templates"][case["template"]]
     conv = template.get("conv", template)
     assert render(conv, case["messages"]) == case["prompt"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_stops_and_stop_token_ids_match_fastchat(case: dict) -> None:
+    """The recorded `stop` (request stops | the template's stop_str, sorted) and `stop_token_ids`."""
+    template = FIXTURES["templates"][case["template"]]
+    conv = template.get("conv", template)
+    stops, ids = stop_params(conv, case.get("request_stop"))
+    assert sorted(stops) == sorted(case["stop"] or [])
+    assert ids == case["stop_token_ids"]
+
+
+def test_request_stops_come_first_and_are_not_repeated() -> None:
+    conv = {"stop_str": ["###", "</s>"], "stop_token_ids": [2]}
+    assert stop_params(conv, ["</s>", "END"]) == (["</s>", "END", "###"], [2])
+    assert stop_params(conv, "END") == (["END", "###", "</s>"], [2])
+    assert stop_params({"stop_str": None, "stop_token_ids": []}, None) == ([], None)
 
 
 def test_roles_fastchat_cannot_place_are_a_clear_400() -> None:

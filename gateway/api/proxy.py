@@ -55,10 +55,11 @@ class Reply:
     response has started (headers and keepalive comments only: no answer byte yet, so a failed
     attempt may still be retried, but a final error must now be an error event, not a status)."""
 
-    __slots__ = ("committed", "rid", "rid_header", "raw")
+    __slots__ = ("committed", "rid", "rid_header", "raw", "backend")
 
     def __init__(self) -> None:
         self.committed = False
+        self.backend = ""  # the backend of the latest attempt: the metrics label of a failed request too
         self.rid = new_request_id()
         self.rid_header = (b"x-request-id", self.rid)
         self.raw = b""
@@ -190,7 +191,7 @@ class ProxyEndpoint:
         finally:
             if watch is not None:
                 watch.close()
-            gw.metrics.observe_request(self.label, model, backend, status, time.perf_counter() - t0)
+            gw.metrics.observe_request(self.label, model, backend or reply.backend, status, time.perf_counter() - t0)
 
     async def serve(self, route: Route, body: dict[str, Any], stream: bool, needs: int, send: Send,
                     t0: float, watch: DisconnectWatch, session: str | None, reply: Reply) -> tuple[int, str]:
@@ -232,6 +233,7 @@ class ProxyEndpoint:
                     raise last from None
                 raise
             b = dep.backend
+            reply.backend = b.name
             adapter = b.adapter
             gauge = gw.metrics.in_flight_child(b.name)
             b.in_flight += 1
