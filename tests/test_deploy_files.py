@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -75,8 +76,14 @@ def test_dockerfile_runs_the_console_script_non_root() -> None:
     assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway:4000"]
 
 
+# sha256 of compose-spec/compose-spec schema/compose-spec.json at commit 170098ba (shared/compose-spec.json):
+# pinned, so the vendored copy is checked even where no shared/ lies beside the clone.
+SPEC_SHA256 = "1f91e091f16b2dd50ab8860e02bb391d22df553d91c145eacedb1b6eff9c3f0e"
+
+
 def test_vendored_spec_is_the_compose_spec() -> None:
     schema = json.loads(SPEC.read_text())
     assert schema["$id"] == "compose_spec.json" and schema["title"] == "Compose Specification"
-    if SHARED_SPEC.exists():  # in the workspace: the copy must not drift from the reference
+    assert hashlib.sha256(SPEC.read_bytes()).hexdigest() == SPEC_SHA256
+    if SHARED_SPEC.exists():  # in the workspace: the copy must not drift from the reference either
         assert SPEC.read_bytes() == SHARED_SPEC.read_bytes()
