@@ -13,7 +13,8 @@ Its routes are OpenAI-like; only its quirks are handled here:
 - answers have no `id`/`created` (filled), `finish_reason` is always "stop" (reported as "length"
   when `max_tokens` was used up), stream events end in `\\r\\n\\r\\n` (normalised) with `: ping`
   comments (passed through);
-- generation errors are swallowed and answered 200 with an empty answer: detected and retried.
+- generation errors are swallowed and answered 200 with an empty answer: detected and retried;
+- a v5+ model's embedding is a nested (heads, head_size, head_size) list: flattened.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
     # -- answers -------------------------------------------------------------------------------
     def translate_body(self, endpoint: Endpoint, body: bytes, headers: Any = None, request: Any = None) -> bytes:
         if endpoint is Endpoint.EMBEDDINGS:
-            return body
+            return _flat_embeddings(body)
         doc = loads_or_none(body)
         if not isinstance(doc, dict) or not doc.get("choices"):
             raise UpstreamUnavailable(f"backend {self.target.name} returned no answer", status=502,
@@ -157,6 +158,22 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
         if status == 422:
             return InvalidRequest(f"backend {self.target.name} rejected the request: {message}")
         return status_error(status, message or f"backend {self.target.name} answered HTTP {status}")
+
+
+def _flat_embeddings(body: bytes) -> bytes:
+    """Its vector is a model state slot, `model_state[-11].tolist()`: for v5+ models (every World model
+    since) a nested (heads, head_size, head_size) list, which OpenAI clients cannot read. Flattened
+    row-major, as its own base64 form does; flat answers (v4 models, base64) pass unchanged."""
+    doc = loads_or_none(body)
+    items = doc.get("data") if isinstance(doc, dict) else None
+    changed = False
+    for item in items if isinstance(items, list) else ():
+        vec = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(vec, list) and vec and isinstance(vec[0], list):
+            while vec and isinstance(vec[0], list):
+                vec = [x for row in vec for x in row]
+            item["embedding"], changed = vec, True
+    return orjson.dumps(doc) if changed else body
 
 
 def _flatten(m: Any) -> Any:

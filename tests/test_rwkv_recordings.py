@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.procs import Spawner, free_port
@@ -197,3 +198,25 @@ def test_recordings_cover_what_the_double_claims() -> None:
     stop = json.loads(by_name("chat_stop")["response"]["body"])["choices"][0]
     assert stop["finish_reason"] == "stop" and stop["message"]["content"]
     assert '"content": ""' in by_name("chat_stop_stream")["response"]["body"]
+
+
+def test_gateway_hands_out_a_v5_embedding_as_a_flat_vector(spawn: Spawner) -> None:
+    """The recorded real answer nests a v5+ model's vector (heads x head_size x head_size); OpenAI clients
+    need list[float]: the gateway flattens it row-major, as the app's own base64 form does."""
+    shape = embedding_shape(json.loads(by_name("embeddings")["response"]["body"])["data"][0]["embedding"])
+    assert len(shape) == 3
+    d = spawn.start_double("rwkv_server", "/status", "--preload", "models/tiny-rwkv-world.pth",
+                           "--embedding-shape", ",".join(map(str, shape)))
+    gw = spawn.gateway({"backends": [{"name": "rwkv", "kind": "rwkv-runner", "url": d.url}]})
+    body = {"model": "tiny-rwkv-world", "input": ["hi", "there"]}
+    direct = httpx.post(d.url + "/v1/embeddings", json=body, timeout=30).json()
+    r = httpx.post(gw.v1 + "/embeddings", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    got = r.json()["data"]
+    assert len(got) == 2
+    for item, raw in zip(got, direct["data"]):
+        flat = [x for plane in raw["embedding"] for row in plane for x in row]
+        assert item["embedding"] == flat and len(flat) == shape[0] * shape[1] * shape[2]
+    with openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=0) as client:
+        out = client.embeddings.create(model="tiny-rwkv-world", input="hi", encoding_format="float")
+    assert len(out.data[0].embedding) == len(flat) and all(isinstance(x, float) for x in out.data[0].embedding)
