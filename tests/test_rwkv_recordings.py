@@ -53,8 +53,11 @@ def send(url: str, rec: dict[str, Any], model_dir: Path) -> dict[str, Any]:
         content, headers = req["raw"].encode(), {"Content-Type": "application/json"}
     elif "json" in req:
         body = dict(req["json"])
-        if req["path"] == "/switch-model" and "strategy" in body and body["model"].startswith("tiny-"):
-            body["model"] = str(model_dir / body["model"])  # same file name: the model's name is its stem
+        if req["path"] == "/switch-model" and "strategy" in body:
+            if body["model"].startswith("tiny-"):
+                body["model"] = str(model_dir / body["model"])  # same file name: the model's name is its stem
+            if not rec.get("background"):  # only the load that others watch needs to take its time
+                body["x_double"] = {"load_seconds": 0}
         body.update(rec.get("double", {}))  # the double's answer text, where the comparison needs one
         content, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
     with httpx.stream(req["method"], url + req["path"], content=content, headers=headers, timeout=60) as r:
@@ -80,7 +83,7 @@ def replies(session_spawn: Spawner, tmp_path_factory: pytest.TempPathFactory) ->
     port = free_port()
     # a long load, so that /status and a second /switch-model land while it runs (waited for, not slept)
     p = session_spawn.proc([sys.executable, "-m", "tests.doubles.rwkv_server", "--port", str(port),
-                            "--load-seconds", "10", "--text", DOUBLE_TEXT,
+                            "--load-seconds", "5", "--text", DOUBLE_TEXT,
                             "--embedding-shape", ",".join(map(str, shape))], f"rwkv-rec-{port}")
     url = f"http://127.0.0.1:{port}"
     p.wait_http(url + "/")
