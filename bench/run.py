@@ -1,6 +1,10 @@
 """The benchmark: direct vs through this gateway vs peer gateways, side by side in one run.
 
-    python bench/run.py [--quick] [--peers litellm] [--out bench/RESULTS.md]
+    python bench/run.py [--quick] [--peers litellm] [--compare DIR] [--out bench/RESULTS.md]
+
+--compare DIR adds the gateway of another checkout (e.g. `git worktree add /tmp/prev HEAD~1`) as
+"gateway-before", measured in the same run right after this one and taking turns with it in the
+stream test: the A/B every change to the request path is judged by.
 
 Layout (2 cores): the upstream (nginx, fixed answer) and the load generator (wrk) share core 0;
 the proxy under test runs alone on core 1, one at a time. Streams use a paced upstream
@@ -27,8 +31,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORK = HERE / ".work"
 LOAD_CORE, PROXY_CORE = "0", "1"
-PORTS = {"nginx": 18900, "paced": 18902, "nginx-proxy": 18903, "gateway": 18910, "litellm": 18920,
-         "vllm-router": 18925}
+PORTS = {"nginx": 18900, "paced": 18902, "nginx-proxy": 18903, "gateway": 18910, "gateway-before": 18911,
+         "litellm": 18920, "vllm-router": 18925}
 sys.path.insert(0, str(HERE))
 import peers  # noqa: E402  (bench/peers.py: how each peer gateway is installed and started)
 
@@ -150,16 +154,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hop = start_reference_hop()
         gw = spawn([sys.executable, "-m", "gateway", "serve", "--config", str(gateway_config()),
                     "--port", str(PORTS["gateway"])], PROXY_CORE, "gateway")
+        # The other checkout's gateway runs from its own directory (python -m imports from the cwd).
+        before = spawn([sys.executable, "-m", "gateway", "serve", "--config", str(gateway_config()), "--port",
+                        str(PORTS["gateway-before"])], PROXY_CORE, "gateway-before",
+                       cwd=Path(args.compare)) if args.compare else None
         try:
             wait_ready(f"http://127.0.0.1:{PORTS['gateway']}/readyz", gw)
             url = f"http://127.0.0.1:{PORTS['gateway']}{path}"
             res["gateway"] = measure(url, secs)
+            targets = {"direct": f"http://127.0.0.1:{PORTS['paced']}{path}",
+                       "nginx-proxy": f"http://127.0.0.1:{PORTS['nginx-proxy']}{path}", "gateway": url}
+            if before is not None:
+                wait_ready(f"http://127.0.0.1:{PORTS['gateway-before']}/readyz", before)
+                targets["gateway-before"] = f"http://127.0.0.1:{PORTS['gateway-before']}{path}"
+                res["gateway-before"] = measure(targets["gateway-before"], secs)
+                res["gateway-before"]["version"] = f"({args.compare})"
+                stream_client([targets["gateway-before"]], 4, 1)
             stream_client([url], 4, 1)  # warm-up: the gateway's connection to the paced upstream
-            s = streams({"direct": f"http://127.0.0.1:{PORTS['paced']}{path}",
-                         "nginx-proxy": f"http://127.0.0.1:{PORTS['nginx-proxy']}{path}", "gateway": url},
-                        20 if args.quick else 100)
+            s = streams(targets, 20 if args.quick else 100)
             res["direct"]["stream"], res["gateway"]["stream"] = s["direct"], s["gateway"]
             res["nginx-proxy"] = {"stream": s["nginx-proxy"]}
+            if before is not None:
+                res["gateway-before"]["stream"] = s["gateway-before"]
+                stop(before)
+                before = None
             before = rss_kb(gw.pid)
             total, target = 0, (20_000 if args.quick else 200_000)
             while total < target:
@@ -168,6 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             stop(gw)
             stop(hop)
+            if before is not None:
+                stop(before)
 
         for name in args.peers:
             peer = peers.PEERS[name]
@@ -224,7 +244,10 @@ def report(res: dict[str, Any], quick: bool) -> str:
               "| target | events | TTFT p50 (us) | TTFT p99 (us) | event delay p50 (us) | event delay p99 (us) "
               "| coalesced reads (8 streams) |",
               "|---|---|---|---|---|---|---|"]
-    for name, s in (("direct", ds), ("nginx-proxy (reference hop)", res["nginx-proxy"]["stream"]), ("gateway", gs)):
+    rows = [("direct", ds), ("nginx-proxy (reference hop)", res["nginx-proxy"]["stream"]), ("gateway", gs)]
+    if "gateway-before" in res:
+        rows.append((f"gateway-before {res['gateway-before']['version']}", res["gateway-before"]["stream"]))
+    for name, s in rows:
         lines.append(f"| {name} | {s['events']} | {s['ttft_p50_us']:.0f} | {s['ttft_p99_us']:.0f} | "
                      f"{s['delay_p50_us']:.0f} | {s['delay_p99_us']:.0f} | "
                      f"{s['coalesced_reads']} of {s['concurrent_events']} events |")
@@ -233,6 +256,13 @@ def report(res: dict[str, Any], quick: bool) -> str:
               f"{gs['delay_p99_us'] - ds['delay_p99_us']:.0f} us p99. A plain nginx hop adds "
               f"{res['nginx-proxy']['stream']['delay_p50_us'] - ds['delay_p50_us']:.0f} us p50 / "
               f"{res['nginx-proxy']['stream']['delay_p99_us'] - ds['delay_p99_us']:.0f} us p99 per event.", ""]
+    if "gateway-before" in res:
+        b = res["gateway-before"]
+        lines += [f"Against gateway-before in the same run: c=64 throughput {g['c64']['rps'] / b['c64']['rps']:.3f}x; "
+                  f"added c=1 p50 {g['c1']['p50'] - d['c1']['p50']} vs {b['c1']['p50'] - d['c1']['p50']} us, "
+                  f"p99 {g['c1']['p99'] - d['c1']['p99']} vs {b['c1']['p99'] - d['c1']['p99']} us; "
+                  f"per event p99 {gs['delay_p99_us'] - ds['delay_p99_us']:.0f} vs "
+                  f"{b['stream']['delay_p99_us'] - ds['delay_p99_us']:.0f} us.", ""]
     rss = g["rss"]
     lines += ["## Memory", "", f"Gateway RSS {rss['before_kb'] / 1024:.1f} MiB before and "
               f"{rss['after_kb'] / 1024:.1f} MiB after {rss['requests']:,} requests "
@@ -245,6 +275,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="short runs (smoke test of the harness)")
     p.add_argument("--peers", default="", help="comma-separated peer gateways to include: " + ", ".join(peers.PEERS))
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    p.add_argument("--compare", default="", help="another checkout whose gateway is measured as gateway-before")
     a = p.parse_args()
     a.peers = [x for x in a.peers.split(",") if x]
     res = run(a)
