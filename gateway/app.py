@@ -23,7 +23,7 @@ from starlette.requests import Request
 
 from adapters.base import Endpoint
 from gateway import __version__
-from gateway.api import models, ops
+from gateway.api import models, openapi_doc, ops
 from gateway.api.asgi import Receive, Scope, Send, send_error
 from gateway.api.proxy import ProxyEndpoint
 from gateway.autodiscover import Autodiscovery
@@ -96,6 +96,8 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
     install_error_handlers(api)
     api.include_router(models.router)
     api.include_router(ops.router)
+    if docs:  # the raw-ASGI inference endpoints, which FastAPI cannot see, in the same document
+        openapi_doc.install(api, lambda: [r.name for r in gw.table.routes])
     return GatewayApp(api, gw)
 
 

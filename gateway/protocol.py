@@ -7,16 +7,52 @@ backend would reject anyway. Responses the gateway builds itself are pydantic mo
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 
 from adapters.base import Endpoint
 from gateway.backends import ENDPOINT_NEED, NEED_LOGPROBS, NEED_N, NEED_TOOLS
 from gateway.errors import InvalidRequest
+from gateway.jsonio import loads
 
 # The field each endpoint cannot do without, besides `model`.
 REQUIRED_INPUT = {Endpoint.CHAT: "messages", Endpoint.COMPLETIONS: "prompt", Endpoint.EMBEDDINGS: "input"}
+
+
+_NOT_JSON = "We could not parse the JSON body of your request: it is not valid JSON."
+
+
+def parse_body(raw: bytes) -> Any:
+    """The request body parsed, or InvalidRequest 400 `invalid_json`.
+
+    orjson takes nearly every body. What it refuses and the standard library accepts is parsed
+    there: integers beyond 64 bits (valid JSON, forwarded as sent) but also strings holding lone
+    surrogates ("\\ud800"), which no UTF-8 text can carry (forwarded, or echoed in an error message,
+    they crashed the encoder), and NaN, Infinity and numbers beyond a double (1e999), which are not
+    JSON and would be forwarded as null. I-JSON (RFC 7493) forbids them all; so does the gateway."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        doc = loads(raw.decode())  # UTF-8 only: the stdlib alone would also take UTF-16 and a BOM
+        # The slow path only: is every string UTF-8, every number finite?
+        json.dumps(doc, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError
+        raise InvalidRequest(_NOT_JSON, code="invalid_json") from None
+    return doc
+
+
+def _text_or_array(body: dict[str, Any], field: str) -> None:
+    """`prompt` and `input`: a string or an array (of strings, token ids or token-id arrays: the
+    items are the backend's to judge). A number, an object or a boolean fails on every backend,
+    and the translating adapters would choke on it: refuse it here, once, the same everywhere."""
+    t = type(body[field])
+    if t is not str and t is not list:
+        raise InvalidRequest(f"'{field}' must be a string or an array.", param=field, code="invalid_type")
 
 
 def routing_fields(endpoint: Endpoint, body: Any) -> tuple[str, bool, int]:
@@ -34,9 +70,16 @@ def routing_fields(endpoint: Endpoint, body: Any) -> tuple[str, bool, int]:
     if value is None:
         raise InvalidRequest(f"'{field}' is a required property.", param=field,
                              code="missing_required_parameter")
-    if endpoint is Endpoint.CHAT and (type(value) is not list or not value):
-        raise InvalidRequest("'messages' must be a non-empty array of message objects.", param="messages",
-                             code="invalid_type")
+    if endpoint is Endpoint.CHAT:
+        if type(value) is not list or not value:
+            raise InvalidRequest("'messages' must be a non-empty array of message objects.", param="messages",
+                                 code="invalid_type")
+        for i, m in enumerate(value):  # a few type checks per message: adapters index into each one
+            if type(m) is not dict:
+                raise InvalidRequest(f"'messages[{i}]' must be a message object.", param=f"messages[{i}]",
+                                     code="invalid_type")
+    else:
+        _text_or_array(body, field)
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -44,10 +87,16 @@ def routing_fields(endpoint: Endpoint, body: Any) -> tuple[str, bool, int]:
         raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
     if endpoint is Endpoint.EMBEDDINGS:
         stream = False
-    elif body.get("stream_options") is not None and not stream:
-        # vLLM answers 400 here and others ignore it: one behaviour for every backend.
-        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.",
-                             param="stream_options", code="invalid_value")
+    else:
+        opts = body.get("stream_options")
+        if opts is not None:
+            if type(opts) is not dict:  # adapters would silently replace it: say so instead
+                raise InvalidRequest("'stream_options' must be an object.", param="stream_options",
+                                     code="invalid_type")
+            if not stream:
+                # vLLM answers 400 here and others ignore it: one behaviour for every backend.
+                raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.",
+                                     param="stream_options", code="invalid_value")
     needs = ENDPOINT_NEED[endpoint]
     if body.get("tools"):
         needs |= NEED_TOOLS

@@ -25,6 +25,16 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 LARGE_BODY = 1 << 20  # bodies over this take a BodySlots slot while read and parsed
 
+# An answer sent before the body was read closes the connection (uvicorn honours the header):
+# else uvicorn reads and discards the rest of the body, however large or slow, and the client,
+# not knowing it was refused, keeps uploading it (RFC 9112 §9.6 lets a server close here).
+CLOSE = {"Connection": "close"}
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.",
+                           headers=dict(CLOSE))
+
 
 class BodySlots:
     """At most `n` request bodies over LARGE_BODY are read and parsed at once (S18).
@@ -46,7 +56,7 @@ class BodySlots:
                 await self._sem.acquire()
         except TimeoutError:
             raise GatewayError("The gateway is busy reading other large requests; retry shortly.", status=503,
-                               code="server_busy", headers={"Retry-After": "1"}) from None
+                               code="server_busy", headers={"Retry-After": "1", **CLOSE}) from None
 
     def release(self) -> None:
         self._sem.release()
@@ -77,7 +87,7 @@ class BodyRead:
         if cl is not None and cl.isdigit():
             n = int(cl)
             if n > limit:
-                raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
+                raise too_large(limit)
             if n > LARGE_BODY:
                 await self._take()
         msg = await receive()
@@ -86,7 +96,7 @@ class BodyRead:
         body: bytes = msg.get("body", b"")
         if not msg.get("more_body"):  # the usual case: the whole body in one message
             if len(body) > limit:
-                raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
+                raise too_large(limit)
             return body
         parts = [body]
         size = len(body)
@@ -99,7 +109,7 @@ class BodyRead:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
+                raise too_large(limit)
             parts.append(chunk)
             if not msg.get("more_body"):
                 if size > LARGE_BODY:  # it is parsed next: that needs the slot too

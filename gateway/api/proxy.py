@@ -22,10 +22,10 @@ from gateway.api.asgi import (BodyRead, BodySlots, ClientGone, DisconnectWatch, 
 from gateway.api.client_writer import client_transport
 from gateway.balancer import pick
 from gateway.backends import BackendRuntime
-from gateway.errors import GatewayError, InvalidRequest, Unauthorized, UnsupportedMediaType, UpstreamTimeout
+from gateway.errors import GatewayError, Unauthorized, UnsupportedMediaType, UpstreamTimeout
 from gateway.http1 import Response
-from gateway.jsonio import loads, loads_or_none
-from gateway.protocol import routing_fields
+from gateway.jsonio import loads_or_none
+from gateway.protocol import parse_body, routing_fields
 from gateway.routing import Deployment, Route
 from gateway.runtime import Gateway
 from gateway.streaming import (DONE_EVENT, StreamTap, await_with_keepalives, peek_first_event, relay_events,
@@ -147,11 +147,7 @@ class ProxyEndpoint:
             reader = BodyRead(self.body_slots)
             try:
                 raw = reply.raw = await reader.read(scope, receive, gw.max_body)
-                try:
-                    body = loads(raw)
-                except ValueError:
-                    raise InvalidRequest("We could not parse the JSON body of your request: it is not valid JSON.",
-                                         code="invalid_json") from None
+                body = parse_body(raw)
             finally:
                 reader.release()
             name, stream, needs = routing_fields(self.endpoint, body)
