@@ -157,3 +157,44 @@ def test_a_waiting_request_gets_a_connection_freed_by_a_finished_stream(spawn: S
     assert result, "the waiting request never finished"
     assert result[0].status_code == 200, result[0].text
     assert done == [200, 200]
+
+
+@pytest.mark.parametrize("mode", ["close", "http10"])
+def test_an_answer_ended_by_the_servers_close_is_complete(spawn: Spawner, mode: str) -> None:
+    """Issue 11, defect 3: no Content-Length, no chunking: the close is the end (RFC 9112 6.3 rule 8)."""
+    up = spawn.start_double("raw_upstream", "/health", "--mode", mode, name=f"raw-{mode}")
+    gw = spawn.gateway({"backends": [{"name": "raw", "kind": "openai", "url": up.url}],
+                        "upstream": {"max_attempts": 1}})
+    with httpx.Client(timeout=30) as c:
+        for i in range(3):
+            r = ask(gw.url, f"close-{i}", c)
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"] == f"answer for close-{i}"
+    assert httpx.get(up.url + "/_stats").json()["connections"] >= 3  # such a connection is never reused
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):  # the peak: what a burst of buffering would have cost
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.parametrize("mode", ["huge-body", "huge-headers"])
+def test_an_answer_that_never_ends_costs_a_bounded_buffer_and_a_502(spawn: Spawner, mode: str) -> None:
+    """Issue 11, defect 2 (S11, S12): a backend that keeps sending body (1 GiB declared) or headers
+    used to be buffered whole; the caps are upstream.max_response_bytes and the 64 KiB header cap."""
+    up = spawn.start_double("raw_upstream", "/health", "--mode", mode, name=f"raw-{mode}")
+    gw = spawn.gateway({"backends": [{"name": "raw", "kind": "openai", "url": up.url}],
+                        "upstream": {"max_attempts": 1, "max_response_bytes": 4 * 1024 * 1024}})
+    before = _rss_kib(gw.proc.popen.pid)
+    with httpx.Client(timeout=60) as c:
+        r = ask(gw.url, "big", c)
+    assert r.status_code == 502, r.text[:300]
+    assert r.json()["error"]["code"] == "upstream_protocol_error"
+    grown = (_rss_kib(gw.proc.popen.pid) - before) / 1024
+    # The cap is 4 MiB (body) or 64 KiB (headers); without it the gateway held 1 GiB or 16 MiB. 5x margin
+    # over the body cap and the parser's own buffers.
+    assert grown < 40, f"peak RSS grew {grown:.0f} MiB"
+    assert "Traceback" not in gw.proc.output()

@@ -12,6 +12,11 @@ can tell whose answer a client received. The --mode decides what surrounds that 
   idle-stray  the first half of an unsolicited response a moment after the answer, while the
               connection sits idle in the client's pool;
   upgrade     101 Switching Protocols instead of an answer;
+  close       the answer with neither Content-Length nor chunking, ended by closing the connection
+              (RFC 9112 6.3 rule 8), as HTTP/1.0 servers and Python's http.server do;
+  http10      the same as an HTTP/1.0 status line;
+  huge-body   a 200 that declares 1 GiB and keeps sending (a broken or hostile backend);
+  huge-headers  a 200 whose headers never end (1 KiB headers, up to 16 MiB);
   plain       just the answer.
 GET /_stats gives {"connections": n, "requests": n}. Nothing here is how a real backend behaves by
 design; it is the misbehaviour the gateway's HTTP/1.1 client must survive (security review S1).
@@ -82,6 +87,30 @@ async def serve_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     await writer.drain()
                     await asyncio.sleep(0.05)
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"stray\": ")
+                elif mode in ("close", "http10"):
+                    doc = chat_answer(marker)
+                    version = "1.0" if mode == "http10" else "1.1"
+                    extra = "" if mode == "http10" else "Connection: close\r\n"
+                    writer.write(f"HTTP/{version} 200 OK\r\nContent-Type: application/json\r\n{extra}\r\n".encode())
+                    for i in range(0, len(doc), 7):  # in pieces: the end is the close, not a length
+                        writer.write(doc[i:i + 7])
+                        await writer.drain()
+                    return
+                elif mode == "huge-body":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 1073741824\r\n\r\n")
+                    block = b" " * (1 << 20)
+                    for _ in range(1024):
+                        writer.write(block)
+                        await writer.drain()
+                    return
+                elif mode == "huge-headers":
+                    writer.write(b"HTTP/1.1 200 OK\r\n")
+                    line = b"X-Filler: " + b"f" * 1000 + b"\r\n"
+                    for _ in range(16 * 1024):
+                        writer.write(line)
+                        await writer.drain()
+                    return
                 elif mode == "upgrade":
                     writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                                  b"Connection: Upgrade\r\n\r\n")
