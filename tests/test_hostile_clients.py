@@ -84,43 +84,42 @@ def connect(gw: Gateway, timeout: float = 30) -> socket.socket:
     return socket.create_connection(("127.0.0.1", gw.port), timeout=timeout)
 
 
-def read_answer(s: socket.socket, expect_close: bool = True) -> Answer:
+def read_answer(s: socket.socket, expect_close: bool = True, buf: bytearray | None = None) -> Answer:
     """One HTTP/1.1 response from `s` (Content-Length framed, as the gateway and uvicorn send them),
-    then, if `expect_close`, whether the server closes the connection."""
-    buf = b""
-    try:
-        while b"\r\n\r\n" not in buf:
+    then, if `expect_close`, whether the server closes the connection. Bytes past the response stay
+    in `buf` for the next call (pipelined answers may arrive in one read)."""
+    buf = bytearray() if buf is None else buf
+
+    def more() -> bool:
+        try:
             chunk = s.recv(65536)
-            if not chunk:
-                return Answer(None, {}, buf, True)
-            buf += chunk
-    except ConnectionResetError:
-        return Answer(None, {}, buf, True)
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
+        except ConnectionResetError:
+            return False
+        buf.extend(chunk)
+        return bool(chunk)
+
+    while b"\r\n\r\n" not in buf:
+        if not more():
+            return Answer(None, {}, bytes(buf), True)
+    end = buf.index(b"\r\n\r\n")
+    lines = bytes(buf[:end]).split(b"\r\n")
+    del buf[:end + 4]
     status = int(lines[0].split(b" ")[1])
     headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in lines[1:])}
     n = int(headers.get(b"content-length", b"0"))
-    try:
-        while len(rest) < n:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
-    except ConnectionResetError:
+    while len(buf) < n and more():
         pass
+    body = bytes(buf[:n])
+    del buf[:n]
     closed = False
     if expect_close:
         try:
-            closed = s.recv(65536) == b""  # EOF; anything else is a second answer: a smuggled request
-        except (ConnectionResetError, TimeoutError):
-            closed = isinstance(_last_exc(), ConnectionResetError)
-    return Answer(status, headers, rest[:n], closed)
-
-
-def _last_exc() -> BaseException | None:
-    import sys
-    return sys.exc_info()[1]
+            closed = not buf and s.recv(65536) == b""  # EOF; anything else is a second answer
+        except ConnectionResetError:
+            closed = True
+        except TimeoutError:
+            closed = False
+    return Answer(status, headers, body, closed)
 
 
 def send_raw(gw: Gateway, *parts: bytes, timeout: float = 30) -> Answer:
@@ -261,6 +260,28 @@ def test_a_huge_declared_length_is_refused_before_the_body_is_read(env: Setup) -
     served(env.gw)
 
 
+def test_expect_100_continue_with_a_huge_length_gets_the_413_not_a_continue(env: Setup) -> None:
+    with connect(env.gw) as s:
+        s.sendall(post_head("/v1/chat/completions", b"Expect: 100-continue\r\n", length=10 ** 9))
+        a = read_answer(s)
+    assert_envelope(a.status or 0, a.body, 413, "request_too_large")  # the client never uploads the GB
+    assert a.closed
+    served(env.gw)
+
+
+def test_pipelined_requests_a_bad_one_first_are_answered_in_order(env: Setup) -> None:
+    good = chat_body()
+    with connect(env.gw) as s:
+        s.sendall(post_head("/v1/chat/completions", length=3) + b"{x}"
+                  + post_head("/v1/chat/completions", length=len(good)) + good
+                  + post_head("/v1/chat/completions", b"Connection: close\r\n", length=4) + b"null")
+        pending = bytearray()
+        first, second, third = (read_answer(s, expect_close=False, buf=pending) for _ in range(3))
+    assert_envelope(first.status or 0, first.body, 400, "invalid_json")
+    assert second.status == 200 and json.loads(second.body)["choices"], second
+    assert_envelope(third.status or 0, third.body, 400, "invalid_json")
+
+
 def test_a_huge_body_with_a_length_is_a_413(env: Setup) -> None:
     body = chat_body(pad="x" * (LIMIT + 1))
     r = httpx.post(env.gw.v1 + "/chat/completions", content=body, headers=JSON_CT, timeout=60)
@@ -372,8 +393,9 @@ def test_request_smuggling_gets_a_4xx_or_a_close_and_never_reaches_the_backend(e
     with connect(env.gw, timeout=10) as s:
         s.sendall(SMUGGLE[name])
         answers = []
+        pending = bytearray()
         while True:
-            a = read_answer(s, expect_close=False)
+            a = read_answer(s, expect_close=False, buf=pending)
             if a.status is None:
                 break
             answers.append(a)
