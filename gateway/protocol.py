@@ -74,8 +74,9 @@ def routing_fields(endpoint: Endpoint, body: Any) -> tuple[str, bool, int]:
         if type(value) is not list or not value:
             raise InvalidRequest("'messages' must be a non-empty array of message objects.", param="messages",
                                  code="invalid_type")
-        for i, m in enumerate(value):  # a few type checks per message: adapters index into each one
+        for m in value:  # one type check per message: adapters index into each one
             if type(m) is not dict:
+                i = next(i for i, m in enumerate(value) if type(m) is not dict)
                 raise InvalidRequest(f"'messages[{i}]' must be a message object.", param=f"messages[{i}]",
                                      code="invalid_type")
     else:
