@@ -41,6 +41,14 @@ class BackendRuntime:
     overrides: dict[str, bool] = field(default_factory=dict)
     limiter: Any = None  # gateway.limiter.Limiter when the backend has a concurrency limit
     errors_in_row: int = 0  # consecutive 5xx answers (passive health)
+    # Multi-model backends (Ollama, a llama.cpp router): one model failing must not take the others out.
+    # upstream model -> why it is out of service until the backend's next successful probe.
+    ejected: dict[str, str] = field(default_factory=dict)
+    model_errors: dict[str, int] = field(default_factory=dict)  # consecutive failures per upstream model
+
+    def usable(self, upstream_model: str) -> bool:
+        """Serving, and this model not ejected on its own."""
+        return self.state in SERVING_STATES and not (self.ejected and upstream_model in self.ejected)
 
     def __post_init__(self) -> None:
         c = replace(self.adapter.capabilities, **self.overrides)
@@ -71,7 +79,7 @@ class BackendRuntime:
             "since": self.since, "detail": self.detail, "version": self.version,
             "models": [m.id for m in self.served], "in_flight": self.in_flight,
             "residency": {m.id: m.residency for m in self.served if m.residency is not None},
-            "reported_load": self.reported_load, "weight": self.weight,
+            "reported_load": self.reported_load, "weight": self.weight, "ejected_models": dict(self.ejected),
             "limit": None if self.limiter is None else {"max_concurrency": self.limiter.limit,
                                                         "in_use": self.limiter.in_use,
                                                         "queued": self.limiter.queued},

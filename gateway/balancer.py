@@ -39,7 +39,7 @@ def pick(route: Route, needs: int, exclude: tuple[Deployment, ...] = (), session
         if b.capmask & needs != needs:
             continue
         capable = True
-        if not b.serving or d in exclude:
+        if not b.serving or d in exclude or (b.ejected and d.upstream_model in b.ejected):
             continue
         score = (b.in_flight + 1) / d.weight + (COLD_PENALTY if d.cold else 0.0)
         if best is None or score < best_score:
@@ -69,7 +69,8 @@ def _rendezvous(deps: tuple[Deployment, ...], needs: int, exclude: tuple[Deploym
     best_score = -math.inf
     for d in deps:
         b = d.backend
-        if b.capmask & needs != needs or not b.serving or d in exclude or d.cold:
+        if b.capmask & needs != needs or not b.serving or d in exclude or d.cold or (
+                b.ejected and d.upstream_model in b.ejected):
             continue
         h = int.from_bytes(hashlib.blake2b(f"{session}\0{b.name}".encode(), digest_size=8).digest(), "big")
         score = -d.weight / math.log((h + 1) / (2 ** 64 + 1))

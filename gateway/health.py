@@ -83,6 +83,10 @@ class HealthMonitor:
         if b.state is State.DRAINING and p.state in (State.READY, State.SWAPPED_OUT, State.LOADING):
             p.state = State.DRAINING  # taken out by an operator: probes keep its models fresh only
         before = b.state
+        if b.ejected and p.state in (State.READY, State.SWAPPED_OUT):  # a good probe brings them back too
+            log.info("backend %s: model(s) %s back in service after a good probe", b.name, ", ".join(b.ejected))
+            b.ejected.clear()
+            b.model_errors.clear()
         changed = b.set_state(p.state, p.detail)
         b.version = p.version or b.version
         b.reported_load = p.load

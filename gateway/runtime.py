@@ -92,4 +92,4 @@ class Gateway:
         return self.keys.may_infer(header)
 
     def ready(self) -> bool:
-        return any(d.backend.serving for r in self.table.routes for d in r.deployments)
+        return any(d.backend.usable(d.upstream_model) for r in self.table.routes for d in r.deployments)

@@ -87,18 +87,34 @@ class PassiveHealth:
         self.gw = gw
         self.seen: dict[str, set[int]] = {}  # per backend: fingerprints counted in the current run
 
-    def failure(self, b: BackendRuntime, fingerprint: int | None, what: str) -> None:
-        """Count one failure; `fingerprint` None counts always, else once per run per request body."""
-        seen = self.seen.get(b.name)
-        if seen is None or b.errors_in_row == 0:  # a new run (a success or an ejection ended the last)
-            seen = self.seen[b.name] = set()
+    def failure(self, b: BackendRuntime, fingerprint: int | None, what: str, model: str) -> None:
+        """Count one failure; `fingerprint` None counts always, else once per run per request body.
+
+        On a backend serving several models (Ollama, a llama.cpp router) an answer that failed is
+        that model's failure (one model out of memory, the others fine): the run is counted per
+        model and ejects only that deployment; a refused connection still takes the backend out."""
+        per_model = len(b.served) > 1
+        key = f"{b.name}\0{model}" if per_model else b.name
+        run = b.model_errors.get(model, 0) if per_model else b.errors_in_row
+        seen = self.seen.get(key)
+        if seen is None or run == 0:  # a new run (a success or an ejection ended the last)
+            seen = self.seen[key] = set()
         if fingerprint is not None:
             if fingerprint in seen:
                 return
             seen.add(fingerprint)
-        b.errors_in_row += 1
-        if b.errors_in_row >= self.gw.eject_after:
-            self.gw.mark_failed(b, f"{b.errors_in_row} server errors in a row (last {what})")
+        run += 1
+        if not per_model:
+            b.errors_in_row = run
+            if run >= self.gw.eject_after:
+                self.gw.mark_failed(b, f"{run} server errors in a row (last {what})")
+            return
+        b.model_errors[model] = run
+        if run >= self.gw.eject_after:
+            b.model_errors[model] = 0
+            b.ejected[model] = f"{run} server errors in a row (last {what})"
+            log.warning("backend %s: model %s taken out after %d server errors in a row (last %s); "
+                        "its other models keep serving", b.name, model, run, what)
 
 
 class Shared:
@@ -261,12 +277,14 @@ class ProxyEndpoint:
                     if err.upstream_text is not None and err.status >= 500:
                         err.upstream_text = data[:LOGGED_BODY].decode("utf-8", "replace")  # the log shows it whole
                     if resp.status == 502 or resp.status == 504:
-                        self.health.failure(b, None, f"HTTP {resp.status}")
+                        self.health.failure(b, None, f"HTTP {resp.status}", dep.upstream_model)
                     elif resp.status >= 500 and resp.status != 501 and resp.status != 503:
-                        self.health.failure(b, hash(reply.raw), f"HTTP {resp.status}")
+                        self.health.failure(b, hash(reply.raw), f"HTTP {resp.status}", dep.upstream_model)
                     raise err
                 result = await self.respond(resp, req, dep, route.name, send, t0, watch, reply)
                 b.errors_in_row = 0
+                if b.model_errors:
+                    b.model_errors.pop(dep.upstream_model, None)
                 return result
             except GatewayError as err:
                 if err.upstream_text is not None and err.status >= 500:
@@ -277,7 +295,7 @@ class ProxyEndpoint:
                     err.message = f"backend {b.name} failed (HTTP {err.upstream_status})"
                     err.upstream_text = None
                 elif isinstance(err, UpstreamTimeout):
-                    self.health.failure(b, hash(reply.raw), "a timeout")
+                    self.health.failure(b, hash(reply.raw), "a timeout", dep.upstream_model)
                 gw.metrics.observe_upstream_error(b.name, err.code, err.status)
                 same_backend = err.retry_same_backend
                 if err.code == "upstream_connect_failed":
