@@ -12,7 +12,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -141,13 +141,6 @@ def post_head(path: str, extra: bytes = b"", length: int | None = None) -> bytes
 
 def chat_body(**extra: object) -> bytes:
     return json.dumps({"model": MODEL, "messages": MESSAGES, **extra}).encode()
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # -- bodies -----------------------------------------------------------------------------------------
