@@ -434,6 +434,39 @@ def test_validation_422(tgi: Tgi) -> None:
     )
 
 
+def test_grammars_like_validation_rs(tgi: Tgi) -> None:
+    """validation.rs:348-409 and lib.rs:236-258: adjacently tagged, `properties` required."""
+    person = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    msgs = [{"role": "user", "content": "x"}]
+    r = tgi.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json", "value": person}})
+    assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"name": "Paris"}
+    r = tgi.post("/generate", {"inputs": "x", "parameters": {"grammar": {"type": "json_object", "value": person}}})
+    assert json.loads(r.json()["generated_text"]) == {"name": "Paris"}
+    r = tgi.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_object"}})
+    assert r.status_code == 422 and "missing field `value`" in r.text  # OpenAI's JSON mode shape
+    r = tgi.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json", "value": {}}})
+    assert r.status_code == 422 and r.json() == {
+        "error": "Input validation error: grammar is not valid: Grammar must have a 'properties' field",
+        "error_type": "validation"}
+
+
+def test_tool_call_stream_has_no_finish_chunk(tgi: Tgi) -> None:
+    """chat.rs:186-236: after the call's closing brace the state is Buffering again, and the EOS
+    token (the one with details.finish_reason) parses as no call: no event. Non-stream: "stop"."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": tools}
+    r = tgi.post("/v1/chat/completions", body)
+    assert r.json()["choices"][0]["finish_reason"] == "stop"
+    assert r.json()["choices"][0]["message"]["tool_calls"][0]["id"] == "0"
+    raw = tgi.post("/v1/chat/completions", {**body, "stream": True}).content
+    docs = [json.loads(e[6:]) for e in events(raw)[:-1]]
+    assert all(d["choices"][0]["finish_reason"] is None for d in docs)
+    assert "".join(d["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] for d in docs) \
+        == '{ "city": "Paris"}'  # the wrapper's closing brace trimmed (chat.rs:213-217)
+    assert events(raw)[-1] == b"data: [DONE]"
+
+
 def test_body_rejections_like_axum(tgi: Tgi) -> None:
     r = httpx.post(tgi.url + "/generate", content=b'{"inputs":"x"}')
     assert (r.status_code, r.text) == (415, "Expected request with `Content-Type: application/json`")

@@ -95,6 +95,7 @@ def try_into_generate(chat: dict, ctl: dict) -> tuple[GenReq, bool]:
         "seed": chat.get("seed"),
         "top_n_tokens": chat.get("top_logprobs"),
         "adapter_id": None if chat.get("model") in (None, "tgi") else chat["model"],
+        "grammar": fmt,  # lib.rs try_into_generate: response_format becomes the grammar
     }
     return GenReq(inputs, params, ctl), using_tools
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .defaults import DEFAULT_ANSWER, DEFAULT_GENERATION_LENGTH
 from .errors import validation_error
+from .grammar import answer_text
 from .state import State
 
 
@@ -71,8 +72,9 @@ class Plan:
 def make_plan(st: State, req: GenReq, input_length: int, max_total_new: int, seed: int | None) -> Plan:
     ctl = req.ctl
     p = req.params
+    grammar_text = answer_text(p.get("grammar")) if "text" not in ctl else None
     words = (
-        word_tokens(str(ctl.get("text", DEFAULT_ANSWER)))
+        word_tokens(str(ctl.get("text", grammar_text or DEFAULT_ANSWER)))
         if ctl.get("tool_text") is None
         else word_tokens(ctl["tool_text"])
     )
@@ -184,6 +186,7 @@ def validate(st: State, req: GenReq) -> tuple[int, int, int | None, bool]:
         raise validation_error(
             f"`inputs` must have less than {st.max_input_tokens} tokens. Given: {input_length}"
         )
+    answer_text(p.get("grammar"))  # validation.rs:348-409: grammar checks come after the input's
     # python NextTokenChooser: sampling when do_sample or any warper differs from its neutral value
     do_sample = (
         bool(p.get("do_sample"))
