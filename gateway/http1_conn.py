@@ -6,6 +6,11 @@ answers (100 Continue, 103 Early Hints) are skipped, never taken as the answer; 
 protocol error; any byte that arrives after an answer's end, or while the connection sits idle,
 closes the connection instead of being parsed as the start of someone else's answer. A body with
 neither a length nor chunked encoding ends when the server closes (RFC 9112 6.3 rule 8).
+
+What llhttp (httptools) does not check is checked here: one "chunked" is the only transfer coding
+taken, status codes are 100..599 in an HTTP/1.x status line, trailer fields stay out of the headers,
+and the head is capped (MAX_HEADER_BYTES, MAX_HEADER_COUNT, also for a line that never ends).
+tests/test_http1_oracle.py holds all of it against h11, with the RFC rules where the two differ.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
 HIGH_WATER = 256 * 1024  # pause reading the upstream when this much body waits for a slow client
 LOW_WATER = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024  # an upstream's status line + headers; more is a broken or hostile server
+MAX_HEADER_COUNT = 256  # header fields in one answer (each costs Python objects, unlike bytes in a buffer)
 
 # Where a connection is in its request/answer cycle.
 IDLE, WAITING, BODY, DONE = range(4)
@@ -78,6 +84,9 @@ class _Conn(asyncio.Protocol):
         self.origin = origin
         self.loop = pool.loop
         self.parser = httptools.HttpResponseParser(self)
+        # Any HTTP/1.x version digit is parsed (RFC 9110 2.5: a higher minor version is processed as
+        # the highest one known); on_headers_complete rejects every major version but 1.
+        self.parser.set_dangerous_leniencies(lenient_version=True)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reused = False  # taken from the idle list (may turn out closed by the server)
@@ -103,7 +112,9 @@ class _Conn(asyncio.Protocol):
         self.body_started = False
         self.timer: asyncio.TimerHandle | None = None
         self.sink: Callable[[bytes], bool] | None = None
-        self.header_bytes = 0
+        self.header_bytes = 0  # header (and trailer) fields of the answer, as parsed
+        self.head_in = 0  # bytes received before the head was complete: bounds a field that never ends
+        self.chunked = False
         self.interim = False  # the message being parsed is a 1xx, not the answer
         self.close_delimited = False  # the body ends when the server closes (no length, not chunked)
 
@@ -112,11 +123,19 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.phase == IDLE or self.phase == DONE:
-            # Nobody asked: a stray answer or the start of one. Parsing it would leave the parser
-            # mid-message for the next request, whose answer would then be eaten (or replaced).
-            self.abort()
-            return
+        if self.phase != BODY:  # one comparison on the body's hot path
+            if self.phase != WAITING:
+                # Nobody asked: a stray answer or the start of one. Parsing it would leave the parser
+                # mid-message for the next request, whose answer would then be eaten (or replaced).
+                self.abort()
+                return
+            if self.head_in > MAX_HEADER_BYTES:
+                # httptools holds an unfinished status line or field in memory; one that never ends
+                # (no CRLF) must not grow it further. Earlier reads only: the bound is cap + one read.
+                self._fail(ProtocolError(f"the answer's headers exceed {MAX_HEADER_BYTES} bytes"))
+                self.abort()
+                return
+            self.head_in += len(data)
         self.bytes_in += len(data)
         self.last_activity = self.loop.time()
         try:
@@ -155,10 +174,30 @@ class _Conn(asyncio.Protocol):
         if self.header_bytes > MAX_HEADER_BYTES:
             self._fail(ProtocolError(f"the answer's headers exceed {MAX_HEADER_BYTES} bytes"))
             raise _Unexpected
-        self.headers.append((name.lower(), value))
+        if self.phase == BODY:  # a trailer field (RFC 9112 7.1.2): not part of the answer's headers
+            return
+        name = name.lower()
+        if name == b"transfer-encoding":
+            # The gateway asks for no transfer coding (no TE header): only one "chunked" is meaningful.
+            # llhttp would hand a gzip or doubly chunked body over still encoded (RFC 9112 6.1, 7).
+            if self.chunked or value.strip(b" \t").lower() != b"chunked":
+                self._fail(ProtocolError(f"unsupported Transfer-Encoding in the answer: {value[:40]!r}"))
+                raise _Unexpected
+            self.chunked = True
+        headers = self.headers
+        if len(headers) >= MAX_HEADER_COUNT:
+            self._fail(ProtocolError(f"the answer has more than {MAX_HEADER_COUNT} header fields"))
+            raise _Unexpected
+        # llhttp keeps trailing whitespace; RFC 9112 5: it is not part of the field value.
+        headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        if not 100 <= status <= 599 or self.parser.get_http_version()[:2] != "1.":
+            # RFC 9110 15: valid codes are 100..599 (a 099 is no interim answer to wait past);
+            # RFC 9110 2.5: another major version is another protocol.
+            self._fail(ProtocolError(f"invalid status line (HTTP/{self.parser.get_http_version()} {status})"))
+            raise _Unexpected
         if status < 200:
             if status == 101:  # nothing the gateway sends asks to switch protocols
                 self._fail(ProtocolError("the backend switched protocols (HTTP 101)"))
@@ -166,15 +205,16 @@ class _Conn(asyncio.Protocol):
             # 100 Continue, 103 Early Hints ...: interim, the answer follows on this connection.
             self.interim = True
             self.headers = []
-            self.header_bytes = 0
+            self.header_bytes = self.head_in = 0
+            self.chunked = False
             return
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.phase = BODY
-        if not self.keep_alive and status != 204 and status != 304:
+        if not self.keep_alive and status != 204 and status != 304 and not self.chunked:
             self.close_delimited = True
-            for k, v in self.headers:
-                if k == b"content-length" or (k == b"transfer-encoding" and b"chunked" in v.lower()):
+            for k, _ in self.headers:
+                if k == b"content-length":
                     self.close_delimited = False
                     break
         if self.headers_done is not None and not self.headers_done.done():
