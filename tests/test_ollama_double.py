@@ -179,6 +179,46 @@ def test_tool_calls_arguments_are_objects(od: Double, client: Any) -> None:
     assert raw["done_reason"] == "stop"
 
 
+def test_parallel_tool_calls_one_per_line_with_stream_wide_index(od: Double, client: Any) -> None:
+    """Real Ollama streams each parsed call on its own line, numbered across the stream (tools/tools.go:148-157)."""
+    two = {"tool_call": [{"name": "get_weather", "arguments": {"city": "Paris"}},
+                         {"name": "get_weather", "arguments": {"city": "Rome"}}]}
+    msgs = [{"role": "user", "content": "weather in Paris and Rome?"}]
+    parts = list(client.chat(model="llama3.2", messages=msgs, tools=TOOLS, stream=True, options={"x_double": two}))
+    assert [[c.function.arguments["city"] for c in p.message.tool_calls] for p in parts if p.message.tool_calls] \
+        == [["Paris"], ["Rome"]]  # the official client reads them (it has no field for function.index)
+    body = {"model": "llama3.2", "messages": msgs, "tools": TOOLS, "x_double": two}
+    lines = [json.loads(ln) for ln in httpx.post(od.url + "/api/chat", json=body).text.splitlines()]
+    per_line = [[(c["function"]["index"], c["function"]["arguments"]["city"]) for c in ln["message"]["tool_calls"]]
+                for ln in lines if ln["message"].get("tool_calls")]
+    assert per_line == [[(0, "Paris")], [(1, "Rome")]]
+    whole = httpx.post(od.url + "/api/chat", json={**body, "stream": False}).json()["message"]["tool_calls"]
+    assert [(c["function"]["index"], c["function"]["arguments"]["city"]) for c in whole] == [(0, "Paris"), (1, "Rome")]
+    # its OpenAI layer copies function.index into tool_calls[].index (openai/openai.go:255)
+    oc = openai.OpenAI(base_url=od.url + "/v1", api_key="ollama")
+    chunks = list(oc.chat.completions.create(model="llama3.2", messages=msgs, tools=TOOLS, stream=True,
+                                             extra_body={"x_double": two}))
+    idx = [tc.index for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert idx == [0, 1]
+
+
+def test_logprobs_and_format_schema(od: Double, client: Any) -> None:
+    msgs = [{"role": "user", "content": "Hi"}]
+    parts = list(client.chat(model="llama3.2", messages=msgs, stream=True, logprobs=True, top_logprobs=2,
+                             options={"num_predict": 2}))
+    lps = [lp for p in parts for lp in (p.logprobs or [])]
+    assert [lp.token for lp in lps] == ["Hello", " from"] and len(lps[0].top_logprobs) == 2
+    assert parts[-1].logprobs is None  # the final metrics line carries none
+    r = client.chat(model="llama3.2", messages=msgs, logprobs=True, options={"num_predict": 2})
+    assert [lp.token for lp in r.logprobs] == ["Hello", " from"] and not r.logprobs[0].top_logprobs
+    assert "logprobs" not in httpx.post(od.url + "/api/chat", json={"model": "llama3.2", "messages": msgs,
+                                                                    "stream": False}).json()
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "temp": {"type": "integer"}},
+              "required": ["city", "temp"]}
+    r = client.chat(model="llama3.2", messages=msgs, format=schema)
+    assert json.loads(r.message.content) == {"city": "text", "temp": 7}
+
+
 def test_images_are_accepted_and_recorded(od: Double, client: Any) -> None:
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(40))
     r = client.chat(model="llama3.2", messages=[{"role": "user", "content": "what is this?", "images": [png]}])

@@ -13,7 +13,7 @@ from .gojson import go_json, now_ns
 from .binding import options_from_map, parse_duration_ns, Reply
 from .catalog import parse_name
 from .scheduler import Lease, schedule, State
-from .tokens import count_tokens, generate_tokens, pieces
+from .tokens import count_tokens, generate_tokens, pieces, schema_instance
 from .responses import chat_obj, generate_obj, Job, tool_call_id
 
 JSON_CT = "application/json; charset=utf-8"  # gin's c.JSON
@@ -44,8 +44,16 @@ def record(st: State, request: web.Request, body: Any, **extra: Any) -> dict:
     return entry
 
 
-def default_answer(st: State, ctl: dict) -> str:
-    return ctl["text"] if "text" in ctl else f"Hello from {st.name}, this is a streamed answer"
+def default_answer(st: State, ctl: dict, fmt: Any = None) -> str:
+    if "text" in ctl:
+        return ctl["text"]
+    # `format` constrains sampling to JSON ("json", or a schema object sent on as json_schema:
+    # llm/llama_server.go:1584-1594), so a real answer parses and fits the schema: here, an instance of it.
+    if fmt == "json":
+        return '{"answer": "Hello"}'
+    if isinstance(fmt, dict):
+        return json.dumps(schema_instance(fmt))
+    return f"Hello from {st.name}, this is a streamed answer"
 
 
 async def prepare_inference(st: State, request: web.Request, kind: str, body: dict, entry: dict,
@@ -111,7 +119,8 @@ async def prepare_inference(st: State, request: web.Request, kind: str, body: di
         thinking, tokens, reason = thinking[:budget], [], "length"
     else:
         rest = None if budget is None else budget - len(thinking)
-        tokens, reason = generate_tokens(default_answer(st, ctl), ctl.get("chunks"), rest, stops)
+        tokens, reason = generate_tokens(default_answer(st, ctl, body.get("format")), ctl.get("chunks"), rest,
+                                         stops)
     calls_spec = ctl.get("tool_call")
     calls: list[dict] = []
     if calls_spec and tools:
@@ -124,7 +133,7 @@ async def prepare_inference(st: State, request: web.Request, kind: str, body: di
     else:
         ptoks = (3 if body.get("raw") else 8) + count_tokens(prompt) + count_tokens(body.get("system") or "")
     return Job(kind, model, info, body.get("stream") is not False, tokens, reason, thinking, calls, bool(tools),
-               ptoks, bool(body.get("raw")), ctl, start, lease)
+               ptoks, bool(body.get("raw")), ctl, start, lease, bool(body.get("logprobs")), int(top))
 
 
 def inflight(st: State) -> None:

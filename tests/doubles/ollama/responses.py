@@ -24,7 +24,8 @@ METRIC_KEYS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_e
 
 
 def chat_obj(model: str, created: int, content: str = "", done: bool = False, done_reason: str = "",
-             thinking: str = "", tool_calls: list | None = None, metrics: dict | None = None) -> dict:
+             thinking: str = "", tool_calls: list | None = None, metrics: dict | None = None,
+             logprobs: list | None = None) -> dict:
     msg: dict[str, Any] = {"role": "assistant", "content": content}
     if thinking:
         msg["thinking"] = thinking
@@ -33,6 +34,8 @@ def chat_obj(model: str, created: int, content: str = "", done: bool = False, do
     o: dict[str, Any] = {"model": model, "created_at": rfc3339nano(created), "message": msg, "done": done}
     if done_reason:
         o["done_reason"] = done_reason
+    if logprobs:  # api.ChatResponse: Logprobs sits after DebugInfo, before the embedded Metrics
+        o["logprobs"] = logprobs
     for k in METRIC_KEYS:
         if metrics and metrics.get(k):
             o[k] = metrics[k]
@@ -40,7 +43,8 @@ def chat_obj(model: str, created: int, content: str = "", done: bool = False, do
 
 
 def generate_obj(model: str, created: int, response: str = "", done: bool = False, done_reason: str = "",
-                 thinking: str = "", context: list[int] | None = None, metrics: dict | None = None) -> dict:
+                 thinking: str = "", context: list[int] | None = None, metrics: dict | None = None,
+                 logprobs: list | None = None) -> dict:
     o: dict[str, Any] = {"model": model, "created_at": rfc3339nano(created), "response": response}
     if thinking:
         o["thinking"] = thinking
@@ -52,7 +56,20 @@ def generate_obj(model: str, created: int, response: str = "", done: bool = Fals
     for k in METRIC_KEYS:
         if metrics and metrics.get(k):
             o[k] = metrics[k]
+    if logprobs:  # api.GenerateResponse: Logprobs is its last field
+        o["logprobs"] = logprobs
     return o
+
+
+def token_logprobs(tok: str, top: int) -> list[dict]:
+    """server/logprob.go toAPILogprobs: token, logprob, bytes (the token's UTF-8), top_logprobs (omitempty)."""
+    rnd = random.Random(tok)
+    lp: dict[str, Any] = {"token": tok, "logprob": -round(rnd.random() * 2, 4), "bytes": list(tok.encode())}
+    if top:
+        alts = [tok] + [f"{tok}~{i}" for i in range(1, top)]
+        lp["top_logprobs"] = [{"token": a, "logprob": lp["logprob"] - i, "bytes": list(a.encode())}
+                              for i, a in enumerate(alts)]
+    return [lp]
 
 
 def tool_call_id() -> str:
@@ -76,6 +93,8 @@ class Job:
     ctl: dict
     start_mono: int
     lease: Lease
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 async def produce(st: State, job: Job) -> AsyncIterator[dict]:
@@ -88,13 +107,18 @@ async def produce(st: State, job: Job) -> AsyncIterator[dict]:
     chat = job.kind == "chat"
 
     def obj(content: str = "", thinking: str = "", tool_calls: list | None = None) -> dict:
+        lps = token_logprobs(content, job.top_logprobs) if job.logprobs and content else None
         if chat:
-            return chat_obj(job.model, now_ns(), content=content, thinking=thinking, tool_calls=tool_calls)
-        return generate_obj(job.model, now_ns(), response=content, thinking=thinking)
+            return chat_obj(job.model, now_ns(), content=content, thinking=thinking, tool_calls=tool_calls,
+                            logprobs=lps)
+        return generate_obj(job.model, now_ns(), response=content, thinking=thinking, logprobs=lps)
 
     steps: list[dict] = [{"thinking": t} for t in job.thinking]
     calls = job.tool_calls if (chat and job.has_tools) else []
-    steps += [{"tool_calls": calls}] if calls else [{"content": t} for t in job.tokens]
+    # One tool call per line, as soon as it parses, with a stream-wide function.index: the parser numbers
+    # calls across the stream (ollama tools/tools.go:148-157 `Index: p.n; p.n++`) and ChatHandler sends
+    # each chunk's calls on their own line (server/routes.go:2862-2870 `res.Message.ToolCalls = toolCalls`).
+    steps += [{"tool_calls": [c]} for c in calls] if calls else [{"content": t} for t in job.tokens]
     for i, step in enumerate(steps):
         if error_after == i:
             yield {"error": err_msg}
@@ -142,6 +166,9 @@ def aggregate(job: Job, items: list[dict]) -> dict:
         if calls:
             msg["tool_calls"] = calls
         last[key] = msg
+        lps = [lp for i in items for lp in i.get("logprobs", [])]  # routes.go:2404 allLogprobs
+        if lps:
+            last["logprobs"] = lps
         return last
     out: dict[str, Any] = {}
     for k, v in last.items():
@@ -151,4 +178,7 @@ def aggregate(job: Job, items: list[dict]) -> dict:
                 out["thinking"] = thinking
         elif k != "thinking":
             out[k] = v
+    lps = [lp for i in items for lp in i.get("logprobs", [])]  # routes.go:763 allLogprobs
+    if lps:
+        out["logprobs"] = lps
     return out

@@ -6,6 +6,7 @@ import hashlib
 import math
 import random
 import re
+from typing import Any
 
 from .gojson import F32, _f32
 
@@ -65,3 +66,23 @@ def embed_vector(text: str, dims: int, want: int | None) -> list[F32]:
         vec = vec[:want]
     norm = math.sqrt(sum(v * v for v in vec)) or 1.0
     return [F32(_f32(v / norm)) for v in vec]
+
+
+def schema_instance(schema: Any) -> Any:
+    """A small value that satisfies a JSON schema (object/array/string/number/integer/boolean/enum/const)."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return schema_instance(schema[key][0])
+    t = schema.get("type")
+    t = t[0] if isinstance(t, list) and t else t
+    if t == "object" or "properties" in schema:
+        return {k: schema_instance(v) for k, v in (schema.get("properties") or {}).items()}
+    if t == "array":
+        return [schema_instance(schema.get("items") or {"type": "string"})] * max(int(schema.get("minItems") or 1), 1)
+    return {"integer": 7, "number": 1.5, "boolean": True, "null": None}.get(t, "text")
