@@ -9,7 +9,10 @@ that repeat. Natively:
   prompt as given), embeddings via `/api/embed`; streams are NDJSON (`"done": true` on the last
   line, delta text), turned into OpenAI SSE chunks; usage from `prompt_eval_count`/`eval_count`;
   `done_reason` -> `finish_reason` (`tool_calls` when the answer calls tools); tool-call
-  arguments arrive as objects and leave as JSON strings; images from `data:` URLs;
+  arguments arrive as objects and leave as JSON strings; streamed tool calls arrive one per line
+  and keep one stream-wide index; `thinking` leaves as `reasoning_content` (or the backend's
+  `reasoning_field`); `logprobs` leave in OpenAI's chat or legacy completion shape; the request
+  side (messages, tool-call ids, images, reasoning effort) is adapters/ollama_messages.py;
 - `options` from the request (`max_tokens` -> `num_predict`, temperature, top_p, stop, seed,
   penalties) plus `num_ctx` and `keep_alive` from the backend's config. Clients do not override
   the operator: their `keep_alive` and load-time options (`num_ctx`, `num_gpu`...: they size VRAM,
@@ -34,6 +37,7 @@ from adapters.chunks import DONE, ChunkWriter
 from adapters.records import records
 from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
                            UpstreamRequest, client_asked_usage, single_prompt)
+from adapters.ollama_messages import native_messages, think_from_effort
 from adapters.openai_compatible import parse_error_body
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, status_error
 from gateway.jsonio import dumps, loads_or_none
@@ -45,8 +49,8 @@ OPENAI_FIELDS = frozenset({
     "model", "messages", "prompt", "input", "stream", "stream_options", "max_tokens", "max_completion_tokens",
     "temperature", "top_p", "n", "stop", "seed", "frequency_penalty", "presence_penalty", "tools", "tool_choice",
     "parallel_tool_calls", "response_format", "logprobs", "top_logprobs", "logit_bias", "user", "metadata",
-    "store", "service_tier", "reasoning_effort", "suffix", "echo", "best_of", "encoding_format", "dimensions",
-    "options", "top_k", "min_p", "repeat_penalty", "keep_alive"})
+    "store", "service_tier", "reasoning_effort", "reasoning", "suffix", "echo", "best_of", "encoding_format",
+    "dimensions", "options", "top_k", "min_p", "repeat_penalty", "keep_alive"})
 # api.Runner: options read when a model is loaded (a request with other values reloads it).
 LOAD_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "use_mlock", "num_thread",
                           "numa", "low_vram", "f16_kv", "logits_all", "vocab_only"})
@@ -55,10 +59,23 @@ OPTION_FIELDS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
                  "top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repeat_penalty"}
 
 
+def ollama_model_key(name: str) -> str:
+    """A model name as Ollama compares it: `[host/][namespace/]model[:tag]` with its defaults filled in,
+    case-folded (types/model/name.go:41 defaults, :146-176 ParseNameBare; server/routes.go:1222-1245
+    getExistingName matches each part with EqualFold)."""
+    s = name.strip().lower()
+    tag = "latest"
+    if s.rfind(":") > s.rfind("/"):  # "/" cannot be in a tag, so a later ":" starts one
+        s, tag = s.rsplit(":", 1)
+    parts = s.split("://", 1)[-1].split("/")  # a scheme is not part of the name
+    parts = ["registry.ollama.ai", "library"][:max(3 - len(parts), 0)] + parts
+    return "/".join(parts) + ":" + tag
+
+
 class OllamaAdapter(Adapter):
     kind: ClassVar[str] = "ollama"
     default_ports: ClassVar[tuple[int, ...]] = (11434,)
-    capabilities: ClassVar[Capabilities] = Capabilities(n=False, logprobs=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(n=False)
 
     def __init__(self, target: BackendTarget) -> None:
         super().__init__(target)
@@ -68,7 +85,13 @@ class OllamaAdapter(Adapter):
         self.keep_alive = getattr(target, "keep_alive", None)
         self.num_ctx = getattr(target, "num_ctx", None)
         self.client_overrides = bool(getattr(target, "client_overrides", False))
+        # `thinking` leaves under the name llama.cpp uses too, unless the backend config names another
+        self.reasoning_key: str = getattr(target, "reasoning_field", None) or "reasoning_content"
         self.version: str | None = None
+
+    # Ollama reads `llama3.2` as `llama3.2:latest` and matches names case-insensitively: routing
+    # falls back to this key when a requested name matches no route exactly (gateway/routing.py).
+    model_key = staticmethod(ollama_model_key)
 
     # -- health, discovery, residency ----------------------------------------------------------
     async def probe(self, fetch: Fetch) -> Probe:
@@ -98,12 +121,18 @@ class OllamaAdapter(Adapter):
         native: dict[str, Any] = {"model": upstream_model}
         if endpoint is Endpoint.EMBEDDINGS:
             native["input"] = body.get("input")
+            if isinstance(body.get("dimensions"), int):  # truncates each vector (api/types.go EmbedRequest)
+                native["dimensions"] = body["dimensions"]
+            if isinstance(body.get("truncate"), bool):
+                native["truncate"] = body["truncate"]
             if self.keep_alive is not None:
                 native["keep_alive"] = self.keep_alive
             return UpstreamRequest("POST", self.target.url + "/api/embed", self.headers, dumps(native), False,
                                    passthrough=False, upstream_model=upstream_model)
         options: dict[str, Any] = {k: body[src] for src, k in OPTION_FIELDS.items() if body.get(src) is not None}
-        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        limit = body.get("max_completion_tokens")
+        if limit is None:  # SDKs send explicit nulls for unset fields
+            limit = body.get("max_tokens")
         if isinstance(limit, int):
             options["num_predict"] = limit
         stop = body.get("stop")
@@ -128,9 +157,16 @@ class OllamaAdapter(Adapter):
             elif fmt.get("type") == "json_schema":
                 native["format"] = (fmt.get("json_schema") or {}).get("schema")
         if endpoint is Endpoint.CHAT:
-            native["messages"] = [_message(m) for m in body.get("messages") or []]
+            native["messages"] = native_messages(body.get("messages"))
             if body.get("tools"):
                 native["tools"] = body["tools"]
+            think = think_from_effort(body)
+            if think is not None and "think" not in body:  # Ollama's own `think`, when sent, wins
+                native["think"] = think
+            if body.get("logprobs") is True:
+                native["logprobs"] = True
+                if isinstance(body.get("top_logprobs"), int):
+                    native["top_logprobs"] = body["top_logprobs"]
             path = "/api/chat"
         else:
             prompt = single_prompt(body)
@@ -141,6 +177,11 @@ class OllamaAdapter(Adapter):
             if isinstance(body.get("suffix"), str):
                 native["suffix"] = body["suffix"]
                 native["raw"] = False
+            n = body.get("logprobs")  # legacy: how many alternatives per token (openai.go:830-834)
+            if isinstance(n, int) and not isinstance(n, bool):
+                native["logprobs"] = True
+                if n > 0:
+                    native["top_logprobs"] = n
             path = "/api/generate"
         for key, value in body.items():
             if key not in OPENAI_FIELDS:
@@ -168,30 +209,33 @@ class OllamaAdapter(Adapter):
             content = msg.get("content") or ("" if not calls else None)
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if msg.get("thinking"):
-                message["reasoning_content"] = msg["thinking"]
+                message[self.reasoning_key] = msg["thinking"]
             if calls:
                 message["tool_calls"] = calls
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(doc, bool(calls))}
+            choice = {"index": 0, "message": message, "logprobs": _chat_logprobs(doc.get("logprobs")),
+                      "finish_reason": _finish(doc, bool(calls))}
             out = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                    "model": model, "choices": [choice], "usage": usage}
         else:
-            choice = {"index": 0, "text": doc.get("response") or "", "logprobs": None,
-                      "finish_reason": _finish(doc, False)}
+            choice = {"index": 0, "text": doc.get("response") or "",
+                      "logprobs": _legacy_logprobs(doc.get("logprobs"), [0]), "finish_reason": _finish(doc, False)}
             out = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                    "model": model, "choices": [choice], "usage": usage}
         return orjson.dumps(out)
 
     def translate_stream(self, endpoint: Endpoint, chunks: AsyncIterator[bytes],
                          request: UpstreamRequest) -> AsyncIterator[bytes]:
-        return _ndjson_to_sse(endpoint, chunks, request.upstream_model)
+        return _ndjson_to_sse(endpoint, chunks, request.upstream_model, self.reasoning_key)
 
     def map_error(self, status: int, body: bytes) -> GatewayError:
         return _error_from(status, loads_or_none(body) or {"error": body.decode("utf-8", "replace")})
 
 
-async def _ndjson_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
+async def _ndjson_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model: str,
+                         reasoning_key: str) -> AsyncIterator[bytes]:
     w = ChunkWriter(endpoint, model)
-    called = False
+    calls_seen = 0  # tool calls so far: the OpenAI `index` of the next one
+    offset = [0]  # legacy logprobs: where the next token starts in the generated text
     first = True
     async for line in records(chunks, b"\n"):
         if not line.strip():
@@ -204,69 +248,63 @@ async def _ndjson_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model
             yield b"data: " + orjson.dumps(err) + b"\n\n" + DONE
             return
         out = b""
+        lps = doc.get("logprobs")
         if w.chat:
             msg = doc.get("message") or {}
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if msg.get("thinking"):
-                delta["reasoning_content"] = msg["thinking"]
+                delta[reasoning_key] = msg["thinking"]
             calls = _tool_calls(msg.get("tool_calls"))
             if calls:
-                called = True
-                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
+                # Ollama sends each call on its own line as it parses (tools/tools.go:148-157): number them
+                # across the stream, as its function.index does, or clients merge every call into index 0.
+                delta["tool_calls"] = [{"index": calls_seen + i, **c} for i, c in enumerate(calls)]
+                calls_seen += len(calls)
             content = msg.get("content") or ""
-            if content or len(delta) > (1 if first else 0) or (first and not doc.get("done")):
-                out += w.piece(content, **delta)
+            if content or lps or len(delta) > (1 if first else 0) or (first and not doc.get("done")):
+                d = {**delta, "content": content} if content else delta
+                out += w.event([{"index": 0, "delta": d, "logprobs": _chat_logprobs(lps), "finish_reason": None}])
                 first = False
-        elif doc.get("response"):
-            out += w.piece(doc["response"])
+        elif doc.get("response") or lps:
+            out += w.event([{"index": 0, "text": doc.get("response") or "", "logprobs": _legacy_logprobs(lps, offset),
+                             "finish_reason": None}])
         if doc.get("done"):
             u = _usage(doc)
             usage = w.usage(u["prompt_tokens"], u["completion_tokens"])
-            yield out + w.piece("", _finish(doc, called)) + usage + DONE
+            yield out + w.piece("", _finish(doc, calls_seen > 0)) + usage + DONE
             return
         if out:
             yield out
 
 
-def _message(m: Any) -> dict[str, Any]:
-    """An OpenAI chat message as Ollama's: text content, images as base64, tool calls as objects."""
-    if not isinstance(m, dict):
-        raise InvalidRequest("Each message must be an object.", param="messages")
-    out: dict[str, Any] = {"role": m.get("role")}
-    content = m.get("content")
-    if isinstance(content, list):
-        texts, images = [], []
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") == "text":
-                texts.append(str(part.get("text", "")))
-            elif part.get("type") == "image_url":
-                url = (part.get("image_url") or {}).get("url", "")
-                if not url.startswith("data:") or ";base64," not in url:
-                    raise InvalidRequest("Ollama takes images as base64 data: URLs, not links.", param="messages")
-                images.append(url.split(";base64,", 1)[1])
-        out["content"] = "\n".join(texts)
-        if images:
-            out["images"] = images
-    else:
-        out["content"] = content or ""
-    if m.get("tool_calls"):
-        out["tool_calls"] = [{"function": {"name": (c.get("function") or {}).get("name"),
-                                           "arguments": _args((c.get("function") or {}).get("arguments"))}}
-                             for c in m["tool_calls"] if isinstance(c, dict)]
-    if m.get("role") == "tool" and m.get("name"):
-        out["tool_name"] = m["name"]
+def _chat_logprobs(lps: Any) -> dict[str, Any] | None:
+    """Ollama's api.Logprob list is OpenAI's chat shape already; fill the fields OpenAI always has."""
+    if not lps:
+        return None
+    return {"content": [{"token": lp.get("token", ""), "logprob": lp.get("logprob", 0.0), "bytes": lp.get("bytes"),
+                         "top_logprobs": [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0),
+                                           "bytes": t.get("bytes")} for t in lp.get("top_logprobs") or []]}
+                        for lp in lps if isinstance(lp, dict)]}
+
+
+def _legacy_logprobs(lps: Any, offset: list[int]) -> dict[str, Any] | None:
+    """Ollama's api.Logprob list in the legacy completions shape; `offset` carries text_offset across a stream."""
+    if not lps:
+        return None
+    out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for lp in lps:
+        if not isinstance(lp, dict):
+            continue
+        token = lp.get("token", "")
+        out["tokens"].append(token)
+        out["token_logprobs"].append(lp.get("logprob", 0.0))
+        top = {t.get("token", ""): t.get("logprob", 0.0) for t in lp.get("top_logprobs") or []}
+        out["top_logprobs"].append(top or None)
+        out["text_offset"].append(offset[0])
+        offset[0] += len(token)
+    if not any(out["top_logprobs"]):
+        out["top_logprobs"] = None
     return out
-
-
-def _args(a: Any) -> Any:
-    if isinstance(a, str):
-        try:
-            return orjson.loads(a)
-        except orjson.JSONDecodeError:
-            return a
-    return a
 
 
 def _tool_calls(calls: Any) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ tasks read `Gateway.table` and keep the snapshot they got for the whole request.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from gateway.backends import BackendRuntime
@@ -41,12 +41,22 @@ class RoutingTable:
     def __init__(self, routes: list[Route]) -> None:
         self.routes = routes
         self.by_name: dict[str, Route] = {}
+        # Backends that match model names by a rule of their own (Ollama: `llama3.2` is `llama3.2:latest`,
+        # in any case) give their adapter a `model_key`; a name with no exact route is looked up by it.
+        # Only routes such a backend serves are keyed, so other kinds pay nothing, not even on a miss.
+        self.by_key: dict[Callable[[str], str], dict[str, Route]] = {}
         for r in routes:
             for n in (r.name, *r.aliases):
                 self.by_name[n] = r
+            for key in {k for d in r.deployments if (k := getattr(d.backend.adapter, "model_key", None))}:
+                keyed = self.by_key.setdefault(key, {})
+                for n in (r.name, *r.aliases):
+                    keyed.setdefault(key(n), r)
 
     def resolve(self, name: str) -> Route:
         route = self.by_name.get(name)
+        if route is None:
+            route = next((r for key, keyed in self.by_key.items() if (r := keyed.get(key(name)))), None)
         if route is None:
             raise ModelNotFound(f"The model '{name}' does not exist or is not served by this gateway. "
                                 f"GET /v1/models lists the available models.", param="model")
