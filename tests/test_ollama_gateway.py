@@ -8,6 +8,7 @@ import time
 
 import httpx
 import openai
+import pydantic
 import pytest
 
 from tests.procs import Double, Spawner
@@ -156,3 +157,74 @@ def test_clients_do_not_override_the_operators_num_ctx_keep_alive_or_load_option
     # client_overrides: the client's values where the config leaves them unset, never over it
     assert sent("open") == {"options": {"num_ctx": 16384, "num_gpu": 99, "mirostat": 1}, "keep_alive": -1}
     assert sent("open-pinned") == {"options": {"num_ctx": 8192, "num_gpu": 99, "mirostat": 1}, "keep_alive": "30m"}
+
+
+# --- agent-style round trips with the official client -------------------------------------------------
+
+AGENT_TOOLS = [{"type": "function", "function": {"name": n, "description": d, "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    for n, d in (("get_weather", "Weather in a city"), ("get_time", "Local time in a city"))]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_agent_parallel_tool_calls_round_trip(spawn: Spawner, stream: bool) -> None:
+    """The model calls two tools in one turn; the client answers both by tool_call_id (in the other order);
+    the follow-up answer. Streamed, the SDK's own accumulator (chat.completions.stream) merges the deltas."""
+    o = start_ollama(spawn, "--models", "llama3.2", "--loaded", "llama3.2")
+    gw = spawn.gateway({"backends": [{"name": "o", "kind": "ollama", "url": o.url}]})
+    client = openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=0)
+
+    def ask(messages: list, knob: dict) -> openai.types.chat.ChatCompletion:
+        kw = {"model": "llama3.2", "messages": messages, "tools": AGENT_TOOLS, "extra_body": {"x_double": knob}}
+        if not stream:
+            return client.chat.completions.create(**kw)
+        with client.chat.completions.stream(**kw) as s:
+            return s.get_final_completion()
+
+    messages: list = [{"role": "user", "content": "Weather and time in Paris?"}]
+    first = ask(messages, {"tool_call": [{"name": "get_weather", "arguments": {"city": "Paris"}},
+                                         {"name": "get_time", "arguments": {"city": "Paris"}}]})
+    msg = first.choices[0].message
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in msg.tool_calls] == [
+        ("get_weather", {"city": "Paris"}), ("get_time", {"city": "Paris"})]
+    ids = [c.id for c in msg.tool_calls]
+    assert len(set(ids)) == 2 and all(ids)
+    messages.append({"role": "assistant", "content": msg.content, "tool_calls": [
+        {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+        for c in msg.tool_calls]})
+    results = {"get_weather": "sunny, 21 C", "get_time": "12:00"}
+    for c in reversed(msg.tool_calls):  # attribution must follow the id, not the position
+        messages.append({"role": "tool", "tool_call_id": c.id, "content": results[c.function.name]})
+    final = ask(messages, {"text": "Sunny and 21 C; it is noon in Paris."})
+    assert final.choices[0].finish_reason == "stop" and not final.choices[0].message.tool_calls
+    assert final.choices[0].message.content == "Sunny and 21 C; it is noon in Paris."
+    native = o.requests()[-1]["body"]["messages"]
+    assert [c["id"] for c in native[1]["tool_calls"]] == ids
+    assert [(m["tool_call_id"], m["tool_name"], m["content"]) for m in native[2:]] == [
+        (ids[1], "get_time", "12:00"), (ids[0], "get_weather", "sunny, 21 C")]
+
+
+class CityWeather(pydantic.BaseModel):
+    city: str
+    temp_c: int
+    tags: list[str]
+
+
+def test_json_schema_structured_output(spawn: Spawner) -> None:
+    """response_format json_schema -> Ollama's `format` as the bare schema (openai.go FromChatRequest);
+    json_object -> "json". The double answers with an instance of the schema, as a constrained model does."""
+    o = start_ollama(spawn, "--models", "llama3.2", "--loaded", "llama3.2")
+    gw = spawn.gateway({"backends": [{"name": "o", "kind": "ollama", "url": o.url}]})
+    client = openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=0)
+    ask = [{"role": "user", "content": "Weather in Paris as JSON"}]
+    r = client.chat.completions.parse(model="llama3.2", messages=ask, response_format=CityWeather)
+    assert r.choices[0].message.parsed == CityWeather(city="text", temp_c=7, tags=["text"])
+    sent = o.requests()[-1]["body"]
+    fmt = sent["format"]  # the schema itself, not OpenAI's {"type": "json_schema", "json_schema": {...}} wrapper
+    assert fmt["type"] == "object" and set(fmt["required"]) == {"city", "temp_c", "tags"}
+    assert fmt["properties"]["temp_c"]["type"] == "integer" and "response_format" not in sent
+    with client.chat.completions.stream(model="llama3.2", messages=ask, response_format=CityWeather) as s:
+        assert s.get_final_completion().choices[0].message.parsed.temp_c == 7
+    r = client.chat.completions.create(model="llama3.2", messages=ask, response_format={"type": "json_object"})
+    assert o.requests()[-1]["body"]["format"] == "json" and isinstance(json.loads(r.choices[0].message.content), dict)
