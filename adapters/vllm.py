@@ -8,6 +8,9 @@ Only its quirks on top of the OpenAI-compatible base:
 - load from `/metrics`: `vllm:num_requests_running` + `vllm:num_requests_waiting`, KV cache
   pressure from `vllm:kv_cache_usage_perc` (the older `vllm:gpu_cache_usage_perc` before 0.9.2);
 - version from `/version`;
+- an engine asleep (`--sleep-idle-ttl`, or the dev `/sleep`) still answers `/health` 200; its
+  `vllm:engine_sleep_state{sleep_state="awake"}` is 0: its models are reported cold ("sleeping"), so
+  warm replicas are preferred and the first request waits for a wake-up only where none is warm;
 - errors in both shapes (flat before v0.10.1, nested after: the shared parser reads both);
   "maximum context length" -> `context_length_exceeded`; 503 admission rejections retry elsewhere;
 - reasoning text arrives as `reasoning` (v0.33) or `reasoning_content` (older): the backend's
@@ -21,7 +24,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from adapters.base import Capabilities, Fetch, Probe, State, UpstreamRequest
+from adapters.base import Capabilities, Fetch, Probe, ServedModel, State, UpstreamRequest
 from adapters.openai_compatible import OpenAICompatibleAdapter, parse_error_body
 from adapters.prometheus_text import gauges
 from gateway.errors import GatewayError, InvalidRequest
@@ -63,6 +66,8 @@ class VLLMAdapter(OpenAICompatibleAdapter):
                 probe.load = g.get("vllm:num_requests_running", 0.0) + g.get("vllm:num_requests_waiting", 0.0)
             kv = g.get("vllm:kv_cache_usage_perc", g.get("vllm:gpu_cache_usage_perc"))
             self.kv_cache_usage = kv
+            if asleep(metrics.body):
+                probe.models = [ServedModel(m.id, m.context_length, "sleeping") for m in probe.models]
         if self.version is None:
             v = await fetch("GET", self.target.url + "/version")
             try:
@@ -96,3 +101,21 @@ class VLLMAdapter(OpenAICompatibleAdapter):
         # A key in compact or spaced JSON can only be this byte sequence: inside strings the
         # quotes are escaped, so a plain replace cannot touch content.
         return lambda chunk: chunk.replace(old, new) if old in chunk else chunk
+
+
+SLEEP_AWAKE = b'vllm:engine_sleep_state{'
+
+
+def asleep(metrics: bytes) -> bool:
+    """Every engine's `vllm:engine_sleep_state{...,sleep_state="awake"}` is 0 (vllm/v1/metrics/loggers.py:
+    "awake = 0 means engine is sleeping"); False where the metric is absent (vLLM before sleep mode)."""
+    if SLEEP_AWAKE not in metrics:
+        return False
+    values = []
+    for line in metrics.split(b"\n"):
+        if line.startswith(SLEEP_AWAKE) and b'sleep_state="awake"' in line:
+            try:
+                values.append(float(line.rsplit(b" ", 1)[1]))
+            except (IndexError, ValueError):
+                continue
+    return bool(values) and max(values) == 0.0

@@ -29,6 +29,8 @@ import uuid
 
 from aiohttp import web
 
+from tests.doubles import openai_extras as extras  # tool calls, idle sleep
+
 
 class State:
     def __init__(self, name: str, models: list[str], strict: bool, owned_by: str) -> None:
@@ -85,6 +87,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     st.requests.append({"path": request.path, "body": body,
                         "authorization": request.headers.get("Authorization")})
     ctl = body.get("x_double") or {}
+    extras.wake_on_inference(request.app)
     if "raw" in ctl:  # a broken upstream: bytes that are not (or not all of) an HTTP answer
         request.transport.write(ctl["raw"].encode("latin-1"))
         request.transport.close()
@@ -124,6 +127,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         served = st.models[0] if model is None else model
         if kind == "chat":
             message = {"role": "assistant", "content": text}
+            calls = extras.planned_calls(body, ctl)
+            if calls:
+                message, finish = extras.tool_message(calls), "tool_calls"
             if "reasoning" in ctl:
                 message["reasoning"] = ctl["reasoning"]
             choice = {"index": 0, "message": message, "logprobs": None,
@@ -170,6 +176,11 @@ async def stream_answer(request: web.Request, st: State, body: dict, ctl: dict, 
         if "reasoning" in ctl:
             await resp.write(chunk([{"index": 0, "delta": {"reasoning": ctl["reasoning"]}, "logprobs": None,
                                      "finish_reason": None}]))
+    calls = extras.planned_calls(body, ctl) if kind == "chat" else None
+    if calls:
+        for delta in extras.tool_deltas(calls):
+            await resp.write(chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]))
+        parts, finish = [], "tool_calls"
     for i, p in enumerate(parts):
         if delay:
             await asyncio.sleep(delay)
@@ -227,6 +238,8 @@ async def hooks(request: web.Request) -> web.Response:
         request.app["probe_status"] = int(request.query.get("status", 0))
         request.app["probe_hang"] = request.query.get("hang") == "1"
         return web.json_response({"probe_status": request.app["probe_status"], "from_probe": len(st.probes)})
+    if what == "sleep":
+        return extras.set_sleep(request)
     if what == "release":
         st.release.set()
         return web.json_response({"released": True})
@@ -263,6 +276,7 @@ def make_app(name: str, models_: list[str], strict: bool, owned_by: str, hang: b
     app.router.add_route("POST", "/v1/{kind:completions|embeddings}", handle)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", lambda r: web.Response())
+    app.router.add_get("/metrics", extras.metrics)
     app.router.add_route("*", "/_{what}", hooks)
     return app
 
