@@ -121,8 +121,9 @@ class OllamaAdapter(Adapter):
         native: dict[str, Any] = {"model": upstream_model}
         if endpoint is Endpoint.EMBEDDINGS:
             native["input"] = body.get("input")
-            if isinstance(body.get("dimensions"), int):  # truncates each vector (api/types.go EmbedRequest)
-                native["dimensions"] = body["dimensions"]
+            dims = body.get("dimensions")
+            if isinstance(dims, int) and not isinstance(dims, bool):  # truncates each vector (api/types.go:613)
+                native["dimensions"] = dims
             if isinstance(body.get("truncate"), bool):
                 native["truncate"] = body["truncate"]
             if self.keep_alive is not None:

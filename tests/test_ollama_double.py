@@ -217,6 +217,14 @@ def test_logprobs_and_format_schema(od: Double, client: Any) -> None:
               "required": ["city", "temp"]}
     r = client.chat(model="llama3.2", messages=msgs, format=schema)
     assert json.loads(r.message.content) == {"city": "text", "temp": 7}
+    # its OpenAI layer: logprobs/top_logprobs in, choices[].logprobs.content out (openai.go:272-275, 304-307)
+    oc = openai.OpenAI(base_url=od.url + "/v1", api_key="ollama")
+    r = oc.chat.completions.create(model="llama3.2", messages=msgs, max_tokens=2, logprobs=True, top_logprobs=1)
+    assert [t.token for t in r.choices[0].logprobs.content] == ["Hello", " from"]
+    chunks = list(oc.chat.completions.create(model="llama3.2", messages=msgs, max_tokens=2, logprobs=True,
+                                             stream=True))
+    assert [t.token for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content] == [
+        "Hello", " from"]
 
 
 def test_images_are_accepted_and_recorded(od: Double, client: Any) -> None:

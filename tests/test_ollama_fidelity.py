@@ -165,6 +165,10 @@ def test_logprobs_are_translated(env: Any) -> None:
     legacy = c.choices[0].logprobs
     assert legacy.tokens == ["Hello", " from"] and legacy.text_offset == [0, 5] and len(legacy.token_logprobs) == 2
     assert sent(o, "/api/generate")["top_logprobs"] == 1 and list(legacy.top_logprobs[0]) == ["Hello"]
+    pieces = [ch.choices[0].logprobs for ch in client.completions.create(
+        model="llama3.2:latest", prompt="Once", max_tokens=3, logprobs=0, stream=True) if ch.choices[0].logprobs]
+    assert [(p.tokens, p.text_offset) for p in pieces] == [(["Hello"], [0]), ([" from"], [5]), ([" ollama,"], [10])]
+    assert pieces[0].top_logprobs is None and "top_logprobs" not in sent(o, "/api/generate")
     plain = client.chat.completions.create(model="llama3.2:latest", messages=HI, max_tokens=1)
     assert plain.choices[0].logprobs is None and "logprobs" not in sent(o)
 

@@ -214,9 +214,11 @@ def to_chat_completion(cid: str, r: dict) -> dict:
         m["reasoning"] = msg["thinking"]
     if calls:
         m["tool_calls"] = calls
+    choice: dict[str, Any] = {"index": 0, "message": m, "finish_reason": reason or None}
+    if r.get("logprobs"):  # openai.go:272-275 ChoiceLogprobs{Content: r.Logprobs}, omitempty
+        choice["logprobs"] = {"content": r["logprobs"]}
     return {"id": cid, "object": "chat.completion", "created": _unix(r["created_at"]) if r.get("created_at") else 0,
-            "model": r.get("model", ""), "system_fingerprint": "fp_ollama",
-            "choices": [{"index": 0, "message": m, "finish_reason": reason or None}], "usage": usage_of(r)}
+            "model": r.get("model", ""), "system_fingerprint": "fp_ollama", "choices": [choice], "usage": usage_of(r)}
 
 
 class ChatWriter:
@@ -228,9 +230,12 @@ class ChatWriter:
         self.first_sent = False
         self.tool_call_sent = False
 
-    def _chunk(self, model: str, delta: dict, finish: str | None = None) -> dict:
+    def _chunk(self, model: str, delta: dict, finish: str | None = None, logprobs: list | None = None) -> dict:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        if logprobs:  # openai.go:304-307, omitempty
+            choice["logprobs"] = {"content": logprobs}
         return {"id": self.cid, "object": "chat.completion.chunk", "created": self.created, "model": model,
-                "system_fingerprint": "fp_ollama", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                "system_fingerprint": "fp_ollama", "choices": [choice]}
 
     def write(self, r: dict) -> bytes:
         """One native object (or an {"error"} line, which Go decodes as an empty ChatResponse)."""
@@ -260,10 +265,12 @@ class ChatWriter:
                 if thinking:
                     d["reasoning"] = thinking
                 deltas.append(d)
-            for d in deltas:
+            for i, d in enumerate(deltas):
                 if d.get("tool_calls"):
                     self.tool_call_sent = True
-                out += b"data: " + go_json(self._chunk(model, d)).encode() + b"\n\n"
+                # a split (mixed) response carries the logprobs on its first chunk only (openai.go:359)
+                lps = r.get("logprobs") if i == 0 else None
+                out += b"data: " + go_json(self._chunk(model, d, logprobs=lps)).encode() + b"\n\n"
             self.first_sent = True
         if done:
             reason = r.get("done_reason") or "stop"
