@@ -53,9 +53,13 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from gateway.auth.exposure import log_exposure
     log_exposure(settings, settings.server.host)
+    from gateway.server_protocol import protocol_class, raise_fd_limit
+    raise_fd_limit()
     app = create_app(settings)
+    s = settings.server
+    http = protocol_class(s.max_header_bytes, s.header_timeout, s.body_timeout)
     config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, loop="uvloop",
-                            http="httptools", log_level=settings.server.log_level.lower(), access_log=False,
+                            http=http, log_level=settings.server.log_level.lower(), access_log=False,
                             lifespan="on", timeout_graceful_shutdown=settings.server.drain_timeout)
 
     class DrainingServer(uvicorn.Server):

@@ -38,6 +38,12 @@ class ServerSettings(Strict):
     # large_body_wait seconds for a slot gets 503.
     max_large_bodies: int = Field(4, ge=0)
     large_body_wait: float = Field(10.0, gt=0)
+    # Client-side limits uvicorn lacks (gateway/server_protocol.py): a request head larger than this
+    # is a 431; a head not complete in header_timeout seconds a 408; a body silent for body_timeout
+    # seconds closes the connection.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    header_timeout: float = Field(10.0, gt=0)
+    body_timeout: float = Field(30.0, gt=0)
     log_level: str = "info"
     # On SIGTERM: stop accepting, let in-flight requests (streams too) finish for up to this long.
     drain_timeout: float = Field(30.0, ge=0)
@@ -133,6 +139,7 @@ class CapabilityOverrides(Strict):
     tools: bool | None = None
     logprobs: bool | None = None
     n: bool | None = None
+    structured_output: bool | None = None
 
 
 class RWKVLoad(Strict):
