@@ -138,3 +138,17 @@ def test_the_cap_holds_for_the_next_request_on_a_kept_alive_connection(gw: Gatew
     status, err = envelope(read_all(s))
     s.close()
     assert status == 431 and err["code"] == "request_header_too_large"
+
+
+def test_a_refused_upload_is_not_read_to_its_end(gw: Gateway) -> None:
+    """A 415 (or 401) is decided before the body is read: the connection closes instead of uvicorn
+    reading and discarding the rest of a large upload."""
+    s = connect(gw)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+              b"Content-Length: 5000000\r\n\r\n" + b"x" * 1000)
+    t0 = time.monotonic()
+    raw = read_all(s)
+    s.close()
+    status, err = envelope(raw)  # asserts `connection: close`
+    assert status == 415 and err["code"] == "unsupported_media_type"
+    assert time.monotonic() - t0 < 10  # closed at once, not after the client gave up

@@ -17,7 +17,7 @@ import weakref
 from typing import Any
 
 from adapters.base import Endpoint
-from gateway.api.asgi import (BodyRead, BodySlots, ClientGone, DisconnectWatch, Receive, Scope, Send, header,
+from gateway.api.asgi import (CLOSE, BodyRead, BodySlots, ClientGone, DisconnectWatch, Receive, Scope, Send, header,
                               is_json_media_type, send_error, send_json)
 from gateway.api.client_writer import client_transport
 from gateway.balancer import pick
@@ -154,12 +154,15 @@ class ProxyEndpoint:
         reply = Reply()
         try:
             if gw.api_keys and not gw.authorized(header(scope, b"authorization") or header(scope, b"x-api-key")):
-                raise Unauthorized("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.")
+                # Sent before the body is read: close, or the refused client's upload is read and discarded.
+                raise Unauthorized("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+                                   headers=dict(CLOSE))
             ctype = header(scope, b"content-type")
             if ctype != b"application/json" and not is_json_media_type(ctype):
                 # 415, not 400: the body may be fine, its declared type is not (and a cross-site
                 # page can send text/plain or a form without a CORS preflight, never JSON).
-                raise UnsupportedMediaType("Send the request body as JSON with 'Content-Type: application/json'.")
+                raise UnsupportedMediaType("Send the request body as JSON with 'Content-Type: application/json'.",
+                                           headers=dict(CLOSE))
             reader = BodyRead(self.body_slots)
             try:
                 raw = reply.raw = await reader.read(scope, receive, gw.max_body)
