@@ -45,6 +45,7 @@ class Capabilities:
     tools: bool = True
     logprobs: bool = True
     n: bool = True  # n > 1
+    structured_output: bool = True  # response_format json_object / json_schema
     stream_usage: bool = True  # honours stream_options.include_usage
     max_concurrency: int | None = None
 

@@ -10,9 +10,11 @@ Its routes are OpenAI-like; only its quirks are handled here:
 - message `content` must be a string: content-part arrays are flattened to their text;
 - its default stop list contains "\\n\\nA" and "\\n\\nQ", which cut any answer paragraph starting
   with those letters: an explicit (empty) list is sent when the client gave none;
+- its request body knows only `max_tokens` (utils/rwkv.py:27-39 ModelConfigBody; pydantic drops
+  the rest): `max_completion_tokens` is sent as `max_tokens`;
 - answers have no `id`/`created` (filled), `finish_reason` is always "stop" (reported as "length"
-  when `max_tokens` was used up), stream events end in `\\r\\n\\r\\n` (normalised) with `: ping`
-  comments (passed through);
+  when the generation was cut at its limit, see `_StreamFix`), stream events end in `\\r\\n\\r\\n`
+  (normalised) with `: ping` comments (passed through);
 - generation errors are swallowed and answered 200 with an empty answer: detected and retried;
 - a v5+ model's embedding is a nested (heads, head_size, head_size) list: flattened.
 """
@@ -24,6 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import orjson
@@ -36,23 +39,50 @@ from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable, st
 log = logging.getLogger("adapters.rwkv_runner")
 FAKE_MODELS = frozenset({"gpt-3.5-turbo", "text-davinci-003", "rwkv"})
 LOAD_TIMEOUT = 3600.0  # /switch-model answers only when the load is over
+EMPTY_DELTA = (b'"content": ""', b'"content":""', b'"text": ""', b'"text":""')
+DEFAULT_MAX_TOKENS = 500  # max_tokens_per_generation of TextRWKV, AlbatrossRWKV and TextLlama
+# How long a /status that times out while the gateway has a generation running counts as "busy":
+# the legacy engine prefills synchronously inside its async handler (routes/completion.py eval ->
+# utils/rwkv.py generate -> run_rnn), so its event loop answers nothing until the prefill is over.
+BUSY_GRACE = 300.0
 
 
 class RWKVRunnerAdapter(OpenAICompatibleAdapter):
     kind: ClassVar[str] = "rwkv-runner"
     default_ports: ClassVar[tuple[int, ...]] = (8000,)
     capabilities: ClassVar[Capabilities] = Capabilities(
-        n=False, logprobs=False, stream_usage=False, max_concurrency=1)
+        n=False, logprobs=False, stream_usage=False, max_concurrency=1, structured_output=False)
 
     def __init__(self, target: BackendTarget) -> None:
         super().__init__(target)
         self.load_spec = target.load
         self.loading: asyncio.Task[None] | None = None
         self.load_error: str | None = None
+        self.engine = engine_of(target.load)
+        batch = albatross_slots(target.load)
+        if batch is not None:  # batched, no global lock (routes/completion.py eval_albatross): not 1 at a time
+            self.capabilities = replace(self.capabilities, max_concurrency=batch)
+        self.sent = 0.0  # monotonic time of the last generation sent
+        self.last_ready: Probe | None = None
+        self.last_ready_at = 0.0
 
     # -- health, discovery, loading ------------------------------------------------------------
     async def probe(self, fetch: Fetch) -> Probe:
-        res = await fetch("GET", self.target.url + "/status")
+        try:
+            probe = await self._probe(fetch, await fetch("GET", self.target.url + "/status"))
+        except TimeoutError:
+            # Connected but silent: a legacy-engine prefill holds its event loop. While a generation
+            # the gateway sent is running (sent after the last good probe), that is busy, not down.
+            now = time.monotonic()
+            if self.last_ready is not None and self.sent > self.last_ready_at and now - self.last_ready_at < BUSY_GRACE:
+                return Probe(State.READY, self.last_ready.models,
+                             detail="busy: /status did not answer while a generation runs (prefill blocks it)")
+            raise
+        if probe.state is State.READY:
+            self.last_ready, self.last_ready_at = probe, time.monotonic()
+        return probe
+
+    async def _probe(self, fetch: Fetch, res: Any) -> Probe:
         doc = loads_or_none(res.body) if res.status == 200 else None
         if not isinstance(doc, dict) or "status" not in doc:
             return Probe(State.DOWN, detail=f"/status answered HTTP {res.status}")
@@ -97,10 +127,19 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
             if len(prompts) != 1 or not isinstance(prompts[0], str):
                 raise InvalidRequest("RWKV-Runner completes one prompt string per request.", param="prompt")
             body["prompt"] = prompts[0]
-        if endpoint is not Endpoint.EMBEDDINGS and body.get("stop") is None:
-            body["stop"] = []  # its default list cuts answers at any paragraph starting "A" or "Q"
+        if endpoint is not Endpoint.EMBEDDINGS:
+            if body.get("stop") is None:
+                body["stop"] = []  # its default list cuts answers at any paragraph starting "A" or "Q"
+            # ModelConfigBody has max_tokens only (utils/rwkv.py:27-39); the newer name wins, as at OpenAI
+            mct = body.pop("max_completion_tokens", None)
+            if mct is not None:
+                body["max_tokens"] = mct
+            self.sent = time.monotonic()
         req = super().build_request(endpoint, body, upstream_model, stream)
-        req.strip_usage = stream  # the usage chunk the rewriter adds is an estimate: metrics only
+        # Its streams carry no usage (routes/completion.py:614-636) and nothing the gateway can count
+        # honestly replaces it (no prompt count; chunks < tokens): the rewriter's usage chunk is an
+        # estimate for the gateway's metrics only and never reaches a client, even one that asked.
+        req.strip_usage = stream
         return req
 
     # -- answers -------------------------------------------------------------------------------
@@ -126,27 +165,11 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
         return orjson.dumps(doc)
 
     def stream_rewriter(self, request: UpstreamRequest) -> Callable[[bytes], bytes] | None:
-        chat = request.url.endswith("chat/completions")
-        head = b'data: {"id": "%s", "created": %d, ' % (
-            (b"chatcmpl-" if chat else b"cmpl-") + uuid.uuid4().hex.encode(), int(time.time()))
-        limit = _max_tokens(request)
-        seen = [0]
-
-        def fix(chunk: bytes) -> bytes:
-            if b"\r\n" in chunk:  # CRLF framing: valid SSE, but some clients only split on \n\n
-                chunk = chunk.replace(b"\r\n", b"\n")
-            chunk = chunk.replace(b"data: {", head)
-            seen[0] += chunk.count(b'"finish_reason": null') + chunk.count(b'"finish_reason":null')
-            if limit and seen[0] >= limit:
-                chunk = chunk.replace(b'"finish_reason": "stop"', b'"finish_reason": "length"').replace(
-                    b'"finish_reason":"stop"', b'"finish_reason":"length"')
-            if b"[DONE]" in chunk:
-                # No usage in its streams, but one chunk per generated token: count them for the
-                # gateway's token metrics (an estimate; the relay always strips this chunk).
-                usage = b'data: {"choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": %d}}\n\n' % seen[0]
-                chunk = chunk.replace(b"data: [DONE]", usage + b"data: [DONE]", 1)
-            return chunk
-        return fix
+        doc = loads_or_none(request.body) or {}
+        # Given tools, an RWKV model's stream goes through its tool-call path, which swallows the empty
+        # last delta (routes/completion.py async_generator_stream_response_tool_call): no signal there.
+        tools = bool(doc.get("tools")) and doc.get("tool_choice") != "none"
+        return _StreamFix(request.url.endswith("chat/completions"), _limit(doc), self.engine == "rwkv" and not tools)
 
     def map_error(self, status: int, body: bytes) -> GatewayError:
         message = parse_error_body(body)[0]
@@ -190,9 +213,93 @@ def _flatten(m: Any) -> Any:
 
 
 def _max_tokens(request: UpstreamRequest | None) -> int | None:
-    if request is None:
-        return None
-    doc = loads_or_none(request.body) or {}
+    return None if request is None else _limit(loads_or_none(request.body) or {})
+
+
+def _limit(doc: dict[str, Any]) -> int:
+    """The generation limit the backend applies: the request's (max_completion_tokens was renamed to
+    max_tokens by build_request), else the model's default. An operator's /update-config can change
+    that default, which the gateway cannot see (README)."""
     v = doc.get("max_tokens")
-    return v if isinstance(v, int) else 500  # RWKV-Runner's own default
+    return v if isinstance(v, int) and not isinstance(v, bool) else DEFAULT_MAX_TOKENS
+
+
+def engine_of(load: dict[str, Any] | None) -> str:
+    """Which backend-python engine a `load:` block starts (routes/config.py switch_model): llama.cpp
+    for a .gguf file, Albatross for an `albatross`/`chirrup` strategy, else the legacy RWKV one (also
+    assumed when the gateway did not load the model: the app's default engine)."""
+    if not load:
+        return "rwkv"
+    if str(load.get("model", "")).endswith(".gguf"):
+        return "llama"
+    strategy = str(load.get("strategy") or "").strip().lower().split(maxsplit=1)
+    return "albatross" if strategy and strategy[0] in ("albatross", "chirrup") else "rwkv"
+
+
+def albatross_slots(load: dict[str, Any] | None) -> int | None:
+    """workers x batch of an Albatross strategy (albatross_engine/config.py parse_albatross_strategy:
+    `albatross workers=W batch=B`, defaults 1 and 32), the requests it generates at once; else None."""
+    if engine_of(load) != "albatross":
+        return None
+    assert load is not None
+    workers, batch = 1, 32
+    for part in str(load["strategy"]).lower().split()[1:]:
+        key, _, value = part.partition("=")
+        if value.isdigit() and int(value) >= 1:
+            if key in ("workers", "worker", "worker_num"):
+                workers = int(value)
+            elif key in ("batch", "batch_size"):
+                batch = int(value)
+    return workers * batch
+
+
+class _StreamFix:
+    """One stream's byte-level repairs: CRLF -> LF, `id`/`created` added to each event, "stop" ->
+    "length" when the generation was cut at its limit, and an estimated usage chunk before [DONE].
+
+    Edits happen only at event starts: generated text is JSON-escaped, so it holds no raw newline,
+    but "data: {" or "data: [DONE]" need no escaping and may be in it (a raw replace broke the JSON).
+
+    Length: the legacy engine yields a chunk only when the decoded delta has no U+FFFD (utils/rwkv.py
+    generate: the `yield` sits inside `if "\ufffd" not in delta`), so a multibyte character split
+    over tokens gives fewer chunks than tokens. But every natural end (EOS, a stop string, a stop
+    token) yields one last chunk with an EMPTY delta, and a cut at max_tokens does not: that is the
+    signal. Other engines (llama.cpp, Albatross) end differently; there, as everywhere, a count of
+    content chunks >= the limit proves a cut (each chunk holds at least one token)."""
+
+    __slots__ = ("head", "limit", "legacy", "chunks", "ended_empty")
+
+    def __init__(self, chat: bool, limit: int | None, legacy: bool) -> None:
+        self.head = b'data: {"id": "%s", "created": %d, ' % (
+            (b"chatcmpl-" if chat else b"cmpl-") + uuid.uuid4().hex.encode(), int(time.time()))
+        self.limit, self.legacy = limit, legacy
+        self.chunks = 0  # events with content
+        self.ended_empty = False  # the last content-or-empty event had an empty delta
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if b"\r\n" in chunk:  # CRLF framing: valid SSE, but some clients only split on \n\n
+            chunk = chunk.replace(b"\r\n", b"\n")
+        events = chunk.split(b"\n\n")  # a block of whole events: the last piece is b""
+        for i, ev in enumerate(events):
+            if ev.startswith(b"data: {"):
+                if b'"finish_reason": null' in ev or b'"finish_reason":null' in ev:
+                    # escaped JSON text cannot hold these quote-delimited markers: only the keys can
+                    self.ended_empty = any(m in ev for m in EMPTY_DELTA)
+                    self.chunks += not self.ended_empty
+                elif (b'"finish_reason": "stop"' in ev or b'"finish_reason":"stop"' in ev) and self.cut():
+                    ev = ev.replace(b'"finish_reason": "stop"', b'"finish_reason": "length"').replace(
+                        b'"finish_reason":"stop"', b'"finish_reason":"length"')
+                events[i] = self.head + ev[7:]
+            elif ev.startswith(b"data: [DONE]"):
+                # No usage in its streams: an estimate of the completion tokens for the gateway's
+                # metrics (the relay strips it): each content chunk is >= 1 token; a cut used the limit.
+                n = max(self.chunks, self.limit or 0) if self.cut() else self.chunks
+                usage = b'data: {"choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": %d}}\n\n' % n
+                events[i] = usage + ev
+        return b"\n\n".join(events)
+
+    def cut(self) -> bool:
+        if self.limit and self.chunks >= self.limit:
+            return True
+        return self.legacy and self.chunks > 0 and not self.ended_empty
 

@@ -13,12 +13,13 @@ from adapters.base import SERVING_STATES, Adapter, Endpoint, ServedModel, State
 
 
 # Request needs, as bits, so a capability check per deployment is one AND.
-NEED_CHAT, NEED_COMPLETIONS, NEED_EMBEDDINGS, NEED_TOOLS, NEED_LOGPROBS, NEED_N = (1 << i for i in range(6))
+NEED_CHAT, NEED_COMPLETIONS, NEED_EMBEDDINGS, NEED_TOOLS, NEED_LOGPROBS, NEED_N, NEED_STRUCTURED = (
+    1 << i for i in range(7))
 ENDPOINT_NEED = {Endpoint.CHAT: NEED_CHAT, Endpoint.COMPLETIONS: NEED_COMPLETIONS,
                  Endpoint.EMBEDDINGS: NEED_EMBEDDINGS}
 NEED_NAMES = {NEED_CHAT: "chat completions", NEED_COMPLETIONS: "text completions",
               NEED_EMBEDDINGS: "embeddings", NEED_TOOLS: "tools", NEED_LOGPROBS: "logprobs",
-              NEED_N: "n > 1"}
+              NEED_N: "n > 1", NEED_STRUCTURED: "response_format (structured output)"}
 
 
 @dataclass(eq=False, slots=True)
@@ -56,6 +57,7 @@ class BackendRuntime:
             (NEED_CHAT if c.chat else 0) | (NEED_COMPLETIONS if c.completions else 0)
             | (NEED_EMBEDDINGS if c.embeddings else 0) | (NEED_TOOLS if c.tools else 0)
             | (NEED_LOGPROBS if c.logprobs else 0) | (NEED_N if c.n else 0)
+            | (NEED_STRUCTURED if c.structured_output else 0)
         )
 
     @property

@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from adapters.base import Endpoint
-from gateway.backends import ENDPOINT_NEED, NEED_LOGPROBS, NEED_N, NEED_TOOLS
+from gateway.backends import ENDPOINT_NEED, NEED_LOGPROBS, NEED_N, NEED_STRUCTURED, NEED_TOOLS
 from gateway.errors import InvalidRequest
 from gateway.jsonio import loads
 
@@ -103,6 +103,9 @@ def routing_fields(endpoint: Endpoint, body: Any) -> tuple[str, bool, int]:
         needs |= NEED_TOOLS
     if body.get("logprobs"):
         needs |= NEED_LOGPROBS
+    rf = body.get("response_format")
+    if type(rf) is dict and rf.get("type", "text") != "text":  # json_object / json_schema: a demand
+        needs |= NEED_STRUCTURED
     n = body.get("n")
     if n is not None:
         if type(n) is not int or n < 1:

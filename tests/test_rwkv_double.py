@@ -560,3 +560,66 @@ def test_gguf_model_no_embeddings_and_no_default_stop(spawn: Spawner, tmp_path: 
     assert doc["usage"] == {"prompt_tokens": 0, "completion_tokens": 7, "total_tokens": 7}
     assert d.get("/_requests").json()[-1]["stop"] is None
     assert d.chat(stop=["\n\n"]).json()["choices"][0]["message"]["content"] == "Hello there."
+
+
+# -- issue 12: split characters, Albatross, a blocking prefill, the tool-call stream -----------------------
+
+
+def test_tokens_that_split_a_character_yield_no_chunk(rwkv_shared: Rwkv) -> None:
+    emoji = "\U0001F600"  # 4 UTF-8 bytes: two byte tokens (utils/rwkv.py:371 yields only without U+FFFD)
+    body = {"stop": [], "x_double": {"text": emoji * 4}}
+    whole = rwkv_shared.chat(**body).json()
+    assert whole["choices"][0]["message"]["content"] == emoji * 4 and whole["usage"]["completion_tokens"] == 8
+    raw = raw_post(rwkv_shared.port, "/v1/chat/completions", {"messages": USER, "stream": True, **body})
+    deltas = [d["choices"][0]["delta"].get("content") for d in data_json(sse_events(dechunk(raw)[1]))]
+    assert deltas == [emoji] * 4 + ["", None]  # 4 chunks for 8 tokens; a natural end: an empty delta
+    raw = raw_post(rwkv_shared.port, "/v1/chat/completions", {"messages": USER, "stream": True, "max_tokens": 5,
+                                                             **body})
+    deltas = [d["choices"][0]["delta"].get("content") for d in data_json(sse_events(dechunk(raw)[1]))]
+    assert deltas == [emoji] * 2 + [None]  # cut at the limit, in mid-character: no empty delta
+    cut = rwkv_shared.chat(max_tokens=5, **body).json()
+    assert cut["usage"]["completion_tokens"] == 4  # the last yield's count: the 5th token never yielded
+
+
+def test_albatross_strategy_takes_no_lock_and_streams_compact(spawn: Spawner, tmp_path: Path) -> None:
+    d = start_rwkv(spawn, preload=False)
+    weights = tmp_path / f"{MODEL_STEM}.pth"
+    weights.write_bytes(b"")
+    assert d.post("/switch-model", {"model": str(weights), "strategy": "albatross batch=4",
+                                    "x_double": {"load_seconds": 0}}).status_code == 200
+    readers = [StreamReader(d.url + "/v1/chat/completions", {"messages": USER, "stream": True,
+                                                             "x_double": {"hold": True}}) for _ in range(2)]
+    for r in readers:
+        r.start()
+    d.wait(lambda st: st["in_flight"] == 2)  # eval_albatross: no completion_lock
+    d.post("/_release")
+    for r in readers:
+        r.join(20)
+    events = sse_events(readers[0].data)
+    assert events[0].startswith(b'data: {"object":"chat.completion.chunk","model":')  # dumps_stream_chunk
+    assert events[-2] == (b'data: {"object":"chat.completion.chunk","model":"%s","choices":[{"delta":{},'
+                          b'"index":0,"finish_reason":"stop"}]}' % MODEL_STEM.encode())
+    assert events[-1] == b"data: [DONE]"
+    assert b'"content":""' not in readers[0].data  # its engine never yields an empty last delta
+
+
+def test_a_prefill_blocks_status(rwkv_shared: Rwkv) -> None:
+    t = threading.Thread(target=lambda: rwkv_shared.chat(x_double={"prefill_block": 3}))
+    t.start()
+    blocked = False
+    while t.is_alive() and not blocked:  # the prefill holds the event loop 3 s: 6x this timeout
+        try:
+            rwkv_shared.get("/status", timeout=0.5)
+        except httpx.TimeoutException:
+            blocked = True
+    t.join()
+    assert blocked and rwkv_shared.status() == 3
+
+
+def test_given_tools_a_short_answer_is_sent_whole_at_the_end(rwkv_shared: Rwkv) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    raw = raw_post(rwkv_shared.port, "/v1/chat/completions", {"messages": USER, "stream": True, "stop": [],
+                                                             "tools": tools})
+    docs = data_json(sse_events(dechunk(raw)[1]))
+    assert [d["choices"] for d in docs] == [[{"index": 0, "delta": {"content": FULL}, "finish_reason": None}],
+                                            [{"index": 0, "delta": {}, "finish_reason": "stop"}]]

@@ -72,10 +72,21 @@ Behaviour that mirrors RWKV-Runner:
 * Unknown route -> 404 {"detail":"Not Found"}, wrong method -> 405 {"detail":"Method Not Allowed"};
   `server: uvicorn` header.
 
-Simplifications: no tool calls (tools are accepted and ignored), no state cache (so prompt_tokens
-is never under-counted), no albatross engine, token-id inputs of embeddings count one token per id
-(the real server decodes them with tiktoken first), the event loop is never blocked (the real
-generation blocks it per token, stalling /status).
+* A token's delta is yielded only when it decodes without U+FFFD (utils/rwkv.py:371): a character
+  beyond the BMP (emoji) is two byte tokens here, so one chunk stands for two tokens. A natural end
+  yields an empty delta, a cut at max_tokens none.
+* Given tools (an RWKV model), a stream's text is held back until judged "common" (> 60 characters,
+  4 line feeds, > 44 without a code fence), then sent as one chunk; unjudged, whole at the end.
+* A model loaded with an `albatross ...`/`chirrup ...` strategy takes no lock and streams compact
+  JSON chunks (`data: {...}\r\n\r\n`, no pings, no empty last delta: eval_albatross).
+* "x_double": {"prefill_block": s} blocks the event loop s seconds before the first token, as the
+  legacy engine's synchronous prefill does: /status answers nothing meanwhile.
+
+Simplifications: no tool-call parsing (text that looks like a call stays text; the tools' system
+prompt is not added), no state cache (so prompt_tokens is never under-counted), Albatross generates
+whole `tokenize` tokens without its batching, token-id inputs of embeddings count one token per id
+(the real server decodes them with tiktoken first), the event loop is blocked only by prefill_block
+(the real generation also blocks it per token).
 
 Per-request behaviour comes from an extra body field (ignored by the real server):
 "x_double": {"hold": true (after the first token, keep generating -- holding the lock -- until

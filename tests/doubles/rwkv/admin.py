@@ -10,7 +10,7 @@ from aiohttp import web
 from .hooks import record
 from .responses import detail, json_response
 from .schemas import CONFIG_BODY, MODEL_CONFIG, SWITCH_BODY, parse_body
-from .state import State, load_model
+from .state import State, is_albatross_strategy, load_model
 
 
 async def root(request: web.Request) -> web.Response:
@@ -52,6 +52,7 @@ async def finish_load(st: State, body: dict, delay: float) -> web.Response:
         print(e, flush=True)
         st.status = 0
         return detail(500, f"failed to load: {e}")
+    loaded.albatross = loaded.kind == "rwkv" and is_albatross_strategy(body["strategy"])  # routes/config.py
     st.model = loaded
     if body["deploy"]:
         st.deploy = True

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from .generation import generate_llama, generate_rwkv
+from .generation import generate_albatross, generate_llama, generate_rwkv
 from .hooks import record
 from .responses import detail, json_response
 from .schemas import CHAT_BODY, COMPLETION_BODY, MODEL_CONFIG, parse_body
@@ -70,8 +70,11 @@ def effective_config(st: State, body: dict) -> dict:
 
 async def run_eval(st: State, m: Model, entry: dict, ctl: dict, chat: bool, prompt: str, stop: Any,
                    config: dict, emit: Callable[[str], Any] | None) -> dict | None:
-    """routes/completion.py eval (legacy engine): stream chunks through emit, else return the doc."""
-    await acquire_lock(st)
+    """routes/completion.py eval (legacy engine): stream chunks through emit, else return the doc.
+    An Albatross model (eval_albatross) takes no lock and dumps stream chunks compactly."""
+    if not m.albatross:
+        await acquire_lock(st)
+    dump = (lambda doc: json.dumps(doc, separators=(",", ":"))) if m.albatross else json.dumps
     st.seq += 1
     gen = {"id": st.seq, "path": entry["path"], "start": time.monotonic(), "end": None}
     st.generations.append(gen)
@@ -82,7 +85,9 @@ async def run_eval(st: State, m: Model, entry: dict, ctl: dict, chat: bool, prom
         obj = "chat.completion.chunk" if chat else "text_completion"
         text = ctl.get("text", st.args.text)
         max_tokens = config["max_tokens"]
-        if m.kind == "rwkv":
+        if m.albatross:
+            agen = generate_albatross(st, ctl, text, max_tokens, stop)
+        elif m.kind == "rwkv":
             agen = generate_rwkv(st, ctl, text, max_tokens, stop, len(tokenize(prompt)) if prompt else 0)
         else:
             agen = generate_llama(st, ctl, text, max_tokens, stop, chat)
@@ -91,19 +96,24 @@ async def run_eval(st: State, m: Model, entry: dict, ctl: dict, chat: bool, prom
             if m.kind == "rwkv" and prompt == "":  # generate(): no prefill -> `logits` unbound
                 raise UnboundLocalError("cannot access local variable 'logits' where it is not associated "
                                         "with a value")
+            if ctl.get("prefill_block") and not m.albatross:
+                # the legacy engine prefills in run_rnn, synchronously inside the async handler
+                # (utils/rwkv.py generate :291, called from routes/completion.py eval): the event loop,
+                # and so /status, answers nothing meanwhile
+                time.sleep(float(ctl["prefill_block"]))
             # The loop variables are read after the loop: the last values are the answer and its usage.
             async for response, delta, prompt_tokens, completion_tokens in agen:  # noqa: B007
                 if emit is not None:
                     choice = ({"delta": {"content": delta}, "index": 0, "finish_reason": None} if chat
                               else {"text": delta, "index": 0, "finish_reason": None})
-                    await emit(json.dumps({"object": obj, "model": name, "choices": [choice]}))
+                    await emit(dump({"object": obj, "model": name, "choices": [choice]}))
         except Exception as e:  # `except Exception as e: print(e)`
             st.failed += 1
             print(e, flush=True)
         if emit is not None:
             choice = ({"delta": {}, "index": 0, "finish_reason": "stop"} if chat
                       else {"text": "", "index": 0, "finish_reason": "stop"})
-            await emit(json.dumps({"object": obj, "model": name, "choices": [choice]}))
+            await emit(dump({"object": obj, "model": name, "choices": [choice]}))
             await emit("[DONE]")
             st.completed += 1
             return None
@@ -116,7 +126,8 @@ async def run_eval(st: State, m: Model, entry: dict, ctl: dict, chat: bool, prom
         return {"object": kind, "model": name, "choices": [choice], "usage": usage}
     finally:
         st.in_flight -= 1
-        st.locked = False
+        if not m.albatross:
+            st.locked = False
         gen["end"] = time.monotonic()
 
 
@@ -129,15 +140,55 @@ def utc_now() -> str:
     return str(datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None))
 
 
+class ToolStream:
+    """routes/completion.py async_generator_stream_response_tool_call (RR 64269f0 :893-1100), the stream
+    of an RWKV model given `tools`: content is held back until the answer is judged "common" (4 line
+    feeds, > 60 characters, or > 44 without a code fence), then sent as ONE chunk holding all of it;
+    an answer that ends unjudged is sent whole at the end. Only this "common" side is reproduced: the
+    function-call side (a "```name\ntool_call(...)" head) is not, and such text stays text."""
+
+    def __init__(self, emit: Callable[[str], Any]) -> None:
+        self.emit, self.content, self.common = emit, "", False
+
+    async def __call__(self, data: str) -> None:
+        if self.common:
+            await self.emit(data)
+            return
+        if data == "[DONE]":
+            obj, name = self.last
+            await self.emit(json.dumps({"object": obj, "model": name, "choices": [
+                {"index": 0, "delta": {"content": self.content}, "finish_reason": None}]}))
+            await self.emit(json.dumps({"object": obj, "model": name, "choices": [
+                {"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+            await self.emit("[DONE]")
+            return
+        doc = json.loads(data)
+        self.last = doc["object"], doc["model"]
+        delta = doc["choices"][0]["delta"]
+        if delta == {}:
+            return
+        self.content += delta["content"]
+        c = self.content
+        if re.search(r"([\w]+)[\s]*```[\w\s]*tool_call\(", c) is None and (
+                c.count("\n") >= 4 or len(c) > 60 or (len(c) > 44 and "```" not in c)):
+            self.common = True
+            delta["content"] = c
+            await self.emit(json.dumps(doc))
+
+
 async def answer(request: web.Request, st: State, m: Model, entry: dict, ctl: dict, chat: bool, stream: bool,
-                 prompt: str, stop: Any, config: dict) -> web.StreamResponse:
+                 prompt: str, stop: Any, config: dict, tools: bool = False) -> web.StreamResponse:
     try:
         if not stream:
             doc = await run_eval(st, m, entry, ctl, chat, prompt, stop, config, None)
             return json_response(doc)
-        resp = web.StreamResponse(headers={
-            "Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no",
-            "Content-Type": "text/event-stream; charset=utf-8"})
+        if m.albatross:  # albatross_streaming_response: a plain StreamingResponse, no pings
+            resp = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                               "Content-Type": "text/event-stream; charset=utf-8"})
+        else:
+            resp = web.StreamResponse(headers={
+                "Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no",
+                "Content-Type": "text/event-stream; charset=utf-8"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         wlock = asyncio.Lock()
@@ -150,6 +201,9 @@ async def answer(request: web.Request, st: State, m: Model, entry: dict, ctl: di
                     raise ClientGone() from e
 
         async def emit(data: str) -> None:  # ServerSentEvent(data).encode() with sep "\r\n"
+            if m.albatross:  # encode_sse_data
+                await send(f"data: {data}\r\n\r\n".encode())
+                return
             await send("".join(f"data: {line}\r\n" for line in re.split(r"\r\n|\r|\n", data)).encode()
                        + b"\r\n")
 
@@ -162,9 +216,9 @@ async def answer(request: web.Request, st: State, m: Model, entry: dict, ctl: di
             except ClientGone:
                 pass
 
-        pinger = asyncio.ensure_future(ping())
+        pinger = asyncio.ensure_future(ping() if not m.albatross else asyncio.sleep(0))
         try:
-            await run_eval(st, m, entry, ctl, chat, prompt, stop, config, emit)
+            await run_eval(st, m, entry, ctl, chat, prompt, stop, config, ToolStream(emit) if tools else emit)
             async with wlock:
                 await resp.write_eof()
         except (ClientGone, ConnectionError):
@@ -207,8 +261,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     elif stop == DEFAULT_STOP and not m.is_rwkv:
         stop = None
     entry["prompt"], entry["stop"] = prompt, stop
+    # chat_with_tools (RR completion.py:838-843); its system prompt listing the tools is not reproduced
+    tools = m.is_rwkv and ((body["tool_choice"] != "none" and bool(body["tools"]))
+                           or body["messages"][-1]["role"] == "tool")
+    tool_stream = tools and body["messages"][-1]["role"] != "tool"
     return await answer(request, st, m, entry, control(data), True, body["stream"], prompt, stop,
-                        effective_config(st, body))
+                        effective_config(st, body), tool_stream)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:

@@ -14,6 +14,7 @@ class Model:
         self.path = path
         self.name = os.path.splitext(os.path.basename(path))[0]
         self.kind = "llama" if path.endswith(".gguf") else "rwkv"  # TextLlama (llama.cpp) or TextRWKV
+        self.albatross = False  # AlbatrossRWKV: batched, no global lock (set by the load's strategy)
 
     @property
     def is_rwkv(self) -> bool:  # utils/llama.py is_rwkv_model
@@ -64,6 +65,12 @@ def get_model_path(model_path: str) -> str:
             if os.path.isfile(full):
                 return str(full)
     return model_path
+
+
+def is_albatross_strategy(strategy: str) -> bool:
+    """albatross_engine/config.py is_albatross_strategy: the strategy's first word."""
+    words = strategy.strip().lower().split(maxsplit=1)
+    return bool(words) and words[0] in ("albatross", "chirrup")
 
 
 def load_model(path: str) -> Model:
