@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from adapters.base import Endpoint
 from gateway.backends import ENDPOINT_NEED, NEED_LOGPROBS, NEED_N, NEED_STRUCTURED, NEED_TOOLS
 from gateway.errors import InvalidRequest
-from gateway.jsonio import loads
+from gateway.jsonio import may_hold_big_int
 
 # The field each endpoint cannot do without, besides `model`.
 REQUIRED_INPUT = {Endpoint.CHAT: "messages", Endpoint.COMPLETIONS: "prompt", Endpoint.EMBEDDINGS: "input"}
@@ -33,12 +33,13 @@ def parse_body(raw: bytes) -> Any:
     surrogates ("\\ud800"), which no UTF-8 text can carry (forwarded, or echoed in an error message,
     they crashed the encoder), and NaN, Infinity and numbers beyond a double (1e999), which are not
     JSON and would be forwarded as null. I-JSON (RFC 7493) forbids them all; so does the gateway."""
+    if not may_hold_big_int(raw):  # orjson parses integers beyond 64 bits as floats: not "as sent"
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        doc = loads(raw.decode())  # UTF-8 only: the stdlib alone would also take UTF-16 and a BOM
+        doc = json.loads(raw.decode())  # UTF-8 only: the stdlib alone would also take UTF-16 and a BOM
         # The slow path only: is every string UTF-8, every number finite?
         json.dumps(doc, ensure_ascii=False, allow_nan=False).encode()
     except (ValueError, RecursionError):  # UnicodeError is a ValueError

@@ -146,7 +146,8 @@ def test_discovered_model_is_a_pool_of_both_backends(setup: Setup) -> None:
 
 def test_unknown_fields_reach_upstream_untouched(setup: Setup) -> None:
     extra = {"top_k": 5, "repetition_penalty": 1.1, "vendor_ext": {"nested": [1, 2.5, "x", None, True]},
-             "x_double": {"text": "custom answer"}, "big": 2 ** 70, "unicode": "héllo ✓"}
+             "x_double": {"text": "custom answer"}, "big": 2 ** 70 + 1, "seedlike": -(2 ** 63) - 1,
+             "digits": "1234567890123456789012", "unicode": "héllo ✓"}  # big ints exact, not floats
     raw = setup.client.chat.completions.with_raw_response.create(
         model="qwen", messages=MESSAGES, temperature=0.3, extra_body=extra)
     backend = served_by(raw)
