@@ -3,7 +3,8 @@
 
 - The backend's URL is a controller (`GET /test_connection` says "success") or one worker.
   Workers are found through the controller (`/list_models`, then `/get_worker_address` per
-  model); from then on the gateway's own probes of each worker (`/worker_get_status`) decide
+  model, asked again only every 60 s or for a model with no live worker: each call skews the
+  controller's queue estimates); from then on the gateway's own probes of each worker (`/worker_get_status`) decide
   whether it is alive: the controller keeps listing a dead worker for 90-180 s.
 - Requests go to the least busy live worker of the model: its reported `queue_length` plus what
   the gateway sent it since that report.
@@ -52,6 +53,7 @@ HOST_PORT_RE = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::([0-9]{1,5}))?", r
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})  # one machine: a controller on one, workers on another
 MAX_LOGGED = 256  # distinct rejected addresses remembered (each is logged once)
 MAX_DISCOVERY_CALLS = 16
+REDISCOVER = 60.0  # seconds between asking the controller again for a served model's workers
 CODE_STATUS = {40001: 400, 40302: 400, 40303: 400, 40301: 404, 50001: 502, 50002: 503, 50003: 502, 50004: 502,
                50005: 503, 50006: 503, 42901: 429, 42902: 429, 42903: 429}
 
@@ -70,7 +72,8 @@ class Worker:
 class FastChatAdapter(Adapter):
     kind: ClassVar[str] = "fastchat"
     default_ports: ClassVar[tuple[int, ...]] = (21001,)
-    capabilities: ClassVar[Capabilities] = Capabilities(tools=False, logprobs=False, n=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        tools=False, logprobs=False, n=False, structured_output=False)  # no grammar: FC inference.py:81-99
     needs_prepare: ClassVar[bool] = True
 
     def __init__(self, target: BackendTarget) -> None:
@@ -79,6 +82,7 @@ class FastChatAdapter(Adapter):
         self.workers: dict[str, Worker] = {}
         self.allowed = allowed_worker_hosts(target.url, getattr(target, "worker_hosts", None))
         self.rejected: set[str] = set()
+        self.discovered: dict[str, float] = {}  # model -> when its workers were last asked for
 
     # -- discovery and health --------------------------------------------------------------------
     async def probe(self, fetch: Fetch) -> Probe:
@@ -95,10 +99,19 @@ class FastChatAdapter(Adapter):
             names = (loads_or_none(listed.body) or {}).get("models") or [] if listed.status == 200 else []
             if listed.status != 200:
                 return Probe(State.DOWN, detail=f"controller /list_models answered HTTP {listed.status}")
+            now = time.monotonic()
             for name in names:
+                if not isinstance(name, str):
+                    continue
                 # The controller hands out one worker per call (shortest queue or lottery) and
-                # has no route that lists them: ask until an address repeats. Its queue
-                # estimates grow by these calls until the workers' next heartbeat corrects them.
+                # has no route that lists them: ask until an address repeats. Each call adds 1 to
+                # a worker's queue estimate in the controller until its next heartbeat (FC
+                # controller.py get_worker_address), which skews its dispatch for other clients:
+                # so ask only for a new model, one with no live worker, or every REDISCOVER s.
+                if now - self.discovered.get(name, -REDISCOVER) < REDISCOVER and any(
+                        w.alive and name in w.models for w in self.workers.values()):
+                    continue
+                self.discovered[name] = now
                 seen: set[str] = set()
                 for _ in range(MAX_DISCOVERY_CALLS):
                     res = await fetch("POST", url + "/get_worker_address", headers=HEADERS,
@@ -109,6 +122,7 @@ class FastChatAdapter(Adapter):
                     seen.add(addr.rstrip("/"))
                     if self.worker_allowed(addr):
                         self.workers.setdefault(addr.rstrip("/"), Worker(addr.rstrip("/")))
+            self.discovered = {k: v for k, v in self.discovered.items() if k in names}
         for w in list(self.workers.values()):
             await self._probe_worker(fetch, w)
         alive = [w for w in self.workers.values() if w.alive]
@@ -215,8 +229,10 @@ class FastChatAdapter(Adapter):
         params["stop"], stop_ids = stop_params(conv, body.get("stop"))
         if stop_ids:
             params["stop_token_ids"] = stop_ids
-        params["max_new_tokens"] = await self._max_new_tokens(fetch, w, upstream_model, prompt,
-                                                              body.get("max_completion_tokens", body.get("max_tokens")))
+        wanted = body.get("max_completion_tokens")
+        if wanted is None:  # absent or an explicit null (SDKs send them): max_tokens still counts
+            wanted = body.get("max_tokens")
+        params["max_new_tokens"] = await self._max_new_tokens(fetch, w, upstream_model, prompt, wanted)
         w.sent += 1
         asked = client_asked_usage(body)
         path = "/worker_generate_stream" if stream else "/worker_generate"
@@ -240,7 +256,10 @@ class FastChatAdapter(Adapter):
         count = (loads_or_none(res.body) or {}).get("count") if res.status == 200 else None
         if not isinstance(count, int):
             return min(limit, ctx)
-        room = ctx - count
+        # The HF worker keeps the prompt's last `ctx - max_new_tokens - 1` tokens (FC inference.py:95-99):
+        # one token less of room, or the first prompt token (BOS) is cut. (FastChat's own API server
+        # has this off-by-one, openai_api_server.py:155-177.)
+        room = ctx - count - 1
         if room <= 0:
             raise InvalidRequest(f"This model's maximum context length is {ctx} tokens. However, your messages "
                                  f"resulted in {count} tokens. Please reduce the length of the messages.",

@@ -25,6 +25,7 @@ CONV = {"name": "fake", "system_template": "{system_message}", "system_message":
 class FakeServer:
     def __init__(self, host: str, routes: dict[tuple[str, str], Route]) -> None:
         self.requests: list[tuple[str, str]] = []  # (method, raw path with query) of every request
+        self.bodies: list[tuple[str, Any]] = []  # (path, parsed JSON body) of every request
         self.lock = threading.Lock()
         server = self
 
@@ -36,10 +37,12 @@ class FakeServer:
 
             def _serve(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.loads(raw or b"{}")
                 with server.lock:
                     server.requests.append((self.command, self.path))
+                    server.bodies.append((self.path, body))
                 route = routes.get((self.command, self.path))
-                status, doc = (200, route(json.loads(raw or b"{}"))) if route else (404, {"detail": "Not Found"})
+                status, doc = (200, route(body)) if route else (404, {"detail": "Not Found"})
                 data = json.dumps(doc).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -59,6 +62,11 @@ class FakeServer:
     def count(self, path: str) -> int:
         with self.lock:
             return sum(1 for _, p in self.requests if p == path)
+
+    def sent(self, path: str) -> list[Any]:
+        """The JSON bodies received on `path`, oldest first."""
+        with self.lock:
+            return [b for p, b in self.bodies if p == path]
 
     def close(self) -> None:
         self.httpd.shutdown()
