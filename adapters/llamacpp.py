@@ -4,9 +4,16 @@ Only its quirks on top of the OpenAI-compatible base:
 - health: the server listens before the model loads and answers every route 503 "Loading model"
   meanwhile; `/health` is public even with `--api-key` (the other routes are not);
 - the request `model` is ignored in single-model mode, so the gateway routes by its own table;
-- load from `/slots` (busy slots; on by default) or, failing that, `/metrics`
-  (`llamacpp:requests_processing` + `requests_deferred`, only with `--metrics`);
+- load from `/slots` (busy slots; on by default) or `/metrics` (`llamacpp:requests_processing` +
+  `requests_deferred`, only with `--metrics`), `/metrics` first where the build can sleep: reading
+  `/slots` wakes a sleeping server (see load());
 - usage from `usage` or, on builds that send none, from the final chunk's `timings`;
+- `--sleep-idle-seconds`: asleep, the model is unloaded while `/health` stays 200; `/props` says
+  `is_sleeping` (and reading it does not wake the server): its model is reported cold ("sleeping");
+- `/v1/completions` logprobs come back in the chat shape (`{"content": [{token, logprob,
+  top_logprobs}]}`, streamed too): rewritten to the legacy `{tokens, token_logprobs, top_logprobs,
+  text_offset}` the openai SDK and lm-eval read (and vLLM sends); `echo` is ignored by llama-server:
+  refused with a 400 rather than answered without the prompt;
 - errors: `exceed_context_size_error` -> OpenAI's `context_length_exceeded`; 501 (feature not
   enabled, e.g. embeddings without `--embeddings`) -> a clear 400; builds of early 2025 report
   stream errors as a non-standard `error: {...}` SSE line, which clients ignore: rewritten to a
@@ -41,6 +48,7 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
         self.total_slots: int | None = None
         self.version: str | None = None
         self.router: bool = False  # one llama-server serving several models (router mode)
+        self.sleep_capable = False  # /props reports is_sleeping (--sleep-idle-seconds exists)
         self.router_urls = {ep: url + "?autoload=true" for ep, url in self.urls.items()}
 
     # -- health, discovery, load -------------------------------------------------------------
@@ -56,7 +64,8 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
         if res.status != 200:
             return Probe(State.DOWN, detail=f"/v1/models answered HTTP {res.status}"
                          + (" (check the backend's api_key)" if res.status == 401 else ""))
-        if self.version is None:
+        sleeping = False
+        if self.version is None or not self.router:  # every probe: is_sleeping changes
             props = await fetch("GET", self.target.url + "/props", headers=self.probe_headers())
             doc = loads_or_none(props.body) if props.status == 200 else None
             if isinstance(doc, dict):
@@ -64,8 +73,16 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
                 slots = doc.get("total_slots")
                 self.total_slots = slots if isinstance(slots, int) else None
                 self.router = doc.get("role") == "router"
-        probe = Probe(State.READY, self.parse_models(res.body), version=self.version)
-        if not self.router:  # a router's /slots and /metrics need ?model=: per model, not per server
+                # server-context.cpp (0c1e570) handle_sleep: the model is unloaded, /health stays 200
+                self.sleep_capable = "is_sleeping" in doc
+                sleeping = doc.get("is_sleeping") is True and not self.router
+        models = self.parse_models(res.body)
+        if sleeping:
+            models = [ServedModel(m.id, m.context_length, "sleeping") for m in models]
+        probe = Probe(State.READY, models, version=self.version)
+        if sleeping:  # nothing runs; and reading /slots would wake it (reload the model)
+            probe.load = 0.0
+        elif not self.router:  # a router's /slots and /metrics need ?model=: per model, not per server
             probe.load = await self.load(fetch)
         return probe
 
@@ -86,6 +103,9 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
 
     def build_request(self, endpoint: Endpoint, body: dict[str, Any], upstream_model: str,
                       stream: bool) -> UpstreamRequest:
+        if endpoint is Endpoint.COMPLETIONS and body.get("echo"):
+            raise CapabilityMissing("`echo` is not supported by llama.cpp backends: llama-server ignores it and "
+                                    "returns neither the prompt nor its logprobs", param="echo")
         req = super().build_request(endpoint, body, upstream_model, stream)
         if self.router:
             # The router routes by body `model`; autoload makes it load an unloaded model on
@@ -94,24 +114,39 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
         return req
 
     async def load(self, fetch: Fetch) -> float | None:
-        """Requests the server is working on or queueing, from whichever source it exposes."""
-        if self.load_source in (None, "slots"):
-            res = await fetch("GET", self.target.url + "/slots", headers=self.probe_headers())
-            slots = loads_or_none(res.body) if res.status == 200 else None
-            if isinstance(slots, list):
-                self.load_source = "slots"
-                return float(sum(1 for s in slots if isinstance(s, dict) and s.get("is_processing")))
-            if self.load_source == "slots":
+        """Requests the server is working on or queueing, from whichever source it exposes.
+
+        On builds that can sleep (`/props` has `is_sleeping`) `/metrics` goes first: GET /slots posts
+        a SLOT_GET task, which restarts the idle timer and first wakes a sleeping server, so probing
+        it would keep --sleep-idle-seconds from ever unloading the model; GET /metrics neither wakes
+        it nor delays its sleep (0c1e570 server-queue.cpp:24-26, server-context.cpp:4648-4718)."""
+        order = ("metrics", "slots") if self.sleep_capable else ("slots", "metrics")
+        for source in order:
+            if self.load_source not in (None, source):
+                continue
+            load = await (self._metrics_load(fetch) if source == "metrics" else self._slots_load(fetch))
+            if load is not False:
+                self.load_source = source
+                return load
+            if self.load_source == source:
                 return None
-        if self.load_source in (None, "metrics"):
-            # Note: every scrape resets llama.cpp's *_seconds gauges; only the slots figures are read.
-            res = await fetch("GET", self.target.url + "/metrics", headers=self.probe_headers())
-            if res.status == 200:
-                self.load_source = "metrics"
-                g = gauges(res.body.decode("utf-8", "replace"), LOAD_METRICS)
-                return sum(g.values()) if g else None
         self.load_source = "none"
         return None
+
+    async def _slots_load(self, fetch: Fetch) -> float | bool:
+        res = await fetch("GET", self.target.url + "/slots", headers=self.probe_headers())
+        slots = loads_or_none(res.body) if res.status == 200 else None
+        if not isinstance(slots, list):
+            return False
+        return float(sum(1 for s in slots if isinstance(s, dict) and s.get("is_processing")))
+
+    async def _metrics_load(self, fetch: Fetch) -> float | bool | None:
+        # Note: every scrape resets llama.cpp's *_seconds gauges; only the slots figures are read.
+        res = await fetch("GET", self.target.url + "/metrics", headers=self.probe_headers())
+        if res.status != 200:
+            return False
+        g = gauges(res.body.decode("utf-8", "replace"), LOAD_METRICS)
+        return sum(g.values()) if g else None
 
     def context_length(self, card: dict[str, Any]) -> int | None:
         meta = card.get("meta")
@@ -146,8 +181,74 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
             return err
         return super().map_error(status, body)
 
+    def translate_body(self, endpoint: Endpoint, body: bytes, headers: Any = None, request: Any = None) -> bytes:
+        if endpoint is Endpoint.COMPLETIONS and LOGPROBS_CHAT in body:
+            doc = loads_or_none(body)
+            if isinstance(doc, dict):
+                for choice in doc.get("choices") or []:
+                    if isinstance(choice, dict) and isinstance(choice.get("logprobs"), dict):
+                        choice["logprobs"] = _legacy_logprobs(choice["logprobs"], 0)[0]
+                return orjson.dumps(doc)
+        return body
+
     def stream_rewriter(self, request: UpstreamRequest) -> Callable[[bytes], bytes] | None:
+        # `"logprobs":` can only be a key in the compact JSON the gateway sent (quotes in strings are escaped)
+        if "/v1/completions" in request.url and b'"logprobs":' in request.body:
+            return _LegacyLogprobStream()
         return _rewrite_error_lines
+
+
+# llama-server answers /v1/completions logprobs in the chat shape (tools/server/server-task.cpp
+# probs_to_json / to_json_oaicompat, 0c1e570), streamed and not.
+LOGPROBS_CHAT = b'"logprobs":{"content"'
+
+
+def _legacy_logprobs(lp: dict[str, Any], offset: int) -> tuple[dict[str, Any], int]:
+    """Chat-shaped logprobs -> OpenAI's legacy completions shape; `offset`: characters already
+    generated (text_offset counts from the answer's start, as vLLM's do without echo)."""
+    tokens: list[str] = []
+    values: list[Any] = []
+    tops: list[dict[str, Any]] = []
+    offsets: list[int] = []
+    for entry in lp.get("content") or []:
+        if not isinstance(entry, dict):
+            continue
+        token = str(entry.get("token", ""))
+        tokens.append(token)
+        values.append(entry.get("logprob"))
+        tops.append({str(t.get("token", "")): t.get("logprob") for t in entry.get("top_logprobs") or []
+                     if isinstance(t, dict)})
+        offsets.append(offset)
+        offset += len(token)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}, offset
+
+
+class _LegacyLogprobStream:
+    """One completions stream's rewriter: logprobs to the legacy shape, text_offset running on
+    across chunks (per choice index), plus the early-2025 error-line repair."""
+
+    __slots__ = ("offsets",)
+
+    def __init__(self) -> None:
+        self.offsets: dict[int, int] = {}
+
+    def __call__(self, chunk: bytes) -> bytes:
+        chunk = _rewrite_error_lines(chunk)
+        if LOGPROBS_CHAT not in chunk:
+            return chunk
+        out = []
+        for line in chunk.split(b"\n"):
+            if line.startswith(b"data:") and LOGPROBS_CHAT in line:
+                doc = loads_or_none(line[5:].strip())
+                if isinstance(doc, dict):
+                    for choice in doc.get("choices") or []:
+                        if isinstance(choice, dict) and isinstance(choice.get("logprobs"), dict):
+                            i = choice.get("index") if isinstance(choice.get("index"), int) else 0
+                            choice["logprobs"], self.offsets[i] = _legacy_logprobs(choice["logprobs"],
+                                                                                   self.offsets.get(i, 0))
+                    line = b"data: " + orjson.dumps(doc)
+            out.append(line)
+        return b"\n".join(out)
 
 
 def _rewrite_error_lines(chunk: bytes) -> bytes:
