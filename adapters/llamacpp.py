@@ -14,6 +14,7 @@ Only its quirks on top of the OpenAI-compatible base:
   top_logprobs}]}`, streamed too): rewritten to the legacy `{tokens, token_logprobs, top_logprobs,
   text_offset}` the openai SDK and lm-eval read (and vLLM sends); `echo` is ignored by llama-server:
   refused with a 400 rather than answered without the prompt;
+- reasoning text comes as `reasoning_content`; `reasoning_field: reasoning` renames it;
 - errors: `exceed_context_size_error` -> OpenAI's `context_length_exceeded`; 501 (feature not
   enabled, e.g. embeddings without `--embeddings`) -> a clear 400; builds of early 2025 report
   stream errors as a non-standard `error: {...}` SSE line, which clients ignore: rewritten to a
@@ -49,6 +50,11 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
         self.version: str | None = None
         self.router: bool = False  # one llama-server serving several models (router mode)
         self.sleep_capable = False  # /props reports is_sleeping (--sleep-idle-seconds exists)
+        # llama-server names reasoning text `reasoning_content` (common/chat.cpp to_json_oaicompat);
+        # `reasoning_field: reasoning` renames it for clients (and pools with vLLM >= late 2025) that
+        # read `reasoning`. A key in compact JSON cannot occur inside a string (quotes are escaped).
+        self._rename = (b'"reasoning_content":', b'"reasoning":') \
+            if getattr(target, "reasoning_field", None) == "reasoning" else None
         self.router_urls = {ep: url + "?autoload=true" for ep, url in self.urls.items()}
 
     # -- health, discovery, load -------------------------------------------------------------
@@ -188,14 +194,20 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
                 for choice in doc.get("choices") or []:
                     if isinstance(choice, dict) and isinstance(choice.get("logprobs"), dict):
                         choice["logprobs"] = _legacy_logprobs(choice["logprobs"], 0)[0]
-                return orjson.dumps(doc)
+                body = orjson.dumps(doc)
+        if self._rename is not None and self._rename[0] in body:
+            body = body.replace(*self._rename)
         return body
 
     def stream_rewriter(self, request: UpstreamRequest) -> Callable[[bytes], bytes] | None:
         # `"logprobs":` can only be a key in the compact JSON the gateway sent (quotes in strings are escaped)
+        base: Callable[[bytes], bytes] = _rewrite_error_lines
         if "/v1/completions" in request.url and b'"logprobs":' in request.body:
-            return _LegacyLogprobStream()
-        return _rewrite_error_lines
+            base = _LegacyLogprobStream()
+        if self._rename is None:
+            return base
+        old, new = self._rename
+        return lambda chunk: c.replace(old, new) if old in (c := base(chunk)) else c
 
 
 # llama-server answers /v1/completions logprobs in the chat shape (tools/server/server-task.cpp

@@ -136,3 +136,47 @@ def test_json_schema_structured_output(schema_gw: Gateway, stream: bool) -> None
         assert r.choices[0].finish_reason == "stop"
         text = r.choices[0].message.content or ""
     jsonschema.validate(json.loads(text), WEATHER)  # a random model, but grammar-constrained
+
+
+# -- defect 24: reasoning field name --------------------------------------------------------------------
+# A chat template that renders reasoning in <think> tags: llama-server's template analysis then splits a
+# <think> block off the answer into `reasoning_content` (--reasoning-format deepseek).
+THINK_TEMPLATE = (
+    "{%- for message in messages -%}{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['role'] == 'assistant' and message.get('reasoning_content') -%}"
+    "{{- '<think>\\n' + message['reasoning_content'] + '\\n</think>\\n\\n' -}}{%- endif -%}"
+    "{{- (message['content'] or '') + '<|im_end|>\\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+# the tiny random model "thinks" what a grammar makes it say
+THINK = {"grammar": 'root ::= "<think>\\npondering\\n</think>\\n\\nAnswer"'}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_field_renames_reasoning_content(llama_binary: Path, tiny_gguf: Path, tmp_path: Path,
+                                                   spawn: Spawner, stream: bool) -> None:
+    template = tmp_path / "think.jinja"
+    template.write_text(THINK_TEMPLATE)
+    url = start_llama(spawn, llama_binary, tiny_gguf, "llama-think", "--chat-template-file", str(template),
+                      "--reasoning-format", "deepseek")
+    gw = spawn.gateway({"backends": [{"name": "native", "kind": "llamacpp", "url": url, "discover": False},
+                                     {"name": "renamed", "kind": "llamacpp", "url": url, "discover": False,
+                                      "reasoning_field": "reasoning"}],
+                        "models": [{"name": "native", "backends": ["native"]},
+                                   {"name": "renamed", "backends": ["renamed"]}]})
+    client = client_for(gw)
+    for model, key, absent in (("native", "reasoning_content", "reasoning"),
+                               ("renamed", "reasoning", "reasoning_content")):
+        messages: Any = [{"role": "user", "content": "Think first"}]
+        if stream:
+            chunks = list(client.chat.completions.create(model=model, messages=messages, max_tokens=40, stream=True,
+                                                         extra_body=THINK))
+            deltas = [c.choices[0].delta.model_extra or {} for c in chunks if c.choices]
+            reasoning = "".join(d.get(key) or "" for d in deltas)
+            content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert not any(absent in d for d in deltas)
+        else:
+            m = client.chat.completions.create(model=model, messages=messages, max_tokens=40,
+                                               extra_body=THINK).choices[0].message
+            reasoning, content = (m.model_extra or {}).get(key), m.content
+            assert absent not in (m.model_extra or {})
+        assert (reasoning or "").strip() == "pondering" and content == "Answer"
