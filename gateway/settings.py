@@ -161,7 +161,7 @@ class BackendSettings(Strict):
     weight: float = Field(1.0, gt=0)
     stream_usage: bool | None = None  # override: does it honour stream_options.include_usage?
     # vLLM names reasoning text `reasoning` (>= late 2025) or `reasoning_content` (older), the Ollama
-    # adapter `reasoning_content`: rename it to the one your clients read (vllm, ollama).
+    # adapter `reasoning_content`: rename it to the one your clients read (vllm, ollama, llamacpp).
     reasoning_field: Literal["reasoning", "reasoning_content"] | None = None
     capabilities: CapabilityOverrides = CapabilityOverrides()
     # At most this many requests at once to this backend (default: the kind's, e.g. RWKV-Runner 1;
