@@ -30,6 +30,7 @@ import uuid
 from aiohttp import web
 
 from tests.doubles import openai_extras as extras  # tool calls, idle sleep
+from tests.doubles.ollama.tokens import schema_instance  # what a schema-constrained model answers
 
 
 class State:
@@ -55,6 +56,9 @@ def error(status: int, message: str, etype: str, param: str | None = None, code:
 def answer_text(st: State, body: dict, ctl: dict) -> str:
     if "text" in ctl:
         return ctl["text"]
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":  # vLLM constrains to the schema
+        return json.dumps(schema_instance((fmt.get("json_schema") or {}).get("schema")))
     return f"Hello from {st.name}, this is a streamed answer"
 
 
