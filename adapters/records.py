@@ -16,9 +16,16 @@ from gateway.errors import UpstreamProtocolError
 MAX_RECORD_BYTES = 8 * 1024 * 1024  # one LLM stream event is a few hundred bytes; 8 MiB is not a stream
 
 
+def set_max_record_bytes(n: int) -> None:
+    """upstream.max_event_bytes, set once at start (the relay in gateway/streaming.py reads it too)."""
+    global MAX_RECORD_BYTES
+    MAX_RECORD_BYTES = n
+
+
 async def records(chunks: AsyncIterator[bytes], sep: bytes, *, tail: bool = False,
-                  limit: int = MAX_RECORD_BYTES) -> AsyncIterator[bytes]:
+                  limit: int | None = None) -> AsyncIterator[bytes]:
     """Each complete record (without `sep`) as it arrives; with `tail`, also what is left at the end."""
+    limit = limit or MAX_RECORD_BYTES
     buf = bytearray()
     for_sep = len(sep) - 1
     async for data in chunks:
@@ -31,7 +38,7 @@ async def records(chunks: AsyncIterator[bytes], sep: bytes, *, tail: bool = Fals
         if start:
             del buf[:start]
         if len(buf) > limit:
-            raise UpstreamProtocolError(f"the backend sent a stream record larger than {limit // (1024 * 1024)} MiB "
+            raise UpstreamProtocolError(f"the backend sent a stream record larger than {limit} bytes "
                                         "without its delimiter")
     if tail and buf:
         yield bytes(buf)

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from gateway.http1_conn import (  # noqa: F401 (the client's errors are imported from here)
     ConnectFailed,
+    MAX_HEADER_BYTES,
     ConnectionClosed,
     Origin,
     PoolTimeout,
@@ -92,7 +93,7 @@ class Pool:
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int,
                  max_idle_per_origin: int = 512, total_timeout: float | None = None,
                  first_byte_timeout: float | None = None, pool_timeout: float = 10.0,
-                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_response_bytes: int = 64 * 1024 * 1024, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.total_timeout = total_timeout
@@ -101,6 +102,7 @@ class Pool:
         self.max_idle = max_idle_per_origin
         self.pool_timeout = pool_timeout
         self.max_response_bytes = max_response_bytes
+        self.max_header_bytes = max_header_bytes  # an answer's status line + headers (http1_conn)
         self.loop = asyncio.get_running_loop()
         self.idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self.origins: dict[str, tuple[Origin, bytes]] = {}

@@ -129,10 +129,10 @@ class _Conn(asyncio.Protocol):
                 # mid-message for the next request, whose answer would then be eaten (or replaced).
                 self.abort()
                 return
-            if self.head_in > MAX_HEADER_BYTES:
+            if self.head_in > self.pool.max_header_bytes:
                 # httptools holds an unfinished status line or field in memory; one that never ends
                 # (no CRLF) must not grow it further. Earlier reads only: the bound is cap + one read.
-                self._fail(ProtocolError(f"the answer's headers exceed {MAX_HEADER_BYTES} bytes"))
+                self._fail(ProtocolError(f"the answer's headers exceed {self.pool.max_header_bytes} bytes"))
                 self.abort()
                 return
             self.head_in += len(data)
@@ -171,8 +171,8 @@ class _Conn(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > MAX_HEADER_BYTES:
-            self._fail(ProtocolError(f"the answer's headers exceed {MAX_HEADER_BYTES} bytes"))
+        if self.header_bytes > self.pool.max_header_bytes:
+            self._fail(ProtocolError(f"the answer's headers exceed {self.pool.max_header_bytes} bytes"))
             raise _Unexpected
         if self.phase == BODY:  # a trailer field (RFC 9112 7.1.2): not part of the answer's headers
             return

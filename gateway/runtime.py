@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
-from adapters import get_adapter
+from adapters import get_adapter, records
 from adapters.base import BackendTarget, State
 from gateway.auth import KeyRing
 from gateway.backends import BackendRuntime
@@ -31,7 +31,9 @@ class Gateway:
                                  total_timeout=u.total_timeout, max_connections=u.max_connections,
                                  first_byte_timeout=u.first_byte_timeout, pool_timeout=u.pool_timeout,
                                  max_response_bytes=u.max_response_bytes,
-                                 probe_connections=settings.health.max_connections)
+                                 probe_connections=settings.health.max_connections,
+                                 max_header_bytes=u.max_header_bytes)
+        records.set_max_record_bytes(u.max_event_bytes)  # process-wide: one gateway per process
         self.stream_keepalive = u.stream_keepalive
         self.affinity = settings.routing.affinity
         self.affinity_from_user = settings.routing.affinity_from_user

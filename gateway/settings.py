@@ -90,6 +90,10 @@ class UpstreamSettings(Strict):
     pool_timeout: float = Field(10.0, gt=0)
     # Largest non-stream answer (or error body) the gateway buffers from a backend; more is a 502.
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # An answer's status line + headers; more is a 502 (a broken or hostile server).
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    # One stream event (SSE, or a native NDJSON / NUL-delimited record); more is a 502 or an error event.
+    max_event_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
     # Attempts per request on other deployments when one fails before any byte reached the client.
     max_attempts: int = Field(2, ge=1, le=10)
     # No new attempt starts once this many seconds have passed since the request arrived.
@@ -140,6 +144,7 @@ class CapabilityOverrides(Strict):
     logprobs: bool | None = None
     n: bool | None = None
     structured_output: bool | None = None
+    responses: bool | None = None  # false: a server build without POST /v1/responses (cannot turn it on)
 
 
 class RWKVLoad(Strict):

@@ -16,14 +16,13 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from adapters.base import openai_usage
-from adapters.records import MAX_RECORD_BYTES
+from adapters.base import openai_usage, responses_usage
+from adapters import records as _records  # MAX_RECORD_BYTES: upstream.max_event_bytes, read when used
 from gateway.errors import GatewayError
 
 ASGISend = Any
 T = TypeVar("T")
 DONE_EVENT = b"data: [DONE]\n\n"
-MAX_EVENT_BYTES = MAX_RECORD_BYTES  # a single SSE event larger than this is not an LLM stream
 _EVENT_SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
 
 
@@ -89,6 +88,43 @@ class StreamTap:
                     self.prompt_tokens, self.completion_tokens = usage
                     if self.strip_usage and doc.get("choices") == [] and "usage" in doc:
                         return False
+        return True
+
+
+# A Responses API stream (POST /v1/responses) has no [DONE]: one of these events ends it, carrying
+# the whole response and its usage. In a data line only as the `type` value (quotes in text are escaped).
+RESPONSES_END = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+
+
+class ResponsesTap(StreamTap):
+    """The tap of a Responses API stream: typed `event:`/`data:` events relayed untouched, done at
+    its terminal event, usage from that event's `response.usage`."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(False, (*RESPONSES_END, b'"type":"error"'), responses_usage)
+
+    def _observe(self, event: bytes) -> bool:
+        for line in event.splitlines():
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data.startswith(b'{"error"'):  # the gateway's own envelope, or a backend's pre-typed one
+                self.error = True
+            elif any(m in data for m in self.markers):
+                try:
+                    doc = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    continue
+                kind = doc.get("type") if type(doc) is dict else None
+                if kind == "error":
+                    self.error = True
+                elif kind in ("response.completed", "response.incomplete", "response.failed"):
+                    self.done = True
+                    usage = responses_usage(doc)
+                    if usage is not None:
+                        self.prompt_tokens, self.completion_tokens = usage
         return True
 
 
@@ -177,9 +213,9 @@ class Relay:
             if end != len(chunk):
                 self.pending = chunk[end:]
                 chunk = chunk[:end]
-                if len(self.pending) > MAX_EVENT_BYTES:
-                    raise GatewayError("upstream sent an SSE event larger than 8 MiB", status=502,
-                                       code="upstream_protocol_error")
+                if len(self.pending) > _records.MAX_RECORD_BYTES:
+                    raise GatewayError(f"upstream sent an SSE event larger than {_records.MAX_RECORD_BYTES} bytes",
+                                       status=502, code="upstream_protocol_error")
                 if not chunk:
                     return b""
         if self.rewrite is not None:
@@ -269,7 +305,7 @@ async def peek_first_event(source: AsyncIterator[bytes]) -> bytes:
         buf += chunk
         if complete_end(buf):
             return buf
-        if len(buf) > MAX_EVENT_BYTES:
+        if len(buf) > _records.MAX_RECORD_BYTES:
             break
     return buf
 

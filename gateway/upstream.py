@@ -21,7 +21,8 @@ class Upstream:
 
     def __init__(self, *, connect_timeout: float, read_timeout: float, total_timeout: float | None,
                  max_connections: int, first_byte_timeout: float | None = None, pool_timeout: float = 10.0,
-                 max_response_bytes: int = 64 * 1024 * 1024, probe_connections: int = 64) -> None:
+                 max_response_bytes: int = 64 * 1024 * 1024, probe_connections: int = 64,
+                 max_header_bytes: int = 64 * 1024) -> None:
         self.first_byte_timeout = first_byte_timeout
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -29,6 +30,7 @@ class Upstream:
         self.max_connections = max_connections
         self.pool_timeout = pool_timeout
         self.max_response_bytes = max_response_bytes
+        self.max_header_bytes = max_header_bytes
         self.probe_connections = probe_connections
         self._pool: http1.Pool | None = None
         self._probe_pool: http1.Pool | None = None
@@ -37,11 +39,12 @@ class Upstream:
         self._pool = http1.Pool(connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                                 max_connections=self.max_connections, total_timeout=self.total_timeout,
                                 first_byte_timeout=self.first_byte_timeout, pool_timeout=self.pool_timeout,
-                                max_response_bytes=self.max_response_bytes)
+                                max_response_bytes=self.max_response_bytes, max_header_bytes=self.max_header_bytes)
         # Probes are small and few: a separate budget, so requests cannot starve them.
         self._probe_pool = http1.Pool(connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                                       max_connections=self.probe_connections, max_idle_per_origin=4,
-                                      pool_timeout=self.pool_timeout, max_response_bytes=self.max_response_bytes)
+                                      pool_timeout=self.pool_timeout, max_response_bytes=self.max_response_bytes,
+                                      max_header_bytes=self.max_header_bytes)
 
     async def close(self) -> None:
         for pool in (self._pool, self._probe_pool):

@@ -57,7 +57,7 @@ def endless(total: int, piece: int = 64 * 1024, fill: bytes = b"x") -> AsyncIter
 
 
 def test_a_record_without_its_delimiter_is_cut_off_at_the_limit() -> None:
-    with pytest.raises(UpstreamProtocolError, match="larger than 8 MiB"):
+    with pytest.raises(UpstreamProtocolError, match=f"larger than {MAX_RECORD_BYTES} bytes"):
         asyncio.run(collect(records(endless(MAX_RECORD_BYTES + 2 * 64 * 1024), b"\n")))
     # Just under the limit, then the delimiter: one record, whole.
     async def under() -> AsyncIterator[bytes]:
@@ -72,7 +72,7 @@ def test_a_record_without_its_delimiter_is_cut_off_at_the_limit() -> None:
 def test_every_native_translator_refuses_an_endless_record(kind: str) -> None:
     src = endless(MAX_RECORD_BYTES + 2 * 64 * 1024, fill=b"a")
     if kind == "ollama":
-        it = _ndjson_to_sse(Endpoint.CHAT, src, "m")
+        it = _ndjson_to_sse(Endpoint.CHAT, src, "m", "reasoning_content")
     elif kind == "fastchat":
         it = _cumulative_to_sse(Endpoint.CHAT, src, "m")
     else:
@@ -88,7 +88,7 @@ def test_translators_still_translate_records_split_mid_way() -> None:
                   "done_reason": "stop", "prompt_eval_count": 3, "eval_count": 2})
     data = b"".join(orjson.dumps(x) + b"\n" for x in lines)
     out = b"".join(asyncio.run(collect(_ndjson_to_sse(Endpoint.CHAT, pieces(data, list(range(1, len(data), 7))),
-                                                      "m"))))
+                                                      "m", "reasoning_content"))))
     events = [orjson.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]) == "Hello"
     assert out.endswith(b"data: [DONE]\n\n")
@@ -96,3 +96,24 @@ def test_translators_still_translate_records_split_mid_way() -> None:
     out = b"".join(asyncio.run(collect(_cumulative_to_sse(Endpoint.CHAT, pieces(nul, [3, 9, 20, 31]), "m"))))
     events = [orjson.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]) == "Hi there"
+
+
+def test_the_limits_are_config_keys() -> None:
+    """upstream.max_event_bytes reaches the record splitter and the relay; max_header_bytes the pools."""
+    from adapters import records as records_module
+    from gateway.runtime import Gateway
+    from gateway.settings import GatewaySettings
+
+    async def run() -> None:
+        gw = Gateway(GatewaySettings(upstream={"max_event_bytes": 65536, "max_header_bytes": 4096}))
+        await gw.upstream.start()
+        try:
+            assert gw.upstream.pool.max_header_bytes == 4096
+            assert records_module.MAX_RECORD_BYTES == 65536
+            with pytest.raises(UpstreamProtocolError, match="larger than 65536 bytes"):
+                await collect(records(endless(200 * 1024, piece=1024), b"\n"))
+        finally:
+            await gw.upstream.close()
+            records_module.set_max_record_bytes(MAX_RECORD_BYTES)
+
+    asyncio.run(run())
