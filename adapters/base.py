@@ -19,6 +19,7 @@ class Endpoint(enum.StrEnum):
     CHAT = "chat"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"  # OpenAI's Responses API, passed through to servers that implement it
 
 
 class State(enum.StrEnum):
@@ -47,6 +48,8 @@ class Capabilities:
     n: bool = True  # n > 1
     structured_output: bool = True  # response_format json_object / json_schema
     stream_usage: bool = True  # honours stream_options.include_usage
+    # POST /v1/responses forwarded as sent: off unless the kind's server implements it (and its adapter forwards it)
+    responses: bool = False
     max_concurrency: int | None = None
 
 
@@ -117,6 +120,17 @@ def openai_usage(doc: dict[str, Any]) -> tuple[int, int] | None:
     usage = doc.get("usage")
     if type(usage) is dict:
         p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        return (p if type(p) is int else 0, c if type(c) is int else 0)
+    return None
+
+
+def responses_usage(doc: dict[str, Any]) -> tuple[int, int] | None:
+    """(input_tokens, output_tokens) of a Responses API answer, or of its stream's terminal event
+    (`response.completed` and the like carry the whole response, usage included)."""
+    resp = doc.get("response") if "response" in doc else doc
+    usage = resp.get("usage") if type(resp) is dict else None
+    if type(usage) is dict:
+        p, c = usage.get("input_tokens"), usage.get("output_tokens")
         return (p if type(p) is int else 0, c if type(c) is int else 0)
     return None
 

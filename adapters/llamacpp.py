@@ -40,7 +40,7 @@ LOAD_METRICS = ("llamacpp:requests_processing", "llamacpp:requests_deferred")
 class LlamaCppAdapter(OpenAICompatibleAdapter):
     kind: ClassVar[str] = "llamacpp"
     default_ports: ClassVar[tuple[int, ...]] = (8080,)
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: ClassVar[Capabilities] = Capabilities(responses=True)  # 0c1e57098 serves POST /v1/responses
     usage_markers: ClassVar[tuple[bytes, ...]] = (b'"usage"', b'"timings"')
 
     def __init__(self, target: Any) -> None:

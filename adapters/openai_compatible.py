@@ -16,6 +16,7 @@ from adapters.base import (
     Adapter,
     client_asked_usage,
     BackendTarget,
+    Capabilities,
     Endpoint,
     Fetch,
     Probe,
@@ -24,7 +25,7 @@ from adapters.base import (
     UpstreamRequest,
 )
 from adapters.media_policy import refuse_media_links
-from gateway.errors import GatewayError, status_error
+from gateway.errors import CapabilityMissing, GatewayError, InvalidRequest, status_error
 from gateway.jsonio import dumps
 
 # The error types OpenAI documents; anything else an upstream invents is replaced by the
@@ -37,10 +38,12 @@ OPENAI_ERROR_TYPES = frozenset({
 
 class OpenAICompatibleAdapter(Adapter):
     kind: ClassVar[str] = "openai"
+    capabilities: ClassVar[Capabilities] = Capabilities(responses=True)  # OpenAI's own API has it
     paths: ClassVar[dict[Endpoint, str]] = {
         Endpoint.CHAT: "/v1/chat/completions",
         Endpoint.COMPLETIONS: "/v1/completions",
         Endpoint.EMBEDDINGS: "/v1/embeddings",
+        Endpoint.RESPONSES: "/v1/responses",
     }
     models_path: ClassVar[str] = "/v1/models"
 
@@ -58,6 +61,8 @@ class OpenAICompatibleAdapter(Adapter):
                       stream: bool) -> UpstreamRequest:
         # `body` is this request's own parsed dict: patching it in place is safe and cheap.
         body["model"] = upstream_model
+        if endpoint is Endpoint.RESPONSES:
+            return self.responses_request(body, stream)
         strip = False
         if stream and self.stream_usage:
             if not client_asked_usage(body):
@@ -68,6 +73,21 @@ class OpenAICompatibleAdapter(Adapter):
         if self.target.media_urls == "data_only":  # backends fetch media links themselves (SSRF)
             refuse_media_links(body)
         return UpstreamRequest("POST", self.urls[endpoint], self.headers, dumps(body), stream, strip)
+
+    def responses_request(self, body: dict[str, Any], stream: bool) -> UpstreamRequest:
+        """POST /v1/responses as the client sent it, but for `model`. No stream_options patch: the
+        Responses API reports usage in its `response.completed` event anyway."""
+        if not self.capabilities.responses:  # TGI, RWKV-Runner: their servers have no such route
+            raise CapabilityMissing(f"backend {self.target.name} ({self.kind}) does not serve the Responses API "
+                                    "(POST /v1/responses)", param="input")
+        if self.target.media_urls == "data_only" and isinstance(body.get("input"), list):
+            try:  # input items hold content parts as chat messages do
+                refuse_media_links({"messages": body["input"]})
+            except InvalidRequest as err:
+                err.param = err.param and "input" + err.param.removeprefix("messages")
+                err.message = err.message.replace("messages[", "input[")
+                raise
+        return UpstreamRequest("POST", self.urls[Endpoint.RESPONSES], self.headers, dumps(body), stream, False)
 
     # -- errors -----------------------------------------------------------------------------
     def map_error(self, status: int, body: bytes) -> GatewayError:

@@ -36,7 +36,8 @@ LOAD_METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:
 class VLLMAdapter(OpenAICompatibleAdapter):
     kind: ClassVar[str] = "vllm"
     default_ports: ClassVar[tuple[int, ...]] = (8000,)
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    # POST /v1/responses: VL entrypoints/openai/responses/api_router.py:48
+    capabilities: ClassVar[Capabilities] = Capabilities(responses=True)
 
     def __init__(self, target: Any) -> None:
         super().__init__(target)

@@ -1,7 +1,7 @@
 """The app factory: the whole request path on one screen.
 
     client -> GatewayApp (raw ASGI)
-                ├─ POST /v1/chat/completions, /v1/completions, /v1/embeddings -> api.proxy.ProxyEndpoint
+                ├─ POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses -> api.proxy.ProxyEndpoint
                 │     auth -> body -> routing fields -> route -> balancer -> adapter -> upstream -> relay
                 └─ everything else -> FastAPI: /v1/models, /healthz, /readyz, /metrics, /admin/backends
     lifespan: upstream client pool, autodiscovery (zero-config), first probe round, health monitor
@@ -43,7 +43,7 @@ class GatewayApp:
         self.gateway = gw
         self.hot: dict[str, ProxyEndpoint] = {}
         for ep, path in ((Endpoint.CHAT, "/chat/completions"), (Endpoint.COMPLETIONS, "/completions"),
-                         (Endpoint.EMBEDDINGS, "/embeddings")):
+                         (Endpoint.EMBEDDINGS, "/embeddings"), (Endpoint.RESPONSES, "/responses")):
             handler = ProxyEndpoint(gw, ep)
             self.hot["/v1" + path] = handler
             self.hot[path] = handler  # clients configured with a base URL lacking /v1

@@ -19,7 +19,8 @@ from gateway.errors import InvalidRequest
 from gateway.jsonio import may_hold_big_int
 
 # The field each endpoint cannot do without, besides `model`.
-REQUIRED_INPUT = {Endpoint.CHAT: "messages", Endpoint.COMPLETIONS: "prompt", Endpoint.EMBEDDINGS: "input"}
+REQUIRED_INPUT = {Endpoint.CHAT: "messages", Endpoint.COMPLETIONS: "prompt", Endpoint.EMBEDDINGS: "input",
+                  Endpoint.RESPONSES: "input"}
 
 
 _NOT_JSON = "We could not parse the JSON body of your request: it is not valid JSON."

@@ -53,7 +53,7 @@ def fuzzed_gateway(module_spawn: Spawner) -> Iterator[Gateway]:
     got = up.requests()
     assert got, "no fuzzed request reached the backend: the answers' schemas went unchecked"
     for r in got:
-        assert r["path"] in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings") and \
+        assert r["path"] in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses") and \
             r["body"]["model"] == MODEL, r
     counts = "; ".join(f"{op} {dict(sorted(c.items()))}" for op, c in sorted(SEEN.items()))
     log.info("schemathesis: %.1f s; statuses per operation: %s", elapsed, counts)
@@ -89,7 +89,7 @@ def test_api_against_its_schema(case: schemathesis.Case) -> None:
 def test_inference_endpoints_are_published(fuzzed_gateway: Gateway) -> None:
     doc = httpx.get(fuzzed_gateway.url + "/openapi.json").json()
     for path, required in (("/v1/chat/completions", ["model", "messages"]), ("/v1/completions", ["model", "prompt"]),
-                           ("/v1/embeddings", ["model", "input"])):
+                           ("/v1/embeddings", ["model", "input"]), ("/v1/responses", ["model", "input"])):
         op = doc["paths"][path]["post"]
         body = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
         shape = doc["components"]["schemas"][body]

@@ -1,6 +1,6 @@
 """The inference endpoints in the OpenAPI document.
 
-POST /v1/chat/completions, /v1/completions and /v1/embeddings are raw ASGI (gateway/api/proxy.py),
+POST /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/responses are raw ASGI (gateway/api/proxy.py),
 so FastAPI cannot see them: this fragment describes them and is merged into FastAPI's schema.
 Each request schema says exactly what gateway/protocol.py checks (a wrong value there is a 400),
 and allows every other property, which the gateway forwards untouched for the backend to judge.
@@ -83,6 +83,20 @@ def request_schemas(models: list[str]) -> dict[str, dict[str, Any]]:
                            "stream": {**_nullable({"type": "boolean"}), "description": "Ignored: never a stream."},
                            "n": N},
         },
+        "ResponseRequest": {
+            "type": "object", "required": ["model", "input"], "additionalProperties": True,
+            "description": "OpenAI's Responses API, passed through to backends whose server implements it "
+                           "(a 400 `unsupported_parameter` for a model served by no such backend). Checked: the "
+                           "fields below. Every other field (instructions, tools, max_output_tokens, ...) is "
+                           "forwarded untouched.",
+            "properties": {"model": model,
+                           "input": _text_or_array("The input: a string or an array of input items"),
+                           "stream": {**STREAM, "description": "true: the answer comes as server-sent events "
+                                      "(`event: response.*` + `data: {...}`), ending with `response.completed` "
+                                      "(or `response.incomplete` / `response.failed`); no `[DONE]`."},
+                           "stream_options": STREAM_OPTIONS},
+            **STREAM_OPTIONS_NEED_STREAM,
+        },
     }
 
 
@@ -120,6 +134,15 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                 "properties": {"index": {"type": "integer"}, "object": {"const": "embedding"},
                                "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}},
                                                        {"type": "string"}]}}}}}},
+    "Response": {
+        "type": "object", "required": ["id", "object", "output"], "additionalProperties": True,
+        "properties": {"id": {"type": "string"}, "object": {"const": "response"}, "model": {"type": "string"},
+                       "status": {"type": "string"},
+                       "output": {"type": "array", "items": {"type": "object", "additionalProperties": True}},
+                       "usage": _nullable({"type": "object", "additionalProperties": True,
+                                           "properties": {"input_tokens": {"type": "integer"},
+                                                          "output_tokens": {"type": "integer"},
+                                                          "total_tokens": {"type": "integer"}}})}},
     "EventStream": {  # one event of the stream (comments such as `: keepalive` are none)
         "type": "object", "required": ["data"], "additionalProperties": True,
         "description": "One server-sent event: `data: <chunk JSON>`; an error after the answer began as "
@@ -180,6 +203,7 @@ def inference_paths() -> dict[str, Any]:
                                                     True)},
         "/v1/completions": {"post": _operation("Text completion", "CompletionRequest", "Completion", True)},
         "/v1/embeddings": {"post": _operation("Embeddings", "EmbeddingRequest", "EmbeddingList", False)},
+        "/v1/responses": {"post": _operation("Response (Responses API)", "ResponseRequest", "Response", True)},
     }
 
 

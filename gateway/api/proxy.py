@@ -16,7 +16,7 @@ import time
 import weakref
 from typing import Any
 
-from adapters.base import Endpoint
+from adapters.base import Endpoint, responses_usage
 from gateway.api.asgi import (CLOSE, BodyRead, BodySlots, ClientGone, DisconnectWatch, Receive, Scope, Send, header,
                               is_json_media_type, send_error, send_json)
 from gateway.api.client_writer import client_transport
@@ -28,8 +28,8 @@ from gateway.jsonio import loads_or_none
 from gateway.protocol import parse_body, routing_fields
 from gateway.routing import Deployment, Route
 from gateway.runtime import Gateway
-from gateway.streaming import (DONE_EVENT, StreamTap, await_with_keepalives, peek_first_event, relay_events,
-                               stream_end)
+from gateway.streaming import (DONE_EVENT, ResponsesTap, StreamTap, await_with_keepalives, peek_first_event,
+                               relay_events, stream_end)
 from gateway.upstream import map_transport_errors
 
 log = logging.getLogger("gateway.proxy")
@@ -141,6 +141,7 @@ class ProxyEndpoint:
         self.gw = gw
         self.endpoint = endpoint
         self.label = endpoint.value
+        self.responses = endpoint is Endpoint.RESPONSES  # its own usage shape and stream end (no [DONE])
         sh = shared(gw)
         self.body_slots = sh.body_slots
         self.health = sh.health
@@ -346,7 +347,8 @@ class ProxyEndpoint:
                     data = adapter.translate_body(self.endpoint, await resp.read(), resp.headers, req)
                 if b'"usage"' in data:
                     doc = loads_or_none(data)
-                    usage = adapter.extract_usage(doc) if type(doc) is dict else None
+                    extract = responses_usage if self.responses else adapter.extract_usage
+                    usage = extract(doc) if type(doc) is dict else None
                     if usage is not None:
                         m.observe_usage(model, b.name, *usage)
                 watch.finished = True
@@ -370,7 +372,8 @@ class ProxyEndpoint:
                             "more_body": True})
             else:
                 await start_sse(send, reply, b.name)
-            tap = StreamTap(req.strip_usage, adapter.usage_markers, adapter.extract_usage)
+            tap = ResponsesTap() if self.responses else StreamTap(req.strip_usage, adapter.usage_markers,
+                                                                  adapter.extract_usage)
             failure: GatewayError | None = None
             try:
                 with map_transport_errors(b.name):

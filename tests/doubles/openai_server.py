@@ -17,6 +17,7 @@ on), POST /_reset, POST /_loading?on=1|0 (every route but the hooks answers llam
 Wire format follows backends.md part A §2 (vLLM 0.33): role chunk with content "", content chunks,
 a finish chunk, the usage chunk (choices: []) only with stream_options.include_usage, then
 `data: [DONE]`; unknown model -> 404 NotFoundError; stream_options without stream -> 400.
+POST /v1/responses: tests/doubles/openai_responses.py.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import uuid
 from aiohttp import web
 
 from tests.doubles import openai_extras as extras  # tool calls, idle sleep
+from tests.doubles import openai_responses  # POST /v1/responses (vLLM's Responses API shapes)
 from tests.doubles.ollama.tokens import schema_instance  # what a schema-constrained model answers
 
 
@@ -118,6 +120,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         if kind == "embeddings":
             return await embeddings(st, body)
+        if kind == "responses":
+            return await openai_responses.answer(request, st, body, ctl, stream)
         if stream:
             return await stream_answer(request, st, body, ctl, kind)
         if ctl.get("hold"):
@@ -277,7 +281,7 @@ def make_app(name: str, models_: list[str], strict: bool, owned_by: str, hang: b
     app["fail_status"] = fail_status
     app["state"] = State(name, models_, strict, owned_by)
     app.router.add_post("/v1/chat/completions", handle)
-    app.router.add_route("POST", "/v1/{kind:completions|embeddings}", handle)
+    app.router.add_route("POST", "/v1/{kind:completions|embeddings|responses}", handle)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", lambda r: web.Response())
     app.router.add_get("/metrics", extras.metrics)
