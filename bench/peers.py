@@ -47,7 +47,7 @@ def start_litellm(work: Path, port: int, upstream: str,
         f"      api_base: {upstream}/v1\n"
         "      api_key: dummy\n"
         "litellm_settings:\n  telemetry: false\n"
-        "general_settings:\n  master_key: sk-bench\n")
+        "general_settings:\n  master_key: sk-bench-0123456789abcdef\n")
     env = {k: v for k, v in os.environ.items() if k not in
            ("DATABASE_URL", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
     # bundled price map (no fetch from the internet), no telemetry

@@ -1,6 +1,6 @@
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "sk-bench")
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "sk-bench-0123456789abcdef")
 wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"Hello, who are you?"}],"max_tokens":16}'
 done = function(summary, latency, requests)
   io.write(string.format("JSON {\"requests\":%d,\"duration_us\":%d,\"non2xx\":%d,\"errors\":%d,\"p50\":%d,\"p90\":%d,\"p99\":%d,\"mean\":%.1f}\n",

@@ -129,7 +129,7 @@ def gateway_config() -> Path:
     cfg = WORK / "gateway.yaml"
     cfg.write_text(json.dumps({
         "server": {"log_level": "warning"},
-        "auth": {"api_keys": ["sk-bench"]},
+        "auth": {"api_keys": ["sk-bench-0123456789abcdef"]},
         "backends": [{"name": "nginx", "kind": "openai", "url": f"http://127.0.0.1:{PORTS['nginx']}"},
                      {"name": "paced", "kind": "openai", "url": f"http://127.0.0.1:{PORTS['paced']}"}],
     }))
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gw = spawn([sys.executable, "-m", "gateway", "serve", "--config", str(gateway_config()),
                     "--port", str(PORTS["gateway"])], PROXY_CORE, "gateway")
         # The other checkout's gateway runs from its own directory (python -m imports from the cwd).
-        before = spawn([sys.executable, "-m", "gateway", "serve", "--config", str(gateway_config()), "--port",
+        prev_gw = spawn([sys.executable, "-m", "gateway", "serve", "--config", str(gateway_config()), "--port",
                         str(PORTS["gateway-before"])], PROXY_CORE, "gateway-before",
                        cwd=Path(args.compare)) if args.compare else None
         try:
@@ -164,8 +164,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res["gateway"] = measure(url, secs)
             targets = {"direct": f"http://127.0.0.1:{PORTS['paced']}{path}",
                        "nginx-proxy": f"http://127.0.0.1:{PORTS['nginx-proxy']}{path}", "gateway": url}
-            if before is not None:
-                wait_ready(f"http://127.0.0.1:{PORTS['gateway-before']}/readyz", before)
+            if prev_gw is not None:
+                wait_ready(f"http://127.0.0.1:{PORTS['gateway-before']}/readyz", prev_gw)
                 targets["gateway-before"] = f"http://127.0.0.1:{PORTS['gateway-before']}{path}"
                 res["gateway-before"] = measure(targets["gateway-before"], secs)
                 res["gateway-before"]["version"] = f"({args.compare})"
@@ -174,10 +174,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             s = streams(targets, 20 if args.quick else 100)
             res["direct"]["stream"], res["gateway"]["stream"] = s["direct"], s["gateway"]
             res["nginx-proxy"] = {"stream": s["nginx-proxy"]}
-            if before is not None:
+            if prev_gw is not None:
                 res["gateway-before"]["stream"] = s["gateway-before"]
-                stop(before)
-                before = None
+                stop(prev_gw)
+                prev_gw = None
             before = rss_kb(gw.pid)
             total, target = 0, (20_000 if args.quick else 200_000)
             while total < target:
@@ -186,8 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             stop(gw)
             stop(hop)
-            if before is not None:
-                stop(before)
+            if prev_gw is not None:
+                stop(prev_gw)
 
         for name in args.peers:
             peer = peers.PEERS[name]

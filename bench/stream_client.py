@@ -32,7 +32,7 @@ async def one(session: aiohttp.ClientSession, url: str, chunks: int, gap: float,
             "bench_chunks": chunks, "bench_gap_ms": gap}
     t0 = time.time_ns()
     first = None
-    async with session.post(url, json=body, headers={"Authorization": "Bearer sk-bench"}) as resp:
+    async with session.post(url, json=body, headers={"Authorization": "Bearer sk-bench-0123456789abcdef"}) as resp:
         async for data in resp.content.iter_any():
             now = time.time_ns()
             stamps = T_RE.findall(data)
