@@ -30,10 +30,10 @@ def fc(fastchat_cluster: dict, module_spawn: Spawner) -> tuple[Gateway, dict]:  
     return gw, fastchat_cluster
 
 
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+def wait_for(cond: Callable[[], bool], what: str | Callable[[], str], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what() if callable(what) else what
         time.sleep(0.02)
 
 
@@ -46,11 +46,14 @@ def generate_calls(worker: dict) -> int:  # type: ignore[type-arg]
     return proc.output().count(GENERATE)
 
 
-def busy(worker_url: str, model: str, n: int) -> list[threading.Thread]:
-    """n long generations on one worker, sent directly (streamed, so they do not count as GENERATE)."""
+def busy(worker_url: str, model: str, n: int, hold: threading.Event) -> list[threading.Thread]:
+    """n long generations on one worker, sent directly (streamed, so they do not count as GENERATE).
+    Each client reads nothing until `hold` is set: the worker's stream blocks once the socket buffers
+    fill, so its semaphore (queue_length) stays taken however fast or slow the machine is."""
     def run() -> None:
         with httpx.stream("POST", worker_url + "/worker_generate_stream", timeout=300, json={
                 "model": model, "prompt": "Hi", "temperature": 0, "max_new_tokens": 500, "echo": False}) as r:
+            hold.wait(300)
             for _ in r.iter_bytes():
                 pass
     threads = [threading.Thread(target=run) for _ in range(n)]
@@ -93,11 +96,12 @@ def test_load_is_the_sum_of_queues_and_the_least_busy_worker_serves(fc, quiet, b
     gw, cluster = fc
     workers, model = cluster["workers"], cluster["model"]
     other = 1 - busier
-    threads = busy(workers[busier]["url"], model, 3) + busy(workers[other]["url"], model, 1)
+    hold = threading.Event()
+    threads = busy(workers[busier]["url"], model, 3, hold) + busy(workers[other]["url"], model, 1, hold)
     try:
         # 3 + 1 running: only the sum of both workers' queue_length reads 4
         seen: list[float | None] = []
-        wait_for(lambda: seen.append(reported_load(gw)) or seen[-1] == 4.0, f"load 4 reported: {seen[-20:]}")
+        wait_for(lambda: seen.append(reported_load(gw)) or seen[-1] == 4.0, lambda: f"load 4 reported: {seen[-20:]}")
         calls = [generate_calls(w) for w in workers]
         r = httpx.post(gw.v1 + "/completions", headers=JSON, timeout=60,
                        json={"model": model, "prompt": "Once", "max_tokens": 2})
@@ -106,5 +110,6 @@ def test_load_is_the_sum_of_queues_and_the_least_busy_worker_serves(fc, quiet, b
         wait_for(lambda: generate_calls(workers[other]) == calls[other] + 1, "served by the less busy worker")
         assert generate_calls(workers[busier]) == calls[busier]
     finally:
+        hold.set()
         for t in threads:
             t.join(300)
