@@ -24,11 +24,12 @@ from starlette.requests import Request
 from adapters.base import Endpoint
 from gateway import __version__
 from gateway.api import models, openapi_doc, ops
-from gateway.api.asgi import Receive, Scope, Send, send_error
+from gateway.api.asgi import BodySlots, Receive, Scope, Send, send_error
 from gateway.api.proxy import ProxyEndpoint
 from gateway.autodiscover import Autodiscovery
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.health import HealthMonitor
+from gateway.passive_health import PassiveHealth
 from gateway.runtime import Gateway
 from gateway.settings import GatewaySettings
 
@@ -42,9 +43,13 @@ class GatewayApp:
         self.api = api
         self.gateway = gw
         self.hot: dict[str, ProxyEndpoint] = {}
+        s = gw.settings.server
+        # One body-slot budget and one failure count for the inference endpoints together.
+        slots = BodySlots(s.max_large_bodies, s.large_body_wait) if s.max_large_bodies else None
+        health = PassiveHealth(gw)
         for ep, path in ((Endpoint.CHAT, "/chat/completions"), (Endpoint.COMPLETIONS, "/completions"),
                          (Endpoint.EMBEDDINGS, "/embeddings"), (Endpoint.RESPONSES, "/responses")):
-            handler = ProxyEndpoint(gw, ep)
+            handler = ProxyEndpoint(gw, ep, slots, health)
             self.hot["/v1" + path] = handler
             self.hot[path] = handler  # clients configured with a base URL lacking /v1
 

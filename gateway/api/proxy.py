@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import time
-import weakref
 from typing import Any
 
 from adapters.base import Endpoint, responses_usage
@@ -21,10 +20,10 @@ from gateway.api.asgi import (CLOSE, BodyRead, BodySlots, ClientGone, Disconnect
                               is_json_media_type, send_error, send_json)
 from gateway.api.client_writer import client_transport
 from gateway.balancer import pick
-from gateway.backends import BackendRuntime
 from gateway.errors import GatewayError, Unauthorized, UnsupportedMediaType, UpstreamTimeout
 from gateway.http1 import Response
 from gateway.jsonio import loads_or_none
+from gateway.passive_health import PassiveHealth
 from gateway.protocol import parse_body, routing_fields
 from gateway.routing import Deployment, Route
 from gateway.runtime import Gateway
@@ -76,75 +75,15 @@ async def start_sse(send: Send, reply: Reply, backend: str | None) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
 
 
-class PassiveHealth:
-    """Passive ejection counts only failures that are the backend's (S6): 502/504 answers, and 500s
-    (any 5xx but 501 "not implemented" and 503 "busy/loading", which a live server says) and
-    timeouts of *distinct* requests. A 500 or a timeout may be the request's fault (malformed
-    input, a huge generation): the same body failing again, resent by a retrying client, counts
-    once. A refused connection takes the backend out at once (the dispatcher does that)."""
-
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.seen: dict[str, set[int]] = {}  # per backend: fingerprints counted in the current run
-
-    def failure(self, b: BackendRuntime, fingerprint: int | None, what: str, model: str) -> None:
-        """Count one failure; `fingerprint` None counts always, else once per run per request body.
-
-        On a backend serving several models (Ollama, a llama.cpp router) an answer that failed is
-        that model's failure (one model out of memory, the others fine): the run is counted per
-        model and ejects only that deployment; a refused connection still takes the backend out."""
-        per_model = len(b.served) > 1
-        key = f"{b.name}\0{model}" if per_model else b.name
-        run = b.model_errors.get(model, 0) if per_model else b.errors_in_row
-        seen = self.seen.get(key)
-        if seen is None or run == 0:  # a new run (a success or an ejection ended the last)
-            seen = self.seen[key] = set()
-        if fingerprint is not None:
-            if fingerprint in seen:
-                return
-            seen.add(fingerprint)
-        run += 1
-        if not per_model:
-            b.errors_in_row = run
-            if run >= self.gw.eject_after:
-                self.gw.mark_failed(b, f"{run} server errors in a row (last {what})")
-            return
-        b.model_errors[model] = run
-        if run >= self.gw.eject_after:
-            b.model_errors[model] = 0
-            b.ejected[model] = f"{run} server errors in a row (last {what})"
-            log.warning("backend %s: model %s taken out after %d server errors in a row (last %s); "
-                        "its other models keep serving", b.name, model, run, what)
-
-
-class Shared:
-    """What the three inference endpoints of one gateway share."""
-
-    def __init__(self, gw: Gateway) -> None:
-        s = gw.settings.server
-        self.body_slots = BodySlots(s.max_large_bodies, s.large_body_wait) if s.max_large_bodies else None
-        self.health = PassiveHealth(gw)
-
-
-_shared: weakref.WeakKeyDictionary[Gateway, Shared] = weakref.WeakKeyDictionary()
-
-
-def shared(gw: Gateway) -> Shared:
-    sh = _shared.get(gw)
-    if sh is None:
-        sh = _shared[gw] = Shared(gw)
-    return sh
-
-
 class ProxyEndpoint:
-    def __init__(self, gw: Gateway, endpoint: Endpoint) -> None:
+    def __init__(self, gw: Gateway, endpoint: Endpoint, body_slots: BodySlots | None,
+                 health: PassiveHealth) -> None:
         self.gw = gw
         self.endpoint = endpoint
         self.label = endpoint.value
         self.responses = endpoint is Endpoint.RESPONSES  # its own usage shape and stream end (no [DONE])
-        sh = shared(gw)
-        self.body_slots = sh.body_slots
-        self.health = sh.health
+        self.body_slots = body_slots  # shared by the inference endpoints of one gateway
+        self.health = health
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
