@@ -12,6 +12,7 @@ import jsonschema
 import openai
 import pytest
 
+from tests.agent_turns import assistant_turn
 from tests.procs import Double, Gateway, Spawner
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -152,31 +153,9 @@ def test_in_band_validation_error_stays_a_client_error(tgi: tuple[Double, Gatewa
 
 
 # -- agent loop: tools, results with tool_call_ids, follow-up answer -----------------------------
-def run_turn(client: openai.OpenAI, messages: list[dict], stream: bool, **kw: Any) -> tuple[str | None, list[dict],
-                                                                                           str | None]:
-    """One assistant turn: (content, tool_calls as dicts, finish_reason), streamed or not."""
-    if not stream:
-        r = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, **kw)  # type: ignore
-        m = r.choices[0].message
-        return m.content, [tc.model_dump(include={"id", "type", "function"}) for tc in m.tool_calls or []], \
-            r.choices[0].finish_reason
-    calls: dict[int, dict] = {}
-    text, finish = "", None
-    for c in client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, stream=True,  # type: ignore
-                                            **kw):
-        if not c.choices:
-            continue
-        d = c.choices[0].delta
-        text += d.content or ""
-        for tc in d.tool_calls or []:  # merged by index, as the SDK's accumulator and LangChain do
-            slot = calls.setdefault(tc.index, {"id": None, "type": "function",
-                                               "function": {"name": "", "arguments": ""}})
-            slot["id"] = slot["id"] or tc.id
-            if tc.function:
-                slot["function"]["name"] += tc.function.name or ""
-                slot["function"]["arguments"] += tc.function.arguments or ""
-        finish = c.choices[0].finish_reason or finish
-    return text or None, [calls[i] for i in sorted(calls)], finish
+def run_turn(client: openai.OpenAI, messages: list[dict], stream: bool, **kw: Any) -> tuple[Any, list[dict], Any]:
+    """One assistant turn with this module's TOOLS (tests/agent_turns.py)."""
+    return assistant_turn(client, MODEL, TOOLS, messages, stream, **kw)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from tests.agent_turns import assistant_turn
 from tests.backends_under_test import BackendUnderTest
 from tests.procs import Spawner
 
@@ -111,29 +112,8 @@ TOOLS = [{"type": "function", "function": {"name": n, "parameters": {
 
 
 def turn(client: openai.OpenAI, messages: list[dict], stream: bool, **kw: Any) -> tuple[Any, list[dict], Any]:
-    """(content, tool calls as dicts, finish_reason) of one assistant turn."""
-    if not stream:
-        r = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, **kw)  # type: ignore
-        m = r.choices[0].message
-        return m.content, [tc.model_dump(include={"id", "type", "function"}) for tc in m.tool_calls or []], \
-            r.choices[0].finish_reason
-    calls: dict[int, dict] = {}
-    text, finish = "", None
-    for c in client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, stream=True,  # type: ignore
-                                            **kw):
-        if not c.choices:
-            continue
-        d = c.choices[0].delta
-        text += d.content or ""
-        for tc in d.tool_calls or []:  # merged by index, as the SDK's accumulator and LangChain do
-            slot = calls.setdefault(tc.index, {"id": None, "type": "function",
-                                               "function": {"name": "", "arguments": ""}})
-            slot["id"] = slot["id"] or tc.id
-            if tc.function:
-                slot["function"]["name"] += tc.function.name or ""
-                slot["function"]["arguments"] += tc.function.arguments or ""
-        finish = c.choices[0].finish_reason or finish
-    return text or None, [calls[i] for i in sorted(calls)], finish
+    """One assistant turn with this module's TOOLS (tests/agent_turns.py)."""
+    return assistant_turn(client, MODEL, TOOLS, messages, stream, **kw)
 
 
 @pytest.mark.parametrize("stream", [False, True])
