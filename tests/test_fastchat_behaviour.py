@@ -46,16 +46,18 @@ def generate_calls(worker: dict) -> int:  # type: ignore[type-arg]
     return proc.output().count(GENERATE)
 
 
-def busy(worker_url: str, model: str, n: int, hold: threading.Event) -> list[threading.Thread]:
-    """n long generations on one worker, sent directly (streamed, so they do not count as GENERATE).
-    Each client reads nothing until `hold` is set: the worker's stream blocks once the socket buffers
-    fill, so its semaphore (queue_length) stays taken however fast or slow the machine is."""
+def busy(worker_url: str, model: str, n: int, stop: threading.Event) -> list[threading.Thread]:
+    """n generations kept running on one worker, sent directly (streamed, so they do not count as
+    GENERATE), each followed at once by the next until `stop` is set. One generation cannot be held
+    open: a never-read stream of this worker (2.7 MB with logprobs) fits whole in loopback socket
+    buffers, so it finishes and frees the worker's semaphore however slowly the client reads. Back to
+    back, the worker's queue_length is n except for the moment between two of them."""
     def run() -> None:
-        with httpx.stream("POST", worker_url + "/worker_generate_stream", timeout=300, json={
-                "model": model, "prompt": "Hi", "temperature": 0, "max_new_tokens": 500, "echo": False}) as r:
-            hold.wait(300)
-            for _ in r.iter_bytes():
-                pass
+        while not stop.is_set():
+            with httpx.stream("POST", worker_url + "/worker_generate_stream", timeout=300, json={
+                    "model": model, "prompt": "Hi", "temperature": 0, "max_new_tokens": 500, "echo": False}) as r:
+                for _ in r.iter_bytes():
+                    pass
     threads = [threading.Thread(target=run) for _ in range(n)]
     for t in threads:
         t.start()
@@ -96,8 +98,8 @@ def test_load_is_the_sum_of_queues_and_the_least_busy_worker_serves(fc, quiet, b
     gw, cluster = fc
     workers, model = cluster["workers"], cluster["model"]
     other = 1 - busier
-    hold = threading.Event()
-    threads = busy(workers[busier]["url"], model, 3, hold) + busy(workers[other]["url"], model, 1, hold)
+    stop = threading.Event()
+    threads = busy(workers[busier]["url"], model, 3, stop) + busy(workers[other]["url"], model, 1, stop)
     try:
         # 3 + 1 running: only the sum of both workers' queue_length reads 4
         seen: list[float | None] = []
@@ -110,6 +112,6 @@ def test_load_is_the_sum_of_queues_and_the_least_busy_worker_serves(fc, quiet, b
         wait_for(lambda: generate_calls(workers[other]) == calls[other] + 1, "served by the less busy worker")
         assert generate_calls(workers[busier]) == calls[busier]
     finally:
-        hold.set()
+        stop.set()
         for t in threads:
             t.join(300)
