@@ -110,6 +110,7 @@ class _Conn(asyncio.Protocol):
         self.first_byte_timeout = 0.0
         self.read_timeout = 0.0
         self.body_started = False
+        self.rearm = False  # the body began in this read: switch the timer to the idle limit after it
         self.timer: asyncio.TimerHandle | None = None
         self.sink: Callable[[bytes], bool] | None = None
         self.header_bytes = 0  # header (and trailer) fields of the answer, as parsed
@@ -144,6 +145,12 @@ class _Conn(asyncio.Protocol):
             if self.phase != DONE:  # bytes after a complete answer only cost the connection
                 self._fail(ProtocolError(f"malformed HTTP response: {exc}"))  # keeps a callback's own error
             self.abort()
+            return
+        if self.rearm:
+            self.rearm = False
+            if self.timer is not None and not self.complete and not self.closed:
+                self.timer.cancel()
+                self._check_idle()  # re-armed with the idle limit (and the total deadline)
 
     def eof_received(self) -> bool:
         return False
@@ -222,11 +229,10 @@ class _Conn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if not self.body_started:
-            # The first-byte wait is over: from now on the (shorter) idle limit applies.
-            self.body_started = True
-            if self.timer is not None:
-                self.timer.cancel()
-                self._check_idle()  # re-armed with the idle limit (and the total deadline)
+            # The first-byte wait is over: from now on the (shorter) idle limit applies. The timer
+            # is re-armed once this read is parsed (data_received), and only if the answer goes on:
+            # most non-stream answers end in the read that began them and need no second timer.
+            self.body_started = self.rearm = True
         sink = self.sink
         if sink is not None and not self.body:  # nothing queued ahead of it: order is kept
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from gateway.api.client_writer import write_whole
 from gateway.errors import GatewayError, PayloadTooLarge
 
 Scope = dict[str, Any]
@@ -119,9 +120,12 @@ class BodyRead:
 
 async def send_json(send: Send, status: int, body: bytes,
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json")]
     if extra:
         headers.extend(extra)
+    if write_whole(send, status, headers, body):  # one write under uvicorn, else the two ASGI messages
+        return
+    headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -162,8 +166,9 @@ class DisconnectWatch:
         self.finished = False
         self._task: asyncio.Task[Any] | None = None
         self._receive = receive
-        self._target = asyncio.current_task()
-        self._timer = asyncio.get_running_loop().call_later(self.DELAY, self._start)
+        loop = asyncio.get_running_loop()  # once: each lookup without the loop costs a getpid() syscall
+        self._target = asyncio.current_task(loop)
+        self._timer = loop.call_later(self.DELAY, self._start)
 
     def _start(self) -> None:
         self._timer = None
