@@ -110,6 +110,13 @@ class Overloaded(GatewayError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     retryable = True
+    reason = "backend"  # who refused, for llm_gateway_rejections_total: the limiter sets its own
+
+
+def limiter_refused(message: str, reason: str, retry_after: str) -> Overloaded:
+    err = Overloaded(message, headers={"Retry-After": retry_after})
+    err.reason = reason
+    return err
 
 
 class UpstreamHTTPError(GatewayError):

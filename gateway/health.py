@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 
 from adapters.base import Probe, State
 from gateway.backends import BackendRuntime
@@ -64,6 +65,7 @@ class HealthMonitor:
                         body: bytes | None = None, timeout: float = timeout):  # type: ignore[no-untyped-def]
             return await self.gw.upstream.probe_fetch(method, url, headers=headers, body=body, timeout=timeout)
 
+        started = time.perf_counter()
         try:
             result = await asyncio.wait_for(b.adapter.probe(fetch), timeout * 2)
         except ConnectionError as exc:
@@ -77,6 +79,7 @@ class HealthMonitor:
         except Exception as exc:  # a probe bug must not kill the monitor
             log.exception("probe of backend %s failed", b.name)
             result = Probe(State.DOWN, detail=f"probe error: {exc!r}")
+        self.gw.metrics.observe_probe(b.name, time.perf_counter() - started)
         self.apply(b, result)
 
     def apply(self, b: BackendRuntime, p: Probe) -> None:

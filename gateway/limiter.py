@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from gateway.errors import Overloaded
+from gateway.errors import limiter_refused
 
 
 class Limiter:
@@ -33,8 +33,8 @@ class Limiter:
             self.in_use += 1
             return
         if len(self.waiters) >= self.max_queue:
-            raise Overloaded(f"backend {self.name} is at its concurrency limit ({self.limit}) and its queue "
-                             f"({self.max_queue}) is full; try again shortly.", headers={"Retry-After": "1"})
+            raise limiter_refused(f"backend {self.name} is at its concurrency limit ({self.limit}) and its queue "
+                                  f"({self.max_queue}) is full; try again shortly.", "queue_full", "1")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self.waiters.append(fut)
@@ -42,9 +42,9 @@ class Limiter:
         try:
             await fut  # release() hands its slot over: in_use is already counted for us
         except TimeoutError:
-            raise Overloaded(f"backend {self.name} stayed busy for {self.timeout:g}s while this request "
-                             f"waited in its queue; try again shortly.",
-                             headers={"Retry-After": str(max(1, int(self.timeout)))}) from None
+            raise limiter_refused(f"backend {self.name} stayed busy for {self.timeout:g}s while this request "
+                                  f"waited in its queue; try again shortly.", "queue_timeout",
+                                  str(max(1, int(self.timeout)))) from None
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release()  # the slot was handed to us just as we were cancelled

@@ -14,8 +14,19 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+# Bucket bounds include vLLM's own (vllm/v1/metrics/loggers.py), so SLO panels written for vLLM work on
+# these and a target can be any of vLLM's bounds; finer bounds are added where vLLM's are too coarse
+# for a gateway (vLLM's request latency starts at 300 ms: a fast answer's p99 would read 297 ms).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50,
+                   60, 120, 240, 480, 960, 1920, 7680)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80,
+                160, 640, 2560)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5,
+                7.5, 10, 20, 40, 80)
+# The gateway's own time, its limiter's queue and a probe: microseconds to a minute.
+SHORT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                 30, 60)
+REJECTION_REASONS = ("queue_full", "queue_timeout", "backend")
 
 # The `code` label of upstream_errors_total: the gateway's own error codes, a closed set. An error
 # code a backend chose (a 4xx's `code` passes through to the client) would let any backend, or a
@@ -63,6 +74,26 @@ class Metrics:
                                    registry=r)
         self.backend_models = Gauge("llm_gateway_backend_models", "Models a backend reports serving.",
                                     ["backend"], registry=r)
+        self.backend_info = Gauge("llm_gateway_backend_info", "Always 1: the kind of each backend (join on backend).",
+                                  ["backend", "kind"], registry=r)
+        self.tpot = Histogram("llm_gateway_time_per_output_token_seconds",
+                              "Streams: inter-token latency as the mean per request, (end - first token) / "
+                              "(completion tokens - 1); streams of 2+ tokens.",
+                              ["model", "backend"], buckets=TPOT_BUCKETS, registry=r)
+        self.queue_wait = Histogram("llm_gateway_queue_wait_seconds",
+                                    "Time a request waited in the backend's concurrency limiter.",
+                                    ["backend"], buckets=SHORT_BUCKETS, registry=r)
+        self.overhead = Histogram("llm_gateway_overhead_seconds",
+                                  "The gateway's own time per request: received to upstream request sent "
+                                  "(limiter wait excluded), plus, non-stream, upstream answer read to answer written.",
+                                  ["endpoint"], buckets=SHORT_BUCKETS, registry=r)
+        self.fallbacks = Counter("llm_gateway_fallbacks", "Requests passed on to a configured fallback model.",
+                                 ["model", "fallback"], registry=r)
+        self.rejections = Counter("llm_gateway_rejections",
+                                  "429s: the gateway's limiter (queue_full, queue_timeout) or the backend itself.",
+                                  ["backend", "reason"], registry=r)
+        self.probe_duration = Histogram("llm_gateway_probe_duration_seconds", "One health probe of a backend.",
+                                        ["backend"], buckets=SHORT_BUCKETS, registry=r)
         self._cache: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -93,6 +124,25 @@ class Metrics:
             code = "other"
         self._child(self.upstream_errors, backend, code).inc()
 
+    def observe_tpot(self, model: str, backend: str, first_at: float, end: float, tokens: int) -> None:
+        if tokens >= 2 and first_at:
+            self._child(self.tpot, model, backend).observe((end - first_at) / (tokens - 1))
+
+    def observe_queue_wait(self, backend: str, seconds: float) -> None:
+        self._child(self.queue_wait, backend).observe(seconds)
+
+    def observe_overhead(self, endpoint: str, seconds: float) -> None:
+        self._child(self.overhead, endpoint).observe(seconds)
+
+    def observe_fallback(self, model: str, fallback: str) -> None:
+        self._child(self.fallbacks, model, fallback).inc()
+
+    def observe_rejection(self, backend: str, reason: str) -> None:
+        self._child(self.rejections, backend, reason if reason in REJECTION_REASONS else "backend").inc()
+
+    def observe_probe(self, backend: str, seconds: float) -> None:
+        self._child(self.probe_duration, backend).observe(seconds)
+
     def observe_retry(self, model: str) -> None:
         self._child(self.retries, model).inc()
 
@@ -102,7 +152,10 @@ class Metrics:
     def in_flight_child(self, backend: str) -> Any:
         return self._child(self.in_flight, backend)
 
-    def set_backend_state(self, backend: str, state: str, states: list[str], n_models: int) -> None:
+    def set_backend_state(self, backend: str, state: str, states: list[str], n_models: int,
+                          kind: str | None = None) -> None:
+        if kind is not None:
+            self._child(self.backend_info, backend, kind).set(1)
         for s in states:
             self._child(self.backend_state, backend, s).set(1 if s == state else 0)
         self._child(self.backend_models, backend).set(n_models)

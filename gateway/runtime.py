@@ -63,7 +63,7 @@ class Gateway:
         if limit:
             rt.limiter = Limiter(b.name, limit, b.max_queue, b.queue_timeout)
         self.backends[b.name] = rt
-        self.metrics.set_backend_state(rt.name, rt.state.value, STATES, 0)
+        self.metrics.set_backend_state(rt.name, rt.state.value, STATES, 0, rt.kind)
         if rebuild:
             self.rebuild()
         return rt

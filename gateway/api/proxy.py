@@ -54,7 +54,7 @@ class Reply:
     response has started (headers and keepalive comments only: no answer byte yet, so a failed
     attempt may still be retried, but a final error must now be an error event, not a status)."""
 
-    __slots__ = ("committed", "rid", "rid_header", "raw", "backend")
+    __slots__ = ("committed", "rid", "rid_header", "raw", "backend", "own", "read_at")
 
     def __init__(self) -> None:
         self.committed = False
@@ -62,6 +62,10 @@ class Reply:
         self.rid = new_request_id()
         self.rid_header = (b"x-request-id", self.rid)
         self.raw = b""
+        # The gateway's own time (llm_gateway_overhead_seconds): before the first upstream send
+        # (limiter wait excluded), then, non-stream, from the upstream answer read (read_at) to the end.
+        self.own = -1.0
+        self.read_at = 0.0
 
 
 async def start_sse(send: Send, reply: Reply, backend: str | None) -> None:
@@ -146,7 +150,11 @@ class ProxyEndpoint:
         finally:
             if watch is not None:
                 watch.close()
-            gw.metrics.observe_request(self.label, model, backend or reply.backend, status, time.perf_counter() - t0)
+            end = time.perf_counter()
+            m = gw.metrics
+            m.observe_request(self.label, model, backend or reply.backend, status, end - t0)
+            if reply.own >= 0:
+                m.observe_overhead(self.label, reply.own + (end - reply.read_at if reply.read_at else 0.0))
 
     async def serve(self, route: Route, body: dict[str, Any], stream: bool, needs: int, send: Send,
                     t0: float, watch: DisconnectWatch, session: str | None, reply: Reply) -> tuple[int, str]:
@@ -166,6 +174,7 @@ class ProxyEndpoint:
                 break
             log.info("model %s cannot serve (%s): falling back to %s", route.name, last.message, fallback.name)
             self.gw.metrics.observe_retry(route.name)
+            self.gw.metrics.observe_fallback(route.name, fallback.name)
             try:
                 return await self.dispatch(fallback, body, stream, needs, send, t0, watch, session, reply)
             except GatewayError as err:
@@ -180,6 +189,7 @@ class ProxyEndpoint:
         gw = self.gw
         tried: tuple[Deployment, ...] = ()
         last: GatewayError | None = None
+        own_from = t0
         for attempt in range(gw.max_attempts):
             try:
                 dep = pick(route, needs, tried, session)
@@ -198,14 +208,20 @@ class ProxyEndpoint:
             req = None
             try:
                 if limiter is not None:
+                    queued_at = time.perf_counter()
                     await limiter.acquire()  # 429 when its bounded queue is full or the wait too long
                     acquired = True
+                    waited = time.perf_counter() - queued_at
+                    gw.metrics.observe_queue_wait(b.name, waited)
+                    own_from += waited  # the wait is not the gateway's own time
                 # A fresh shallow copy per attempt: the adapter patches it, a retry must not see that.
                 if adapter.needs_prepare:
                     req = await adapter.prepare(self.endpoint, dict(body), dep.upstream_model, stream,
                                                 gw.upstream.fetch)
                 else:
                     req = adapter.build_request(self.endpoint, dict(body), dep.upstream_model, stream)
+                if reply.own < 0:  # the first attempt: all before it is the gateway's own work
+                    reply.own = time.perf_counter() - own_from
                 if stream and gw.stream_keepalive:
                     resp = await self.open_with_keepalive(req, b.name, send, reply)
                 else:
@@ -240,6 +256,8 @@ class ProxyEndpoint:
                 elif isinstance(err, UpstreamTimeout):
                     self.health.failure(b, hash(reply.raw), "a timeout", dep.upstream_model)
                 gw.metrics.observe_upstream_error(b.name, err.code, err.status)
+                if err.status == 429:
+                    gw.metrics.observe_rejection(b.name, getattr(err, "reason", "backend"))
                 same_backend = err.retry_same_backend
                 if err.code == "upstream_connect_failed":
                     # One of several processes behind the backend (a FastChat worker) may be gone
@@ -283,7 +301,10 @@ class ProxyEndpoint:
             if not reply.committed and (not req.stream or (
                     req.passthrough and not (resp.header(b"content-type") or b"").startswith(b"text/event-stream"))):
                 with map_transport_errors(b.name):
-                    data = adapter.translate_body(self.endpoint, await resp.read(), resp.headers, req)
+                    raw_answer = await resp.read()
+                reply.read_at = time.perf_counter()
+                with map_transport_errors(b.name):
+                    data = adapter.translate_body(self.endpoint, raw_answer, resp.headers, req)
                 if b'"usage"' in data:
                     doc = loads_or_none(data)
                     extract = responses_usage if self.responses else adapter.extract_usage
@@ -325,6 +346,7 @@ class ProxyEndpoint:
                 failure = err
                 log.warning("stream from %s failed after the first byte (request id %s): %s", b.name,
                             reply.rid.decode(), err.message)
+            ended = time.perf_counter()
             tail = stream_end(tap, failure)
             watch.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
@@ -333,6 +355,8 @@ class ProxyEndpoint:
                 m.observe_truncated(b.name)
             if tap.first_at:
                 m.observe_ttft(model, b.name, tap.first_at - t0)
+                if ok:  # a cut stream's pace is not the backend's
+                    m.observe_tpot(model, b.name, tap.first_at, ended, tap.completion_tokens)
             m.observe_usage(model, b.name, tap.prompt_tokens, tap.completion_tokens)
             return 200, b.name
         finally:
