@@ -29,7 +29,8 @@ def test_compose_file_matches_the_compose_spec() -> None:
     gw = compose["services"]["gateway"]
     assert gw["build"]["dockerfile"] == "deploy/Dockerfile"
     assert (ROOT / gw["build"]["dockerfile"]).exists()
-    for vol in gw["volumes"] + compose["services"]["prometheus"]["volumes"]:
+    services = compose["services"]
+    for vol in gw["volumes"] + services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
         assert (ROOT / vol.split(":")[0]).exists(), vol
 
 
@@ -72,7 +73,7 @@ def test_compose_gateway_requires_a_key(monkeypatch: pytest.MonkeyPatch) -> None
 def test_dockerfile_runs_the_console_script_non_root() -> None:
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "USER 10001" in text and 'ENTRYPOINT ["llm-gateway"]' in text
-    prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway:4000"]
 
 
