@@ -112,6 +112,8 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
         if endpoint is Endpoint.COMPLETIONS and body.get("echo"):
             raise CapabilityMissing("`echo` is not supported by llama.cpp backends: llama-server ignores it and "
                                     "returns neither the prompt nor its logprobs", param="echo")
+        if endpoint is Endpoint.CHAT and isinstance(body.get("tool_choice"), dict):
+            _named_tool_as_required(body)
         req = super().build_request(endpoint, body, upstream_model, stream)
         if self.router:
             # The router routes by body `model`; autoload makes it load an unloaded model on
@@ -208,6 +210,26 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
             return base
         old, new = self._rename
         return lambda chunk: c.replace(old, new) if old in (c := base(chunk)) else c
+
+
+def _named_tool_as_required(body: dict[str, Any]) -> None:
+    """llama-server reads `tool_choice` only as a string (0c1e57098 tools/server/server-common.cpp
+    oaicompat_chat_params_parse: `json_value(body, "tool_choice", std::string("auto"))`): the object naming
+    one function falls back to "auto" with a log line, so the model may call another tool or none
+    (ggml-org/llama.cpp#26535). "required" with `tools` narrowed to that function is the same demand in the
+    form its grammar enforces; one call, as a named choice means (unless the client said otherwise)."""
+    choice, tools = body["tool_choice"], body.get("tools")
+    fn = choice.get("function")
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if choice.get("type") != "function" or not isinstance(name, str):
+        raise CapabilityMissing("llama.cpp backends take `tool_choice` as \"none\", \"auto\", \"required\" or "
+                                "{\"type\": \"function\", \"function\": {\"name\": ...}}", param="tool_choice")
+    named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
+             and t["function"].get("name") == name] if isinstance(tools, list) else []
+    if not named:
+        raise InvalidRequest(f"`tool_choice` names function {name!r}, which is not in `tools`", param="tool_choice")
+    body["tools"], body["tool_choice"] = named[:1], "required"
+    body.setdefault("parallel_tool_calls", False)
 
 
 # llama-server answers /v1/completions logprobs in the chat shape (tools/server/server-task.cpp

@@ -314,7 +314,8 @@ def build_vocab(vocab: Literal["small"] | int = "small") -> tuple[list[str], lis
 def write_tiny_gguf(path: str | os.PathLike[str], *, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
                     n_head_kv: int = 2, n_ff: int | None = None, n_ctx_train: int = 512,
                     vocab: Literal["small"] | int = "small", seed: int = 0, name: str = "tiny-llama",
-                    size: Literal["tiny", "loading"] | None = None) -> Path:
+                    size: Literal["tiny", "loading"] | None = None, extra_tokens: tuple[str, ...] = (),
+                    add_space_prefix: bool = True) -> Path:
     """Writes a random-weight llama-architecture GGUF (all tensors F32) and returns its path.
 
     Default (`vocab="small"`, 2 layers, n_embd 64): 731 tokens (5 specials incl. ChatML's
@@ -322,6 +323,11 @@ def write_tiny_gguf(path: str | os.PathLike[str], *, n_layer: int = 2, n_embd: i
     in ~0.1 s (plus ~0.25 s to import numpy and gguf). Weights are seeded numpy normals, so the model
     generates gibberish, deterministically at temperature 0. `<|im_end|>` is recognised by llama.cpp as
     end-of-generation (by its text), `</s>` is EOS, `<s>` is BOS and is added to prompts.
+
+    `extra_tokens` are appended as user-defined tokens; `add_space_prefix=False` stops llama.cpp's
+    SentencePiece tokenizer from putting "▁" before text that follows a special token (it turns the
+    generation prompt "<|im_start|>assistant\n" into " as"..., which a tool-call or JSON-schema grammar
+    prefilled with that prompt rejects: "Failed to initialize samplers").
 
     `size="loading"` (= `vocab=1_000_000, n_embd=16`): keeps llama-server in its loading state, every
     route answering 503 `{"error":{"message":"Loading model","type":"unavailable_error","code":503}}`,
@@ -349,6 +355,9 @@ def write_tiny_gguf(path: str | os.PathLike[str], *, n_layer: int = 2, n_embd: i
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tokens, scores, types = build_vocab(vocab)
+    # user-defined tokens (matched in text, rendered as text), e.g. Hermes/Qwen2.5's `<tool_call>`
+    tokens, scores, types = tokens + list(extra_tokens), scores + [0.0] * len(extra_tokens), \
+        types + [_USER_DEFINED] * len(extra_tokens)
     n_vocab = len(tokens)
     rng = np.random.default_rng(seed)
 
@@ -374,6 +383,8 @@ def write_tiny_gguf(path: str | os.PathLike[str], *, n_layer: int = 2, n_embd: i
     w.add_eos_token_id(2)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
+    if not add_space_prefix:  # SentencePiece's "▁" before text, also after a special token: off
+        w.add_add_space_prefix(False)
     w.add_chat_template(CHATML_TEMPLATE)
 
     def rand(rows: int, cols: int = 0, scale: float = 0.02) -> Any:
