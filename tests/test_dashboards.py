@@ -176,3 +176,12 @@ def test_compose_grafana_loads_the_dashboards_from_the_provisioned_data_source()
     host, port = ds[0]["url"].removeprefix("http://").split(":")
     assert host in compose and f"{port}:{port}" in compose[host]["ports"]
     assert "GF_SECURITY_ADMIN_PASSWORD" in compose["grafana"]["environment"]
+
+
+def test_compose_grafana_requires_an_admin_password() -> None:
+    from tests.test_deploy_files import interpolate
+    env = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["grafana"]["environment"]
+    with pytest.raises(LookupError, match="GRAFANA_ADMIN_PASSWORD"):  # no admin/admin on first start
+        interpolate(env["GF_SECURITY_ADMIN_PASSWORD"], {})
+    assert interpolate(env["GF_SECURITY_ADMIN_PASSWORD"], {"GRAFANA_ADMIN_PASSWORD": "s3cret-x"}) == "s3cret-x"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"  # anonymous visitors view, never edit
