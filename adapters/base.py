@@ -47,6 +47,7 @@ class Capabilities:
     logprobs: bool = True
     n: bool = True  # n > 1
     structured_output: bool = True  # response_format json_object / json_schema
+    json_mode: bool = True  # json_object without a schema: any JSON object (TGI's grammars need a schema)
     stream_usage: bool = True  # honours stream_options.include_usage
     # POST /v1/responses forwarded as sent: off unless the kind's server implements it (and its adapter forwards it)
     responses: bool = False

@@ -52,7 +52,7 @@ FINISH_TOOL = (b'"finish_reason":"stop"', b'"finish_reason":"tool_calls"')
 class TGIAdapter(OpenAICompatibleAdapter):
     kind: ClassVar[str] = "tgi"
     default_ports: ClassVar[tuple[int, ...]] = (3000, 8080)
-    capabilities: ClassVar[Capabilities] = Capabilities(embeddings=False, n=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(embeddings=False, n=False, json_mode=False)
     peek_first_event: ClassVar[bool] = True
 
     def __init__(self, target: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 
-from gateway.backends import NEED_NAMES
+from gateway.backends import NEED_NAMES, NEED_PARAM
 from gateway.errors import CapabilityMissing, UpstreamUnavailable
 from gateway.routing import Deployment, Route
 
@@ -49,7 +49,9 @@ def pick(route: Route, needs: int, exclude: tuple[Deployment, ...] = (), session
     if not capable:
         missing = needs & ~_union(route)
         what = ", ".join(v for k, v in NEED_NAMES.items() if missing & k) or "this request"
-        raise CapabilityMissing(f"The model '{route.name}' is not served by any backend that supports {what}.")
+        param = next((v for k, v in NEED_PARAM.items() if missing & k), None)
+        raise CapabilityMissing(f"The model '{route.name}' is not served by any backend that supports {what}.",
+                                param=param)
     raise UpstreamUnavailable(f"No backend serving '{route.name}' is ready right now; try again shortly.",
                               code="no_ready_deployment", headers={"Retry-After": "2"})
 

@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from adapters.base import Endpoint
-from gateway.backends import ENDPOINT_NEED, NEED_LOGPROBS, NEED_N, NEED_STRUCTURED, NEED_TOOLS
+from gateway.backends import ENDPOINT_NEED, NEED_JSON_MODE, NEED_LOGPROBS, NEED_N, NEED_STRUCTURED, NEED_TOOLS
 from gateway.errors import InvalidRequest
 from gateway.jsonio import may_hold_big_int
 
@@ -108,6 +108,8 @@ def routing_fields(endpoint: Endpoint, body: Any) -> tuple[str, bool, int]:
     rf = body.get("response_format")
     if type(rf) is dict and rf.get("type", "text") != "text":  # json_object / json_schema: a demand
         needs |= NEED_STRUCTURED
+        if rf.get("type") == "json_object" and type(rf.get("schema")) is not dict:
+            needs |= NEED_JSON_MODE  # any JSON object: not every kind can (TGI needs a schema)
     n = body.get("n")
     if n is not None:
         if type(n) is not int or n < 1:

@@ -144,6 +144,7 @@ class CapabilityOverrides(Strict):
     logprobs: bool | None = None
     n: bool | None = None
     structured_output: bool | None = None
+    json_mode: bool | None = None  # response_format json_object without a schema
     responses: bool | None = None  # false: a server build without POST /v1/responses (cannot turn it on)
 
 

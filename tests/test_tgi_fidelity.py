@@ -186,3 +186,23 @@ def test_agent_tool_round_trip(tgi: tuple[Double, Gateway, openai.OpenAI], strea
     got = sent(t)["messages"]
     assert [m.get("tool_call_id") for m in got if m["role"] == "tool"] == ids
     assert [tc["function"]["name"] for tc in got[1]["tool_calls"]] == ["get_weather", "get_time"]
+
+
+def test_json_mode_in_a_mixed_pool_goes_to_the_backend_that_has_it(module_spawn: Spawner) -> None:
+    """A pool of TGI and vLLM: JSON mode without a schema is routed to vLLM every time (TGI would
+    refuse it), while a schema-carrying request may still go to either."""
+    t = module_spawn.start_double("tgi_server", "/health", "--model-id", MODEL, name="tgi-mixed")
+    v = module_spawn.double("vllm-mixed", MODEL)
+    gw = module_spawn.gateway({"backends": [{"name": "t", "kind": "tgi", "url": t.url},
+                                            {"name": "v", "kind": "vllm", "url": v.url}]})
+    with openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0) as client:
+        served = {client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=MESSAGES, response_format={"type": "json_object"}).headers["x-llm-gateway-backend"]
+            for _ in range(8)}
+        assert served == {"v"}
+        assert not any("response_format" in r for r in t.requests())  # TGI never saw one
+        schema = {"type": "json_object", "schema": PERSON}
+        served = {client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=MESSAGES, response_format=schema).headers["x-llm-gateway-backend"]  # type: ignore
+            for _ in range(8)}
+        assert served == {"t", "v"}  # both can: the least busy one, in turn
