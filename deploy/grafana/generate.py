@@ -56,6 +56,7 @@ class Panel:
     queries: tuple[Query, ...]
     unit: str = "short"
     kind: str = "timeseries"  # or "stat"
+    names: bool = False  # a stat showing its series' names (a state, a kind), not their values
     width: int = 12
     max: float | None = None
 
@@ -136,7 +137,7 @@ def overview() -> Board:
     backends = Row("Backends", (
         Panel("Backend states", "Each backend's state now (as the gateway's probes see it).",
               q(f"max by (backend, state) ({P}backend_state) == 1", "{{backend}}: {{state}}"), kind="stat",
-              width=8),
+              names=True, width=8),
         Panel("Backends by state", "How many backends are in each state.",
               q(f"sum by (state) (max by (backend, state) ({P}backend_state))", "{{state}}"), width=8),
         Panel("In-flight requests by backend", "Requests the gateway is serving now, per backend.",
@@ -147,6 +148,10 @@ def overview() -> Board:
                Query(f"max by (backend) ({P}engine_requests_running)", "running {{backend}}"))),
         Panel("Engine KV cache usage", "KV cache (or slot) usage, 0..1, where the engine reports it.",
               q(f"max by (backend) ({P}engine_kv_cache_usage_ratio)", "{{backend}}"), "percentunit", max=1),
+        Panel("Engine resident models", "Models loaded in each engine (Ollama, llama.cpp router, FastChat "
+              "workers, a sleeping vLLM's 0).", q(f"max by (backend) ({P}engine_models_loaded)", "{{backend}}")),
+        Panel("Engine model memory", "Memory each resident model takes, where the engine says (Ollama).",
+              q(f"max by (backend, model) ({P}engine_model_memory_bytes)", "{{backend}} {{model}}"), "bytes"),
     ))
     reliability = Row("Reliability", (
         Panel("Retries and fallbacks by model", "Attempts retried on another deployment; requests passed on to "
@@ -210,10 +215,13 @@ def per_backend() -> Board:
     rows = (
         Row("State", (
             Panel("State", "", q(f"max by (state) ({P}backend_state{{{b}}}) == 1", "{{state}}"), kind="stat",
-                  width=6),
-            Panel("Kind", "", q(f"max by (kind) ({P}backend_info{{{b}}})", "{{kind}}"), kind="stat", width=6),
-            Panel("Models served", "", q(f"max({P}backend_models{{{b}}})", "models"), kind="stat", width=6),
-            Panel("In flight", "", q(f"sum({P}in_flight_requests{{{b}}})", "in flight"), kind="stat", width=6),
+                  names=True, width=6),
+            Panel("Kind", "", q(f"max by (kind) ({P}backend_info{{{b}}})", "{{kind}}"), kind="stat", names=True,
+                  width=4),
+            Panel("Models served", "", q(f"max({P}backend_models{{{b}}})", "models"), kind="stat", width=5),
+            Panel("Resident models", "As the engine reports.", q(f"max({P}engine_models_loaded{{{b}}})", "resident"),
+                  kind="stat", width=5),
+            Panel("In flight", "", q(f"sum({P}in_flight_requests{{{b}}})", "in flight"), kind="stat", width=4),
         )),
         Row("Load", (
             Panel("Engine queue", "As the engine reports it.",
@@ -259,7 +267,8 @@ def panel_json(p: Panel, pid: int, x: int, y: int, h: int) -> dict:
     if p.max is not None:
         defaults.update(min=0, max=p.max)
     if p.kind == "stat":
-        options = {"colorMode": "background", "graphMode": "none", "justifyMode": "auto", "textMode": "name",
+        options = {"colorMode": "background", "graphMode": "none", "justifyMode": "auto",
+                   "textMode": "name" if p.names else "value",
                    "wideLayout": True, "showPercentChange": False, "percentChangeColorMode": "standard",
                    "orientation": "auto", "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
     else:
