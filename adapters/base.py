@@ -86,12 +86,26 @@ class ServedModel:
 
 
 @dataclass(slots=True)
+class EngineStats:
+    """The engine's own figures, read while probing and re-exported as llm_gateway_engine_* (README:
+    "Engine metrics"). None = the engine does not report it (no series), never a guessed 0."""
+
+    running: float | None = None  # requests being generated now
+    waiting: float | None = None  # requests queued inside the engine
+    kv_usage: float | None = None  # KV cache (or slot) usage, 0..1
+    models_loaded: int | None = None  # models resident in the engine
+    # bytes per resident model, keyed by a name the probe lists among the backend's models only
+    model_memory: dict[str, int] | None = None
+
+
+@dataclass(slots=True)
 class Probe:
     state: State
     models: list[ServedModel] = field(default_factory=list)
     detail: str = ""
     load: float | None = None  # outstanding work the backend reports (queue + running), if it does
     version: str | None = None
+    engine: EngineStats | None = None  # the engine's own load figures, where it reports them
 
 
 @dataclass(slots=True)

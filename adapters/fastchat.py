@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from adapters.records import records
-from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
-                           UpstreamRequest, client_asked_usage, single_prompt)
+from adapters.base import (Adapter, BackendTarget, Capabilities, EngineStats, Endpoint, Fetch, Probe, ServedModel,
+                           State, UpstreamRequest, client_asked_usage, single_prompt)
 from adapters.chunks import DONE, ChunkWriter
 from adapters.fastchat_conv import render, stop_params
 from adapters.openai_compatible import parse_error_body
@@ -133,9 +133,13 @@ class FastChatAdapter(Adapter):
         if not alive:
             where = " registered" if self.mode == "controller" else ""
             return Probe(State.DOWN, detail=f"no live model worker{where}")
-        return Probe(State.READY, [ServedModel(m, c) for m, c in served.items()],
-                     load=float(sum(w.queue_length for w in alive)),
-                     detail=f"{len(alive)} live worker(s)")
+        load = float(sum(w.queue_length for w in alive))
+        # A worker's queue_length is its requests holding its semaphore plus those waiting for it
+        # (FC base_model_worker.py get_queue_length): only the sum is reported, so it is exported as
+        # running and waiting stays absent. Each live worker holds one model (under its names).
+        return Probe(State.READY, [ServedModel(m, c) for m, c in served.items()], load=load,
+                     detail=f"{len(alive)} live worker(s)",
+                     engine=EngineStats(running=load, models_loaded=len(alive)))
 
     def worker_allowed(self, addr: str) -> bool:
         """Is this controller-reported address a base URL on an allowed host? A refused one is

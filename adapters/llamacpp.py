@@ -28,13 +28,13 @@ from typing import Any, ClassVar
 
 import orjson
 
-from adapters.base import Capabilities, Endpoint, Fetch, Probe, ServedModel, State, UpstreamRequest
+from adapters.base import Capabilities, EngineStats, Endpoint, Fetch, Probe, ServedModel, State, UpstreamRequest
 from adapters.openai_compatible import OpenAICompatibleAdapter, parse_error_body
 from adapters.prometheus_text import gauges
 from gateway.jsonio import loads_or_none
 from gateway.errors import CapabilityMissing, GatewayError, InvalidRequest, UpstreamUnavailable
 
-LOAD_METRICS = ("llamacpp:requests_processing", "llamacpp:requests_deferred")
+LOAD_METRICS = ("llamacpp:requests_processing", "llamacpp:requests_deferred", "llamacpp:kv_cache_usage_ratio")
 
 
 class LlamaCppAdapter(OpenAICompatibleAdapter):
@@ -88,8 +88,16 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
         probe = Probe(State.READY, models, version=self.version)
         if sleeping:  # nothing runs; and reading /slots would wake it (reload the model)
             probe.load = 0.0
+            probe.engine = EngineStats(running=0.0, waiting=0.0, models_loaded=0)
         elif not self.router:  # a router's /slots and /metrics need ?model=: per model, not per server
-            probe.load = await self.load(fetch)
+            probe.engine = await self.load(fetch)
+            e = probe.engine
+            if e is not None and (e.running is not None or e.waiting is not None):
+                probe.load = (e.running or 0.0) + (e.waiting or 0.0)
+            probe.engine = probe.engine or EngineStats()
+            probe.engine.models_loaded = 1
+        else:  # the router lists each model's status: count the resident ones
+            probe.engine = EngineStats(models_loaded=sum(1 for m in models if m.residency == "loaded"))
         return probe
 
     def parse_models(self, body: bytes) -> list[ServedModel]:
@@ -121,8 +129,9 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
             req.url = self.router_urls[endpoint]
         return req
 
-    async def load(self, fetch: Fetch) -> float | None:
-        """Requests the server is working on or queueing, from whichever source it exposes.
+    async def load(self, fetch: Fetch) -> EngineStats | None:
+        """Requests the server is working on (and queueing, from /metrics) and its slot or KV usage,
+        from whichever source it exposes.
 
         On builds that can sleep (`/props` has `is_sleeping`) `/metrics` goes first: GET /slots posts
         a SLOT_GET task, which restarts the idle timer and first wakes a sleeping server, so probing
@@ -141,20 +150,29 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
         self.load_source = "none"
         return None
 
-    async def _slots_load(self, fetch: Fetch) -> float | bool:
+    async def _slots_load(self, fetch: Fetch) -> EngineStats | bool:
         res = await fetch("GET", self.target.url + "/slots", headers=self.probe_headers())
         slots = loads_or_none(res.body) if res.status == 200 else None
         if not isinstance(slots, list):
             return False
-        return float(sum(1 for s in slots if isinstance(s, dict) and s.get("is_processing")))
+        # Busy slots run; /slots does not show the deferred queue. Usage = busy / all slots (no KV figure).
+        busy = float(sum(1 for s in slots if isinstance(s, dict) and s.get("is_processing")))
+        return EngineStats(running=busy, kv_usage=busy / len(slots) if slots else None)
 
-    async def _metrics_load(self, fetch: Fetch) -> float | bool | None:
+    async def _metrics_load(self, fetch: Fetch) -> EngineStats | bool | None:
         # Note: every scrape resets llama.cpp's *_seconds gauges; only the slots figures are read.
         res = await fetch("GET", self.target.url + "/metrics", headers=self.probe_headers())
         if res.status != 200:
             return False
         g = gauges(res.body.decode("utf-8", "replace"), LOAD_METRICS)
-        return sum(g.values()) if g else None
+        if not g:
+            return None
+        running = g.get("llamacpp:requests_processing")
+        # kv_cache_usage_ratio: builds before May 2025 only (used cells / n_ctx); else busy / total slots
+        kv = g.get("llamacpp:kv_cache_usage_ratio")
+        if kv is None and running is not None and self.total_slots:
+            kv = running / self.total_slots
+        return EngineStats(running=running, waiting=g.get("llamacpp:requests_deferred"), kv_usage=kv)
 
     def context_length(self, card: dict[str, Any]) -> int | None:
         meta = card.get("meta")

@@ -35,8 +35,8 @@ import orjson
 
 from adapters.chunks import DONE, ChunkWriter
 from adapters.records import records
-from adapters.base import (Adapter, BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State,
-                           UpstreamRequest, client_asked_usage, single_prompt)
+from adapters.base import (Adapter, BackendTarget, Capabilities, EngineStats, Endpoint, Fetch, Probe, ServedModel,
+                           State, UpstreamRequest, client_asked_usage, single_prompt)
 from adapters.ollama_messages import native_messages, think_from_effort
 from adapters.openai_compatible import parse_error_body
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, status_error
@@ -102,10 +102,13 @@ class OllamaAdapter(Adapter):
         installed = [m.get("name") for m in (loads_or_none(tags.body) or {}).get("models") or [] if isinstance(m, dict)]
         ps = await fetch("GET", self.target.url + "/api/ps", headers=self.headers)
         resident: dict[str, int | None] = {}
+        memory: dict[str, int] = {}  # bytes per resident model: /api/ps `size` (RAM + VRAM; size_vram is the GPU part)
         for m in (loads_or_none(ps.body) or {}).get("models") or [] if ps.status == 200 else []:
             if isinstance(m, dict) and isinstance(m.get("name"), str):
                 ctx = m.get("context_length")
                 resident[m["name"]] = ctx if isinstance(ctx, int) else None
+                if type(m.get("size")) is int and m["name"] in installed:  # a listed name only: bounded labels
+                    memory[m["name"]] = m["size"]
         models = [ServedModel(n, resident.get(n), "loaded" if n in resident else "unloaded")
                   for n in installed if isinstance(n, str)]
         if self.version is None:
@@ -113,7 +116,8 @@ class OllamaAdapter(Adapter):
             self.version = v.get("version") if isinstance(v, dict) else None
         state = State.READY if resident or not models else State.SWAPPED_OUT
         detail = "" if resident else "no model resident: the first request loads one"
-        return Probe(state, models, detail=detail, load=None, version=self.version)
+        engine = EngineStats(models_loaded=len(resident), model_memory=memory) if ps.status == 200 else None
+        return Probe(state, models, detail=detail, load=None, version=self.version, engine=engine)
 
     # -- requests ------------------------------------------------------------------------------
     def build_request(self, endpoint: Endpoint, body: dict[str, Any], upstream_model: str,

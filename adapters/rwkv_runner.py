@@ -31,7 +31,8 @@ from typing import Any, ClassVar
 
 import orjson
 
-from adapters.base import BackendTarget, Capabilities, Endpoint, Fetch, Probe, ServedModel, State, UpstreamRequest
+from adapters.base import (BackendTarget, Capabilities, EngineStats, Endpoint, Fetch, Probe, ServedModel, State,
+                           UpstreamRequest)
 from adapters.openai_compatible import OpenAICompatibleAdapter, parse_error_body
 from gateway.jsonio import loads_or_none
 from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable, status_error
@@ -76,7 +77,8 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
             now = time.monotonic()
             if self.last_ready is not None and self.sent > self.last_ready_at and now - self.last_ready_at < BUSY_GRACE:
                 return Probe(State.READY, self.last_ready.models,
-                             detail="busy: /status did not answer while a generation runs (prefill blocks it)")
+                             detail="busy: /status did not answer while a generation runs (prefill blocks it)",
+                             engine=self.last_ready.engine)
             raise
         if probe.state is State.READY:
             self.last_ready, self.last_ready_at = probe, time.monotonic()
@@ -100,7 +102,8 @@ class RWKVRunnerAdapter(OpenAICompatibleAdapter):
         cards = (loads_or_none(models.body) or {}).get("data") or [] if models.status == 200 else []
         served = [ServedModel(c["id"]) for c in cards
                   if isinstance(c, dict) and isinstance(c.get("id"), str) and c["id"] not in FAKE_MODELS]
-        return Probe(State.READY, served)
+        # /status reports only whether a model is loaded (3 = working): no queue or memory figures
+        return Probe(State.READY, served, engine=EngineStats(models_loaded=1))
 
     async def _load(self, fetch: Fetch) -> None:
         assert self.load_spec is not None

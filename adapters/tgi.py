@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import orjson
 
 from adapters import tgi_generate
-from adapters.base import Capabilities, Endpoint, Fetch, Probe, ServedModel, State, UpstreamRequest
+from adapters.base import Capabilities, EngineStats, Endpoint, Fetch, Probe, ServedModel, State, UpstreamRequest
 from adapters.openai_compatible import OpenAICompatibleAdapter, parse_error_body
 from adapters.prometheus_text import gauges
 from gateway.jsonio import loads_or_none
@@ -161,6 +161,11 @@ class TGIAdapter(OpenAICompatibleAdapter):
         if metrics.status == 200:
             g = gauges(metrics.body.decode("utf-8", "replace"), LOAD_METRICS)
             probe.load = sum(g.values()) if g else None
+            # the running batch's requests run, the queue's wait; TGI has no KV-usage figure
+            probe.engine = EngineStats(running=g.get("tgi_batch_current_size"), waiting=g.get("tgi_queue_size"),
+                                       models_loaded=1)
+        else:  # TGI serves one model, loaded before it listens
+            probe.engine = EngineStats(models_loaded=1)
         if self.native_completions is None:
             spec = await fetch("GET", self.target.url + "/api-doc/openapi.json")
             paths = (loads_or_none(spec.body) or {}).get("paths") if spec.status == 200 else None

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from adapters.base import Capabilities, Fetch, Probe, ServedModel, State, UpstreamRequest
+from adapters.base import Capabilities, EngineStats, Fetch, Probe, ServedModel, State, UpstreamRequest
 from adapters.openai_compatible import OpenAICompatibleAdapter, parse_error_body
 from adapters.prometheus_text import gauges
 from gateway.errors import GatewayError, InvalidRequest
@@ -62,13 +62,24 @@ class VLLMAdapter(OpenAICompatibleAdapter):
         probe = Probe(State.READY, self.parse_models(res.body))
         metrics = await fetch("GET", self.target.url + "/metrics")
         if metrics.status == 200:
-            g = gauges(metrics.body.decode("utf-8", "replace"), LOAD_METRICS)
+            text = metrics.body.decode("utf-8", "replace")
+            g = gauges(text, LOAD_METRICS)
             if "vllm:num_requests_running" in g or "vllm:num_requests_waiting" in g:
                 probe.load = g.get("vllm:num_requests_running", 0.0) + g.get("vllm:num_requests_waiting", 0.0)
-            kv = g.get("vllm:kv_cache_usage_perc", g.get("vllm:gpu_cache_usage_perc"))
+            # one series per engine (data parallel): running/waiting add up, the KV ratio is their mean
+            kv_name = "vllm:kv_cache_usage_perc" if "vllm:kv_cache_usage_perc" in g else "vllm:gpu_cache_usage_perc"
+            kv = g.get(kv_name)
+            if kv is not None:
+                kv /= max(1, _samples(text, kv_name))
             self.kv_cache_usage = kv
-            if asleep(metrics.body):
+            sleeping = asleep(metrics.body)
+            if sleeping:
                 probe.models = [ServedModel(m.id, m.context_length, "sleeping") for m in probe.models]
+            # One engine serves one model (its /v1/models names are aliases and LoRA adapters);
+            # asleep, its weights are offloaded or discarded (vllm:engine_sleep_state).
+            probe.engine = EngineStats(running=g.get("vllm:num_requests_running"),
+                                       waiting=g.get("vllm:num_requests_waiting"), kv_usage=kv,
+                                       models_loaded=0 if sleeping else 1)
         if self.version is None:
             v = await fetch("GET", self.target.url + "/version")
             try:
@@ -102,6 +113,11 @@ class VLLMAdapter(OpenAICompatibleAdapter):
         # A key in compact or spaced JSON can only be this byte sequence: inside strings the
         # quotes are escaped, so a plain replace cannot touch content.
         return lambda chunk: chunk.replace(old, new) if old in chunk else chunk
+
+
+def _samples(text: str, name: str) -> int:
+    """How many samples (label sets) of metric `name` the exposition has."""
+    return sum(1 for line in text.splitlines() if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "))
 
 
 SLEEP_AWAKE = b'vllm:engine_sleep_state{'

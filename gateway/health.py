@@ -93,6 +93,7 @@ class HealthMonitor:
         changed = b.set_state(p.state, p.detail)
         b.version = p.version or b.version
         b.reported_load = p.load
+        self.gw.metrics.engine.update(b.name, p.engine)
         served = tuple(p.models) if p.state is State.READY or p.models else b.served
         models_changed = served != b.served
         if models_changed:

@@ -14,6 +14,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gateway.engine_metrics import EngineMetrics
+
 # Bucket bounds include vLLM's own (vllm/v1/metrics/loggers.py), so SLO panels written for vLLM work on
 # these and a target can be any of vLLM's bounds; finer bounds are added where vLLM's are too coarse
 # for a gateway (vLLM's request latency starts at 300 ms: a fast answer's p99 would read 297 ms).
@@ -95,6 +97,7 @@ class Metrics:
         self.probe_duration = Histogram("llm_gateway_probe_duration_seconds", "One health probe of a backend.",
                                         ["backend"], buckets=SHORT_BUCKETS, registry=r)
         self._cache: dict[tuple[Any, ...], Any] = {}
+        self.engine = EngineMetrics(r)  # the engines' own figures, set by the health probes
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

@@ -13,7 +13,13 @@ Idle sleep: `vllm:engine_sleep_state{sleep_state="awake"|"weights_offloaded"|"di
 discard_all = 1 level 2); `--sleep-idle-ttl` wakes the engine on the next inference POST, while
 /health and /metrics neither wake it nor count as activity (vllm/entrypoints/serve/idle_sleep/
 middleware.py @eaeb4fe, manager.py @424a465). POST /_sleep?level=N puts the double to sleep (0 wakes
-it); /metrics answers 404 until then, as the double has no other metrics.
+it); /metrics answers 404 until then, unless `--max-num-seqs` gives it the scheduler gauges.
+
+Scheduler gauges (`--max-num-seqs N`, vLLM's scheduler limit): `vllm:num_requests_running` (requests in
+the batch, at most N), `vllm:num_requests_waiting` (the rest of those in flight) and
+`vllm:kv_cache_usage_perc` ("KV-cache usage. 1 means 100 percent usage."), labels `model_name` and
+`engine` as vllm/v1/metrics/loggers.py (0.32) declares them; the double's answers fit one 16-token
+block per running sequence, so usage = running / `--num-gpu-blocks`.
 """
 
 from __future__ import annotations
@@ -56,12 +62,31 @@ def wake_on_inference(app: web.Application) -> None:
         app["wakeups"] = app.get("wakeups", 0) + 1
 
 
+def scheduler_lines(app: web.Application) -> list[str]:
+    seqs, st = app.get("max_num_seqs"), app["state"]
+    if not seqs:
+        return []
+    running = min(st.in_flight, seqs)
+    labels = f'{{model_name="{st.models[0]}",engine="0"}}'
+    out = []
+    for name, doc, value in (
+            ("vllm:num_requests_running", "Number of requests in model execution batches.", running),
+            ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", st.in_flight - running),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
+             running / app["num_gpu_blocks"])):
+        out += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name}{labels} {float(value)}"]
+    return out
+
+
 async def metrics(request: web.Request) -> web.Response:
     level: Any = request.app.get("sleep_level")
+    sched = scheduler_lines(request.app)
     if level is None:
-        raise web.HTTPNotFound()
+        if not sched:
+            raise web.HTTPNotFound()
+        return web.Response(text="\n".join(sched) + "\n", content_type="text/plain")
     model = request.app["state"].models[0]
-    lines = ["# HELP vllm:engine_sleep_state Engine sleep state; awake = 0 means engine is sleeping; "
+    lines = sched + ["# HELP vllm:engine_sleep_state Engine sleep state; awake = 0 means engine is sleeping; "
              "awake = 1 means engine is awake; weights_offloaded = 1 means sleep level 1; "
              "discard_all = 1 means sleep level 2.", "# TYPE vllm:engine_sleep_state gauge"]
     for state, value in (("awake", level == 0), ("weights_offloaded", level == 1), ("discard_all", level == 2)):

@@ -12,7 +12,8 @@ Test hooks: GET /_requests (every body received), GET /_stats (in-flight, max in
 cancelled), GET /_probes (arrival times of GET /v1/models), POST /_probe?status=N&hang=1 (GET
 /v1/models answers N, or never; status=0 hang=0 restores it), POST /_release (let held requests go
 on), POST /_reset, POST /_loading?on=1|0 (every route but the hooks answers llama-server's 503
-"Loading model" while on). `--host` and `--vllm-version V` (also answer vLLM's GET /version).
+"Loading model" while on). `--host` and `--vllm-version V` (also answer vLLM's GET /version); `--max-num-seqs N`: vLLM's
+scheduler gauges on GET /metrics (tests/doubles/openai_extras.py).
 
 Wire format follows backends.md part A §2 (vLLM 0.33): role chunk with content "", content chunks,
 a finish chunk, the usage chunk (choices: []) only with stream_options.include_usage, then
@@ -301,9 +302,12 @@ def main() -> None:
     p.add_argument("--fail-status", type=int, default=0, help="answer every inference request with this status")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--vllm-version", default="", help="also answer vLLM's GET /version with this version")
+    p.add_argument("--max-num-seqs", type=int, default=0, help="serve vLLM's scheduler gauges on /metrics")
+    p.add_argument("--num-gpu-blocks", type=int, default=64)
     a = p.parse_args()
     app = make_app(a.name, a.models.split(","), not a.lenient_model, a.owned_by, a.hang, a.headers_delay,
                    a.fail_status)
+    app["max_num_seqs"], app["num_gpu_blocks"] = a.max_num_seqs, a.num_gpu_blocks
     if a.vllm_version:
         app.router.add_get("/version", lambda r: web.json_response({"version": a.vllm_version}))
     web.run_app(app, host=a.host, port=a.port, print=None, access_log=None, handler_cancellation=True)
