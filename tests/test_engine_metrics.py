@@ -316,3 +316,26 @@ def test_ollama_memory_only_under_names_the_backend_lists() -> None:
           b'{"name":"made-up-by-a-broken-proxy","size":5}]}')
     p = probe(OllamaAdapter, {"/api/tags": (200, tags), "/api/ps": (200, ps), "/api/version": (200, b"{}")})
     assert p.engine.model_memory == {"llama3.2:latest": 3000000000} and p.engine.models_loaded == 2
+
+
+def test_tgi_without_metrics_still_reports_its_one_model() -> None:
+    from adapters.base import EngineStats
+    from adapters.tgi import TGIAdapter
+    info = b'{"model_id":"org/m","max_total_tokens":2048,"max_concurrent_requests":128,"version":"3.3.6"}'
+    p = probe(TGIAdapter, {"/health": (200, b""), "/info": (200, info), "/metrics": (404, b""),
+                           "/api-doc/openapi.json": (200, b'{"paths":{"/v1/completions":{}}}')})
+    assert p.engine == EngineStats(models_loaded=1) and p.load is None
+
+
+def test_llamacpp_asleep_and_router_mode_read_neither_slots_nor_metrics() -> None:
+    from adapters.base import EngineStats
+    from adapters.llamacpp import LlamaCppAdapter
+    # asleep: nothing runs and its model is unloaded; /slots and /metrics are not routes here: never read
+    p = probe(LlamaCppAdapter, {**LC, "/props": (200, b'{"total_slots":2,"is_sleeping":true}')})
+    assert p.engine == EngineStats(running=0.0, waiting=0.0, models_loaded=0)
+    # router: each model's status from /v1/models; the loaded ones count
+    cards = b",".join(b'{"id":"%s","object":"model","status":{"value":"%s"}}' % (n, s)
+                      for n, s in ((b"a", b"loaded"), (b"b", b"unloaded"), (b"c", b"loaded")))
+    p = probe(LlamaCppAdapter, {"/health": LC["/health"], "/v1/models": (200, b'{"data":[' + cards + b"]}"),
+                                "/props": (200, b'{"role":"router"}')})
+    assert p.engine == EngineStats(models_loaded=2)
