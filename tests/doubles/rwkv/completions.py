@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import random
 import re
+import string
 import time
 from typing import Any, Callable
 
@@ -144,36 +146,119 @@ class ToolStream:
     """routes/completion.py async_generator_stream_response_tool_call (RR 64269f0 :893-1100), the stream
     of an RWKV model given `tools`: content is held back until the answer is judged "common" (4 line
     feeds, > 60 characters, or > 44 without a code fence), then sent as ONE chunk holding all of it;
-    an answer that ends unjudged is sent whole at the end. Only this "common" side is reproduced: the
-    function-call side (a "```name\ntool_call(...)" head) is not, and such text stays text."""
+    an answer that ends unjudged is sent whole at the end. A "name ```...tool_call(" head makes it a
+    call instead: a role chunk, the call's id and name, then each token as argument text, its quote and
+    paren stack deciding where the arguments end (a '=' after a closed quote pair becomes ':'), and a
+    "\n\n" or the closing paren ends the stream at once with finish_reason tool_calls. Ported as is,
+    quirks included (a lone '"' closes its own pair: the keyword is looked for twice)."""
+
+    PAIRS = (("```", "```"), ("(", ")"), ('"', '"'), ("'", "'"))
 
     def __init__(self, emit: Callable[[str], Any]) -> None:
         self.emit, self.content, self.common = emit, "", False
+        self.call, self.done, self.colon, self.stack = False, False, False, ["```", "("]
+        self.id = tool_call_id()
 
-    async def __call__(self, data: str) -> None:
-        if self.common:
-            await self.emit(data)
-            return
-        if data == "[DONE]":
-            obj, name = self.last
+    async def finish(self) -> None:
+        obj, name = self.last
+        if not self.call:
             await self.emit(json.dumps({"object": obj, "model": name, "choices": [
                 {"index": 0, "delta": {"content": self.content}, "finish_reason": None}]}))
             await self.emit(json.dumps({"object": obj, "model": name, "choices": [
                 {"index": 0, "delta": {}, "finish_reason": "stop"}]}))
-            await self.emit("[DONE]")
+        else:
+            await self.emit(json.dumps({"object": obj, "model": name, "choices": [
+                {"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}))
+        await self.emit("[DONE]")
+        self.done = True  # the real one stops reading the generator here
+
+    async def __call__(self, data: str) -> None:
+        if self.done:
+            return
+        if self.common:
+            await self.emit(data)
+            return
+        if data == "[DONE]":
+            await self.finish()
             return
         doc = json.loads(data)
         self.last = doc["object"], doc["model"]
         delta = doc["choices"][0]["delta"]
         if delta == {}:
             return
-        self.content += delta["content"]
+        d: str = delta["content"]
+        self.content += d
+        if self.call:
+            await self.argument(doc, d)
+            return
         c = self.content
-        if re.search(r"([\w]+)[\s]*```[\w\s]*tool_call\(", c) is None and (
-                c.count("\n") >= 4 or len(c) > 60 or (len(c) > 44 and "```" not in c)):
+        head = re.search(r"([\w]+)[\s]*```[\w\s]*tool_call\(", c)
+        if head is None and (c.count("\n") >= 4 or len(c) > 60 or (len(c) > 44 and "```" not in c)):
             self.common = True
             delta["content"] = c
             await self.emit(json.dumps(doc))
+        elif head is not None:
+            self.call = True
+            delta["role"], delta["content"] = "assistant", None
+            await self.emit(json.dumps(doc))
+            doc["choices"][0]["delta"] = {"tool_calls": [{"index": 0, "id": self.id, "type": "function", "function": {
+                "name": head.group(1), "arguments": ""}}]}
+            await self.emit(json.dumps(doc))
+            quote = '"' if d.strip().endswith('"') else "'" if d.strip().endswith("'") else ""
+            doc["choices"][0]["delta"] = {"tool_calls": [{"index": 0, "function": {"arguments": "{" + quote}}]}
+            await self.emit(json.dumps(doc))
+
+    async def argument(self, doc: dict, d: str) -> None:
+        if "\n\n" in self.content:
+            await self.finish()
+            return
+        stack = self.stack
+        for pair in self.PAIRS:
+            if self.done:
+                break
+            for keyword in pair:
+                if keyword not in d:
+                    continue
+                stack.append(keyword)
+                if pair[0] in stack and pair[1] in stack and (
+                        (pair[0] != pair[1] and stack.index(pair[0]) < stack.index(pair[1]))
+                        or (pair[0] == pair[1] and stack.count(pair[0]) >= 2)):
+                    stack.remove(pair[0])
+                    stack.remove(pair[1])
+                    self.colon = self.colon or pair[0] in ('"', "'")
+                    if "(" not in stack and ")" not in stack:
+                        quote = '"' if d.strip().startswith('"') else "'" if d.strip().startswith("'") else ""
+                        doc["choices"][0]["delta"] = {"tool_calls": [{"index": 0, "function": {
+                            "arguments": quote + "}"}}]}
+                        await self.emit(json.dumps(doc))
+                        await self.finish()
+                        break
+        if self.done:
+            return
+        if "=" in d and self.colon:
+            d, self.colon = d.replace("=", ":"), False
+        doc["choices"][0]["delta"] = {"tool_calls": [{"index": 0, "function": {"arguments": d}}]}
+        await self.emit(json.dumps(doc))
+
+
+def tool_call_id() -> str:
+    """generate_tool_call_id (RR completion.py:891)."""
+    return "call_" + "".join(random.sample(string.ascii_letters + string.digits, 24))
+
+
+def tool_call_answer(doc: dict) -> dict:
+    """postprocess_response (RR completion.py:1141-1174): a whole answer holding a "name ```tool_call(...)```"
+    block becomes one call; arguments are its quoted 'key'='value' pairs (other shapes give {})."""
+    message = doc["choices"][0]["message"]
+    m = re.search(r"([\w]+)[\s]*```[\w\s]*tool_call(.*?)\n*```", message["content"], re.DOTALL)
+    if m is None:
+        return doc
+    args = dict(re.findall(r'[\'"]([^\'"]+)[\'"]\s*=\s*[\'"]([^\'"]+)[\'"]', m.group(2).strip()))
+    message["tool_calls"] = [{"id": tool_call_id(), "type": "function", "function": {
+        "name": m.group(1), "arguments": json.dumps(args)}}]
+    message["content"] = None
+    doc["choices"][0]["finish_reason"] = "tool_calls"
+    return doc
 
 
 async def answer(request: web.Request, st: State, m: Model, entry: dict, ctl: dict, chat: bool, stream: bool,
@@ -181,7 +266,7 @@ async def answer(request: web.Request, st: State, m: Model, entry: dict, ctl: di
     try:
         if not stream:
             doc = await run_eval(st, m, entry, ctl, chat, prompt, stop, config, None)
-            return json_response(doc)
+            return json_response(tool_call_answer(doc) if tools and doc is not None else doc)
         if m.albatross:  # albatross_streaming_response: a plain StreamingResponse, no pings
             resp = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                                                "Content-Type": "text/event-stream; charset=utf-8"})

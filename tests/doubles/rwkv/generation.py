@@ -18,7 +18,8 @@ async def generate_rwkv(st: State, ctl: dict, text: str, max_tokens: int, stop: 
     U+FFFD (`if "\\ufffd" not in delta:`, :371), so a character split over two tokens (tokens.byte_tokens)
     gives one chunk for two tokens; completion_tokens counts every token. A natural end (EOS, a stop
     string) yields an EMPTY delta; the max_tokens limit ends the loop without one."""
-    toks = byte_tokens(text)
+    # x_double.tokens: the answer's tokens as the real World tokenizer splits it (where chunking matters)
+    toks = [t.encode() for t in ctl["tokens"]] if isinstance(ctl.get("tokens"), list) else byte_tokens(text)
     fail_at = 0 if ctl.get("fail") or st.args.fail_generations else ctl.get("fail_at")
     delay = float(ctl.get("delay", st.args.token_delay))
     completion_tokens = 0
