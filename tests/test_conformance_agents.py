@@ -39,7 +39,11 @@ FORMAT: Any = {"type": "json_schema", "json_schema": {"name": "weather", "schema
 # How each backend shows tool calls:
 #   parallel:  the double is steered (x_double) to make both calls in one turn
 #   one-per-turn: TGI makes one call per turn (router chat.rs parse_output): two turns, then the answer
-#   accepted:  no call can be forced; the request (and a history with tool results) is answered well-formed
+#   accepted:  no call can be forced here; the request (and a history with tool results) is answered well-formed.
+#              The round trips these kinds can make are proven where their servers are set up for them:
+#              tests/test_vllm_tool_choice.py (a vLLM with a tool parser, named and "required" choices),
+#              tests/test_llamacpp_tool_choice.py (llama-server with a tool template),
+#              tests/test_rwkv_tool_calls.py (the RWKV double replaying the real backend-python's calls).
 #   refused:   the kind's capabilities say tools=False: 400 before any backend call
 TOOL_MODE = {"vllm-double": "parallel", "openai-double": "parallel", "ollama-double": "parallel",
              "tgi-double": "one-per-turn", "rwkv-double": "accepted", "llamacpp": "accepted", "vllm": "accepted",
