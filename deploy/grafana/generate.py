@@ -122,6 +122,10 @@ def overview() -> Board:
               q(rate(P + "requests_total", "status"), "{{status}}"), "reqps"),
         Panel("Tokens/s by model", "Prompt and completion tokens per second from the backends' usage.",
               q(rate(P + "tokens_total", "model, kind"), "{{model}} {{kind}}"), "short"),
+        Panel("Requests/s by backend kind", "Per engine kind (vLLM, llama.cpp, TGI, ...): the requests' backend "
+              "joined with llm_gateway_backend_info.",
+              q(f"sum by (kind) ({rate(P + 'requests_total', 'backend')} * on (backend) group_left (kind) "
+                f"max by (backend, kind) ({P}backend_info))", "{{kind}}"), "reqps", width=24),
     ))
     latency = Row("Latency", (
         Panel("Time to first token by model", "Streams: request received to first content event sent.",
