@@ -44,7 +44,8 @@ class Stack:
         return doc["data"]["result"]
 
     def rate_interval(self) -> str:
-        """What Grafana's $__rate_interval would be for a range starting with the traffic: it covers it."""
+        """A window covering all the traffic (seconds long here; on a dashboard Grafana makes it at least four
+        scrape intervals), so every series that saw traffic has a rate to show."""
         return f"{max(15, math.ceil(time.time() - self.started) + 5)}s"
 
 
