@@ -310,14 +310,14 @@ def board_json(board: Board) -> dict:
         panels.append({"type": "row", "id": pid, "title": row.title, "collapsed": False, "panels": [],
                        "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
         pid, y, x = pid + 1, y + 1, 0
-        h = 8
+        line = 0  # height of the current line of panels: its tallest
         for p in row.panels:
             if x + p.width > 24:
-                x, y = 0, y + h
+                x, y, line = 0, y + line, 0
             h = 4 if p.kind == "stat" else 8
             panels.append(panel_json(p, pid, x, y, h))
-            pid, x = pid + 1, x + p.width
-        y += h
+            pid, x, line = pid + 1, x + p.width, max(line, h)
+        y += line
     return {"uid": board.uid, "title": board.title, "description": board.description, "tags": list(board.tags),
             "editable": True, "graphTooltip": 1, "timezone": "browser", "refresh": "30s", "schemaVersion": 39,
             "time": {"from": "now-1h", "to": "now"}, "fiscalYearStartMonth": 0, "liveNow": False, "links": [],
