@@ -90,6 +90,7 @@ class HealthMonitor:
             log.info("backend %s: model(s) %s back in service after a good probe", b.name, ", ".join(b.ejected))
             b.ejected.clear()
             b.model_errors.clear()
+            self.gw.publish_readiness()
         changed = b.set_state(p.state, p.detail)
         b.version = p.version or b.version
         b.reported_load = p.load

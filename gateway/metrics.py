@@ -94,6 +94,10 @@ class Metrics:
         self.rejections = Counter("llm_gateway_rejections",
                                   "429s: the gateway's limiter (queue_full, queue_timeout) or the backend itself.",
                                   ["backend", "reason"], registry=r)
+        self.model_ready = Gauge("llm_gateway_model_ready_deployments",
+                                 "Deployments of each public model that can serve now (0: requests for it fail).",
+                                 ["model"], registry=r)
+        self._ready_models: set[str] = set()
         self.probe_duration = Histogram("llm_gateway_probe_duration_seconds", "One health probe of a backend.",
                                         ["backend"], buckets=SHORT_BUCKETS, registry=r)
         self._cache: dict[tuple[Any, ...], Any] = {}
@@ -162,6 +166,15 @@ class Metrics:
         for s in states:
             self._child(self.backend_state, backend, s).set(1 if s == state else 0)
         self._child(self.backend_models, backend).set(n_models)
+
+    def set_model_ready(self, counts: dict[str, int]) -> None:
+        """Per public model, its deployments that can serve; a model no longer routed loses its series."""
+        for gone in self._ready_models - counts.keys():
+            self.model_ready.remove(gone)
+            self._cache.pop((id(self.model_ready), gone), None)
+        for model, n in counts.items():
+            self._child(self.model_ready, model).set(n)
+        self._ready_models = set(counts)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

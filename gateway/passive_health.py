@@ -53,3 +53,4 @@ class PassiveHealth:
             b.ejected[model] = f"{run} server errors in a row (last {what})"
             log.warning("backend %s: model %s taken out after %d server errors in a row (last %s); "
                         "its other models keep serving", b.name, model, run, what)
+            self.gw.publish_readiness()

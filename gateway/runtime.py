@@ -44,6 +44,7 @@ class Gateway:
         for b in settings.backends:
             self.add_backend(b, rebuild=False)
         self.table: RoutingTable = build_table(settings.models, self.backends)
+        self.publish_readiness()
         self.max_body = settings.server.max_body_bytes
         self.max_attempts = u.max_attempts
         self.retry_deadline = u.retry_deadline
@@ -71,9 +72,16 @@ class Gateway:
     def rebuild(self) -> None:
         """Swap in a new routing table built from config and what backends serve now."""
         self.table = build_table(self.settings.models, self.backends)
+        self.publish_readiness()
 
     def state_changed(self, b: BackendRuntime) -> None:
         self.metrics.set_backend_state(b.name, b.state.value, STATES, len(b.served))
+        self.publish_readiness()
+
+    def publish_readiness(self) -> None:
+        """llm_gateway_model_ready_deployments: on state and routing changes only, never per request."""
+        self.metrics.set_model_ready({r.name: sum(1 for d in r.deployments if d.backend.usable(d.upstream_model))
+                                      for r in self.table.routes})
 
     def mark_failed(self, b: BackendRuntime, detail: str) -> None:
         """Passive health: a connect failure (or a run of server errors) on real requests takes the

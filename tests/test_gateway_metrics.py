@@ -150,3 +150,17 @@ def test_label_cardinality_does_not_grow_with_client_strings(env: dict[str, Any]
         == 1000
     text = httpx.get(gw.url + "/metrics").text
     assert "nope-" not in text and "s-1" not in text and "u-1" not in text
+
+
+def test_ready_deployments_per_model_follow_the_backends(env: dict[str, Any]) -> None:
+    gw, lim = env["gw"], env["lim"]
+    name = "llm_gateway_model_ready_deployments"
+    # `primary`'s only backend was stopped by the fixture: its probe takes it out, the model reads 0
+    wait_for(lambda: val(scrape(gw), name, model="primary") == 0 and (name, frozenset({"model": "primary"}.items()))
+             in scrape(gw), "primary has no ready deployment")
+    m = scrape(gw)
+    assert val(m, name, model="m") == 1 and val(m, name, model="q") == 1
+    lim.proc.stop()  # q's backend goes away: its model is then served by nobody, and its series says so
+    # a down backend keeps its last model list (routing answers 503, not 404): the series stays, at 0
+    wait_for(lambda: scrape(gw).get((name, frozenset({"model": "q"}.items()))) == 0, "q has no ready deployment")
+    assert val(scrape(gw), name, model="m") == 1

@@ -144,6 +144,9 @@ def overview() -> Board:
               names=True, width=8),
         Panel("Backends by state", "How many backends are in each state.",
               q(f"sum by (state) (max by (backend, state) ({P}backend_state))", "{{state}}"), width=8),
+        Panel("Ready deployments by model", "Deployments of each model that can serve now; 0 means its "
+              "requests get 503 no_ready_deployment (unless a fallback serves them).",
+              q(f"min by (model) ({P}model_ready_deployments)", "{{model}}"), width=8),
         Panel("In-flight requests by backend", "Requests the gateway is serving now, per backend.",
               q(f"sum by (backend) ({P}in_flight_requests)", "{{backend}}"), width=8),
         Panel("Engine queue by backend", "Requests waiting inside the engine and being generated, as the engine "
@@ -208,6 +211,8 @@ def per_model() -> Board:
         Row("Reliability", (
             Panel("Retries", "", q(rate(P + "retries_total", "model", m), "{{model}}"), "reqps"),
             Panel("Fallbacks", "", q(rate(P + "fallbacks_total", "fallback", m), "-> {{fallback}}"), "reqps"),
+            Panel("Ready deployments", "Deployments of the model that can serve now (per gateway replica).",
+                  q(f"{P}model_ready_deployments{{{m}}}", "{{instance}}"), "short"),
         )),
     )
     return Board("llm-gateway-model", "LLM gateway / Model", "One model: its traffic, latency against SLOs, and "
