@@ -26,8 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--url", default="http://127.0.0.1:4000", help="the gateway's base URL")
     st.add_argument("--api-key", default=None, help="deprecated: other users can read it in the process list; "
                     "set $GATEWAY_ADMIN_KEY to an admin key instead")
+    sz = sub.add_parser("size", help="estimate GPU memory for a model: weights, KV cache, overhead, fits or not")
+    from gateway.recipes.size_cli import add_arguments as add_size_arguments
+    add_size_arguments(sz)
     args = p.parse_args(argv)
     try:
+        if args.command == "size":
+            from gateway.recipes.size_cli import run as run_size
+            return run_size(args)
         if args.command == "serve":
             return serve(args)
         if args.command == "status":
