@@ -180,8 +180,8 @@ class Estimate:
 
 def _overhead(arch: Architecture, engine: str, context: int, slots: int, tp: int) -> int:
     """Per GPU. llama.cpp compute buffer with flash attention (its default where supported): the graph's
-    largest node, ubatch x max(vocab logits, FFN activations) x 4 B, plus the f16 KQ mask ubatch x n_kv.
-    (Llama-3-8B at -c 8192: 250.5 + 8 = 258.5 MiB, the figure llama-server logs.)"""
+    largest node, ubatch x max(vocab logits, FFN activations) x 4 B, plus the f16 KQ mask ubatch x n_kv
+    (the terms gguf-parser-go's estimator counts; its graph overhead per node is left out)."""
     ub = LLAMACPP_UBATCH
     widest = max(arch.vocab, arch.intermediate + 2 * arch.hidden)
     if engine == "llamacpp":
