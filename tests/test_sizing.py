@@ -279,3 +279,22 @@ def test_human_output_shows_the_breakdown() -> None:
     r = size("--model", "Qwen/Qwen2.5-7B-Instruct", "--context", "4096", "--gpus", "1x16GiB")
     assert r.returncode == 0 and "fits: NO" in r.stdout and "DOES NOT FIT" in r.stdout
     assert "- smaller quantization: --format fp8 fits" in r.stdout
+
+
+def test_gpu_indices_read_sizes_through_nvml(tmp_path: Path) -> None:
+    # a stand-in `pynvml` with the nvidia-ml-py calls size_cli makes: device 0 has 24 GiB, device 1 16 GiB
+    (tmp_path / "pynvml.py").write_text(
+        "class NVMLError(Exception):\n    pass\n"
+        "class _Mem:\n    def __init__(self, total):\n        self.total = total\n"
+        "def nvmlInit():\n    pass\n"
+        "def nvmlShutdown():\n    pass\n"
+        "def nvmlDeviceGetHandleByIndex(i):\n"
+        "    if i > 1:\n        raise NVMLError('Invalid Argument')\n    return i\n"
+        "def nvmlDeviceGetMemoryInfo(h):\n    return _Mem([24 << 30, 16 << 30][h])\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = size("--model", "Qwen/Qwen2.5-7B-Instruct", "--format", "q4_k_m", "--context", "4096", "--gpus", "0,1",
+             "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert [g["total_bytes"] for g in json.loads(r.stdout)["per_gpu"]] == [24 * GiB, 16 * GiB]
+    r = size("--model", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "0,5", env=env)
+    assert r.returncode == 2 and "NVML cannot read the GPUs (Invalid Argument)" in r.stderr
