@@ -136,6 +136,9 @@ def test_tensor_parallel_splits_weights_and_kv() -> None:
     assert two.per_gpu[0].weights_bytes == one.weights_bytes // 2
     assert two.per_gpu[0].kv_cache_bytes == one.kv_cache_bytes // 2  # 8 KV heads: 4 per rank
     assert any("--gpus 2x80GiB fits" in a for a in one.advice)
+    # 64 heads over 3 GPUs: vLLM refuses to start, whatever the memory says
+    three = estimate(SizingRequest(resolve("Qwen/Qwen2.5-72B-Instruct"), context=8192, gpus=[80 * GiB] * 3))
+    assert not three.fits and any("64 attention heads" in a and "use 1, 2, 4, 8" in a for a in three.advice)
 
 
 def test_advice_when_it_does_not_fit() -> None:

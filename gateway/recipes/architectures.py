@@ -81,7 +81,8 @@ _TABLE: list[tuple[tuple[str, ...], Architecture]] = [
         src=_HF.format("Qwen/Qwen2.5-72B-Instruct"))),
     (("Qwen/Qwen-7B", "Qwen/Qwen-7B-Chat"),  # first-generation Qwen, the guides' 8K model
      _a("Qwen-7B", 7.72e9, 32, 4096, 32, 32, 128, 151936, 11008, 8192, src=_HF.format("Qwen/Qwen-7B-Chat"))),
-    # ChatGLM-6B ties lm_head to the word embeddings (its int4 checkpoint is ~3.9 GB)
+    # ChatGLM-6B: transformers ties lm_head to word_embeddings (get_output_embeddings/tie_weights with the
+    # config's default tie_word_embeddings=true); its own int4 is per-row (~4.0 bpw), a little under our int4
     (("THUDM/chatglm-6b", "zai-org/chatglm-6b"),
      _a("ChatGLM-6B", 6.17e9, 28, 4096, 32, 32, 128, 130528, 16384, 2048, tied=True,
         src=_HF.format("THUDM/chatglm-6b"))),

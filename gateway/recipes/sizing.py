@@ -257,6 +257,8 @@ def estimate(req: SizingRequest, *, advise: bool = True) -> Estimate:
             share = GpuShare(i, size, budget, int(w * on_gpu * part), int(kv * on_gpu * part), oh1)
         est.per_gpu.append(share)
     est.fits = bool(est.per_gpu) and all(g.used_bytes <= g.budget_bytes for g in est.per_gpu)
+    if tensor_parallel and arch.heads % n:  # vLLM/TGI refuse to start: heads are split evenly over the ranks
+        est.fits = False
     if tensor_parallel and est.per_gpu:
         pool = min(g.budget_bytes - g.weights_bytes - g.overhead_bytes for g in est.per_gpu)
         rank_token = per_token * _kv_share(arch, n)
@@ -289,6 +291,9 @@ def _advice(req: SizingRequest, est: Estimate, arch: Architecture, n: int) -> li
         return out
     if est.engine == "llamacpp" and est.gpu_layers is not None and est.gpu_layers < arch.layers:
         out.append(_offload_line(est, arch))
+    if est.engine in ("vllm", "tgi") and arch.heads % n:
+        out.append(f"{est.engine} splits the {arch.heads} attention heads evenly over the GPUs: {n} GPUs cannot "
+                   f"serve it (use {', '.join(str(k) for k in range(1, 9) if arch.heads % k == 0)})")
     if est.vllm_kv_tokens is not None:
         seqs = est.vllm_kv_tokens // est.context
         out.append(f"{est.engine} pre-allocates {req.gpu_memory_utilization or ENGINE_UTILIZATION[est.engine]:g} "
