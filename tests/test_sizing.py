@@ -301,3 +301,27 @@ def test_gpu_indices_read_sizes_through_nvml(tmp_path: Path) -> None:
     assert [g["total_bytes"] for g in json.loads(r.stdout)["per_gpu"]] == [24 * GiB, 16 * GiB]
     r = size("--model", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "0,5", env=env)
     assert r.returncode == 2 and "NVML cannot read the GPUs (Invalid Argument)" in r.stderr
+
+
+@pytest.mark.llamacpp
+def test_real_llama_server_allocates_what_the_estimate_says(llama_binary: Path, spawn: Any, tmp_path: Path) -> None:
+    """The estimate's weights and KV cache against the buffers a real llama-server allocates for the same
+    GGUF, context and slots (its log at -lv 4: "model buffer size", "llama_kv_cache: size", 2 decimals in MiB)."""
+    import re
+
+    from tests.backends.llamacpp import server_args, wait_ready
+    from tests.procs import free_port
+
+    model = write_tiny_gguf(tmp_path / "kv.gguf", n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ctx_train=8192)
+    port = free_port()
+    # -c is llama.cpp's total: 2 slots of 4096 tokens; -lv 4 prints the buffer sizes
+    proc = spawn.proc(server_args(llama_binary, model, port, ctx=8192, parallel=2, threads=1, extra=["-lv", "4"]),
+                      "llama-sizing")
+    wait_ready(proc, f"http://127.0.0.1:{port}", timeout=60)
+    log = proc.output()
+    kv_mib = float(re.search(r"llama_kv_cache: size =\s*([\d.]+) MiB", log).group(1))  # type: ignore[union-attr]
+    model_mib = float(re.search(r"model buffer size =\s*([\d.]+) MiB", log).group(1))  # type: ignore[union-attr]
+    e = estimate(SizingRequest(resolve(str(model)), context=4096, slots=2))
+    assert e.kv_cache_bytes == 2 * 4 * 2 * 32 * 8192 * 2  # 2 x layers x KV heads x head dim x tokens x f16
+    assert abs(e.kv_cache_bytes / (1 << 20) - kv_mib) <= 0.005, (e.kv_cache_bytes, kv_mib)
+    assert abs(e.weights_bytes / (1 << 20) - model_mib) <= 0.005, (e.weights_bytes, model_mib)
