@@ -154,6 +154,9 @@ def test_advice_when_it_does_not_fit() -> None:
     assert any(a.startswith("shorter context: --context") for a in longest["advice"])
     # 16 GiB of KV: not even INT4 weights make room; at 65536 tokens (8 GiB) FP8 does
     assert not any(a.startswith("smaller quantization") for a in longest["advice"])
+    none = size_json("--model", "deepseek-ai/DeepSeek-V3", "--format", "int4", "--context", "4096", "--gpus",
+                     "1x8GiB")  # ~350 GB even at INT4: not on 16 such GPUs either
+    assert none["fits"] is False and none["advice"][-1].startswith("nothing smaller fits these GPUs")
     long = size_json("--model", "meta-llama/Llama-3.1-8B-Instruct", "--gpus", "1x24GiB", "--context", "65536")
     assert "smaller quantization: --format fp8 fits" in " | ".join(long["advice"])
 

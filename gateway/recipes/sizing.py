@@ -304,6 +304,7 @@ def _advice(req: SizingRequest, est: Estimate, arch: Architecture, n: int) -> li
                        f"{seqs} at full context, fewer than --slots {req.slots}")
     if est.fits:
         return out
+    informative = len(out)
     ladder = GGUF_LADDER if est.engine == "llamacpp" else HF_LADDER
     bpw = {**GGUF_BPW, **HF_BPW}
     for fmt in ladder:
@@ -334,7 +335,7 @@ def _advice(req: SizingRequest, est: Estimate, arch: Architecture, n: int) -> li
                 if layers / arch.layers < SLOW_OFFLOAD_RULE:
                     out.append(_slow_line(layers / arch.layers))
                 break
-    if len(out) == sum(1 for line in out if line.startswith(("MoE", "vllm", "tgi"))):
+    if len(out) == informative:
         out.append("nothing smaller fits these GPUs: a larger GPU or a smaller model")
     return out
 
