@@ -259,10 +259,15 @@ def test_gpu_specs() -> None:
     (["--model", "{tmp}/config.json"], "cannot read"),
     (["--model", "Qwen/Qwen2.5-7B-Instruct", "--context", "lots"], "invalid int value"),
     (["--format", "fp16"], "required: --model"),
+    (["--model", "{tmp}/st"], "cannot read safetensors header"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
     (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "config.json").write_text(
+        json.dumps({"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4}))
+    (tmp_path / "st" / "model.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{bad}")
     r = size(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert r.returncode == 2
     assert message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
@@ -328,3 +333,19 @@ def test_real_llama_server_allocates_what_the_estimate_says(llama_binary: Path, 
     assert e.kv_cache_bytes == 2 * 4 * 2 * 32 * 8192 * 2  # 2 x layers x KV heads x head dim x tokens x f16
     assert abs(e.kv_cache_bytes / (1 << 20) - kv_mib) <= 0.005, (e.kv_cache_bytes, kv_mib)
     assert abs(e.weights_bytes / (1 << 20) - model_mib) <= 0.005, (e.weights_bytes, model_mib)
+
+
+def test_hf_directory_counts_its_safetensors_exactly(tmp_path: Path) -> None:
+    from tests.backends.hf_model import write_tiny_llama
+
+    d = write_tiny_llama(tmp_path / "tiny-hf", vocab_size=512, hidden=64, layers=2, heads=4, kv_heads=2)
+    V, H, L, hd, I = 512, 64, 2, 32, 128  # head_dim max(64 // 4, 32); intermediate 2 x hidden  # noqa: E741
+    elements = 2 * V * H + H + L * (2 * H + 4 * hd * H * 2 + 2 * 2 * hd * H + 3 * I * H)
+    # a config.json without intermediate_size: a shape formula would guess 4 x hidden, the headers know
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["intermediate_size"], cfg["torch_dtype"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    out = size_json("--model", str(d), "--context", "512")
+    assert out["format"] == "fp32" and out["weights_bytes"] == elements * 4
+    assert out["kv_bytes_per_token"] == 2 * L * 2 * hd * 2
+    assert estimate(SizingRequest(resolve(str(d)), format="bf16")).weights_bytes == elements * 2

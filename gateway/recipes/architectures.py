@@ -5,6 +5,8 @@ never loads the weights)."""
 from __future__ import annotations
 
 import json
+import math
+import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,36 @@ def params_from_shape(layers: int, hidden: int, heads: int, kv_heads: int, head_
     return layers * (attn + mlp + 2 * hidden) + vocab * hidden * (1 if tied else 2) + hidden
 
 
+_ST_FORMAT = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
+
+
+def safetensors_totals(directory: Path) -> tuple[int, int, str | None] | None:
+    """(tensor bytes, elements, the dtype holding most bytes) of the *.safetensors beside a config.json, from
+    their headers only (u64 length + JSON with each tensor's dtype, shape and data_offsets); None without any."""
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        return None
+    size = elements = 0
+    by_dtype: dict[str, int] = {}
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                if n > 100 << 20:
+                    raise ValueError(f"header of {n} bytes")
+                header = json.loads(fh.read(n))
+            for name, t in header.items():
+                if name == "__metadata__":
+                    continue
+                start, end = t["data_offsets"]
+                size += end - start
+                elements += math.prod(t["shape"])
+                by_dtype[t["dtype"]] = by_dtype.get(t["dtype"], 0) + end - start
+        except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+            raise SizingError(f"cannot read safetensors header of {f}: {exc}") from None
+    return size, elements, max(by_dtype, key=lambda d: by_dtype[d]) if by_dtype else None
+
+
 def from_config_json(path: Path) -> Architecture:
     """A Hugging Face config.json (Llama/Qwen/Mistral/Mixtral/Yi/Baichuan/ChatGLM/DeepSeek key names)."""
     try:
@@ -180,6 +212,12 @@ def from_config_json(path: Path) -> Architecture:
     elif cfg.get("torch_dtype") in ("bfloat16", "float16", "float32"):
         fmt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[cfg["torch_dtype"]]
     params = params_from_shape(layers, hidden, heads, kv, head_dim, vocab, inter, tied, experts)
+    weights = None
+    st = safetensors_totals(path.parent)
+    if st is not None:  # the checkpoint beside it: its exact tensor bytes (GPUStack sizes by files too)
+        weights = st[0]
+        if not q and st[2] in _ST_FORMAT:  # unquantized: every element is a parameter
+            params, fmt = float(st[1]), _ST_FORMAT[st[2]]
     return Architecture(
         name=str(_first(cfg, "_name_or_path", default=path.parent.name) or path.parent.name), params=params,
         layers=int(layers), hidden=int(hidden), heads=int(heads), kv_heads=kv, head_dim=head_dim, vocab=vocab,
@@ -187,7 +225,7 @@ def from_config_json(path: Path) -> Architecture:
         max_context=_first(cfg, "max_position_embeddings", "seq_length", "max_sequence_length", "n_positions"),
         sliding_window=int(window) if window else None, swa_layers=int(layers) if window else 0,
         kv_lora_rank=kv_lora, rope_dim=int(cfg.get("qk_rope_head_dim") or 0), experts=experts,
-        source=str(path), file_format=fmt)
+        source=str(path), weights_bytes=weights if fmt else None, file_format=fmt)
 
 
 def from_gguf(path: Path) -> Architecture:
