@@ -21,7 +21,9 @@ MiB = 1 << 20
 INT4_GROUP_BPW = 4 + (16 + 4) / 128
 HF_BPW: dict[str, float] = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "int4": INT4_GROUP_BPW,
                             "gptq": INT4_GROUP_BPW, "awq": INT4_GROUP_BPW}
-QUANT_BODY = {"int8", "int4", "gptq", "awq"}  # embeddings + output head kept in FP16
+# Embeddings + output head stay 16-bit: vLLM quantizes LinearBase layers only (its fp8/GPTQ/AWQ methods leave
+# VocabParallelEmbedding and ParallelLMHead unquantized unless lm_head quantization is asked for).
+QUANT_BODY = {"fp8", "int8", "int4", "gptq", "awq"}
 
 
 def _gib_over_llama3_8b(size_gib: float) -> float:
