@@ -71,22 +71,27 @@ def _one_line_error(message: str) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.error = _one_line_error  # type: ignore[method-assign]  # argparse's usage + error: one line instead
-    p.add_argument("--model", "-m", required=True, help="hub id of the built-in table, a GGUF file, a config.json "
+    p.add_argument("--model", "-m", required=True, metavar="M",
+                   help="hub id of the built-in table, a GGUF file, a config.json "
                    "or a directory holding one")
-    p.add_argument("--format", "-f", help="fp32 fp16 bf16 fp8 int8 int4 gptq awq, or a GGUF type q2_k..q8_0, f16 "
+    p.add_argument("--format", "-f", metavar="F",
+                   help="fp32 fp16 bf16 fp8 int8 int4 gptq awq, or a GGUF type q2_k..q8_0, f16 "
                    "(default: the file's own, else bf16; q4_k_m for llama.cpp)")
-    p.add_argument("--context", "-c", type=int, help="tokens per sequence (default: the model's maximum)")
-    p.add_argument("--slots", type=int, default=1, help="concurrent sequences at full context (default 1)")
-    p.add_argument("--gpus", help="2x24GiB | 24GiB,16GiB | device indices 0,1 (sizes read with nvidia-ml-py)")
+    p.add_argument("--context", "-c", type=int, metavar="N", help="tokens per sequence (default: the model's maximum)")
+    p.add_argument("--slots", type=int, default=1, metavar="N", help="concurrent sequences at full context (default 1)")
+    p.add_argument("--gpus", metavar="SPEC",
+                   help="2x24GiB | 24GiB,16GiB | device indices 0,1 (sizes read with nvidia-ml-py)")
     p.add_argument("--engine", choices=ENGINES, help="default: llamacpp for GGUF formats, else vllm")
-    p.add_argument("--gpu-memory-utilization", type=float, help="vLLM's fraction (default 0.9; TGI 1.0)")
-    p.add_argument("--gpu-layers", type=int, help="llama.cpp -ngl: layers on GPU, the rest in RAM")
-    p.add_argument("--cache-type", default="f16", help="KV cache type: f16, bf16, q8_0, q4_0, fp8 (default f16)")
-    p.add_argument("--params", help="parameter count, e.g. 7B (for a model not in the table, or to override)")
-    p.add_argument("--layers", type=int, help="transformer layers")
-    p.add_argument("--kv-heads", type=int, help="KV heads (GQA); = attention heads without GQA")
-    p.add_argument("--head-dim", type=int, help="dimension of one attention head")
-    p.add_argument("--heads", type=int, help="attention heads (default: --kv-heads)")
+    p.add_argument("--gpu-memory-utilization", type=float, metavar="F", help="vLLM's fraction (default 0.9; TGI 1.0)")
+    p.add_argument("--gpu-layers", type=int, metavar="N", help="llama.cpp -ngl: layers on GPU, the rest in RAM")
+    p.add_argument("--cache-type", default="f16", metavar="T",
+                   help="KV cache type: f16, bf16, q8_0, q4_0, fp8 (default f16)")
+    p.add_argument("--params", metavar="COUNT",
+                   help="parameter count, e.g. 7B (for a model not in the table, or to override)")
+    p.add_argument("--layers", type=int, metavar="N", help="transformer layers")
+    p.add_argument("--kv-heads", type=int, metavar="N", help="KV heads (GQA); = attention heads without GQA")
+    p.add_argument("--head-dim", type=int, metavar="N", help="dimension of one attention head")
+    p.add_argument("--heads", type=int, metavar="N", help="attention heads (default: --kv-heads)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the text breakdown")
 
 
