@@ -87,6 +87,10 @@ def test_llama31_8b_kv_cache_is_128kib_per_token_at_fp16() -> None:
     q8 = size_json("--model", "meta-llama/llama-3.1-8b-instruct", "--context", "8192", "--format", "q8_0",
                    "--cache-type", "q8_0")
     assert q8["kv_cache_bytes"] == 128 * 1024 * 8192 * 34 // 32 // 2  # ggml q8_0: 34 bytes per 32 values
+    # vLLM --kv-cache-dtype auto follows the model's dtype
+    fp32 = size_json("--model", "meta-llama/llama-3.1-8b-instruct", "--context", "8192", "--format", "fp32",
+                     "--cache-type", "auto")
+    assert fp32["kv_bytes_per_token"] == 256 * 1024 and fp32["cache_type"] == "f32"
 
 
 def test_sliding_window_and_mla() -> None:

@@ -224,6 +224,8 @@ def estimate(req: SizingRequest, *, advise: bool = True) -> Estimate:
     if engine != "llamacpp" and is_gguf_format(fmt):
         raise SizingError(f"format {fmt} is a GGUF type: only --engine llamacpp loads it")
     cache = req.cache_type.lower()
+    if cache == "auto":  # vLLM's --kv-cache-dtype auto: the model's dtype (16-bit for quantized weights)
+        cache = "f32" if fmt == "fp32" else "f16"
     if cache not in CACHE_BYTES:
         raise SizingError(f"unknown cache type {req.cache_type!r}; known: {', '.join(CACHE_BYTES)}")
     context = req.context if req.context is not None else (arch.max_context or 4096)
