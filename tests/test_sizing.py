@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from gateway.recipes import size_model
 from gateway.recipes.architectures import SizingError, resolve
-from gateway.recipes.size_cli import parse_gpus
+from gateway.recipes.gpus import parse_gpus
 from gateway.recipes.sizing import GiB, SizingRequest, estimate
 from tests.backends.llamacpp import build_vocab, write_tiny_gguf
 
@@ -131,6 +132,17 @@ def test_vllm_preallocation_reports_kv_tokens() -> None:
     # 0.1 of 24 GiB less budget = 2.4 GiB less KV = 19660 tokens fewer
     assert full["kv_cache_tokens"] - half["kv_cache_tokens"] == pytest.approx(0.1 * 24 * GiB / (128 * 1024), abs=1)
     assert full["fits"] is True and any("43" in a and "tokens" in a for a in full["advice"])
+
+
+def test_recipe_entry_point() -> None:
+    # what a recipe calls before a launch: the same figures as the CLI, from a model id and a GPU spec
+    e = size_model("qwen/qwen2.5-7b-instruct", gpus="2x24GiB", engine="tgi", context=4096, slots=4)
+    assert e.fits and len(e.per_gpu) == 2 and e.per_gpu[0].budget_bytes == 24 * GiB  # TGI: fraction 1.0
+    assert e.kv_cache_bytes == 2 * 28 * 4 * 128 * 2 * 4096 * 4
+    assert e.as_dict() == size_json("--model", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "2x24GiB", "--engine", "tgi",
+                                    "--context", "4096", "--slots", "4")
+    with pytest.raises(SizingError, match="bad --gpus item"):
+        size_model("Qwen/Qwen2.5-7B-Instruct", gpus="lots")
 
 
 def test_tensor_parallel_splits_weights_and_kv() -> None:
