@@ -29,11 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     sz = sub.add_parser("size", help="estimate GPU memory for a model: weights, KV cache, overhead, fits or not")
     from gateway.recipes.size_cli import add_arguments as add_size_arguments
     add_size_arguments(sz)
+    rc = sub.add_parser("recipe", help="print how to launch a backend: shell command and compose service")
+    from gateway.recipes.recipe_cli import add_arguments as add_recipe_arguments
+    add_recipe_arguments(rc)
     args = p.parse_args(argv)
     try:
         if args.command == "size":
             from gateway.recipes.size_cli import run as run_size
             return run_size(args)
+        if args.command == "recipe":
+            from gateway.recipes.recipe_cli import run as run_recipe
+            return run_recipe(args)
         if args.command == "serve":
             return serve(args)
         if args.command == "status":
