@@ -351,6 +351,20 @@ def test_real_llama_server_allocates_what_the_estimate_says(llama_binary: Path, 
     assert abs(e.weights_bytes / (1 << 20) - model_mib) <= 0.005, (e.weights_bytes, model_mib)
 
 
+def test_chatglm_6b_config_json(tmp_path: Path) -> None:
+    # THUDM/chatglm-6b config.json as published (no tie_word_embeddings key: transformers ties the head;
+    # a plain GELU MLP of 2 matrices): 6.2B params per its model card
+    cfg = {"architectures": ["ChatGLMModel"], "model_type": "chatglm", "hidden_size": 4096,
+           "inner_hidden_size": 16384, "max_sequence_length": 2048, "num_attention_heads": 32, "num_layers": 28,
+           "position_encoding_2d": True, "torch_dtype": "float16", "vocab_size": 130528}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    arch = resolve(str(tmp_path / "config.json"))
+    table = resolve("THUDM/chatglm-6b")
+    assert (arch.layers, arch.kv_heads, arch.head_dim, arch.vocab, arch.intermediate, arch.max_context) == \
+        (28, 32, 128, 130528, 16384, 2048)
+    assert arch.tied_embeddings and close(arch.params, 6.2e9, 0.01) and close(table.params, arch.params, 0.01)
+
+
 def test_hf_directory_counts_its_safetensors_exactly(tmp_path: Path) -> None:
     from tests.backends.hf_model import write_tiny_llama
 

@@ -85,6 +85,8 @@ _TABLE: list[tuple[tuple[str, ...], Architecture]] = [
      _a("Qwen-7B", 7.72e9, 32, 4096, 32, 32, 128, 151936, 11008, 8192, src=_HF.format("Qwen/Qwen-7B-Chat"))),
     # ChatGLM-6B: transformers ties lm_head to word_embeddings (get_output_embeddings/tie_weights with the
     # config's default tie_word_embeddings=true); its own int4 is per-row (~4.0 bpw), a little under our int4
+    # (its config.json: num_layers 28, hidden_size 4096, inner_hidden_size 16384, vocab_size 130528,
+    # max_sequence_length 2048, no tie_word_embeddings key)
     (("THUDM/chatglm-6b", "zai-org/chatglm-6b"),
      _a("ChatGLM-6B", 6.17e9, 28, 4096, 32, 32, 128, 130528, 16384, 2048, tied=True,
         src=_HF.format("THUDM/chatglm-6b"))),
@@ -143,10 +145,10 @@ def _first(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
 
 
 def params_from_shape(layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int, vocab: int,
-                      inter: int, tied: bool, experts: int = 1) -> float:
-    """Dense/MoE decoder with a gated MLP (Llama family): attention + experts x 3 x hidden x intermediate."""
+                      inter: int, tied: bool, experts: int = 1, gated: bool = True) -> float:
+    """Dense/MoE decoder: attention + experts x (3 gated | 2 plain) x hidden x intermediate; biases left out."""
     attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
-    mlp = 3 * hidden * inter * experts + (hidden * experts if experts > 1 else 0)
+    mlp = (3 if gated else 2) * hidden * inter * experts + (hidden * experts if experts > 1 else 0)
     return layers * (attn + mlp + 2 * hidden) + vocab * hidden * (1 if tied else 2) + hidden
 
 
@@ -198,9 +200,9 @@ def from_config_json(path: Path) -> Architecture:
     kv = int(kv or heads)
     head_dim = int(_first(cfg, "head_dim", "kv_channels", default=hidden // heads))
     vocab = int(_first(cfg, "vocab_size", "padded_vocab_size", default=0))
-    inter = int(_first(cfg, "intermediate_size", "ffn_hidden_size", "moe_intermediate_size", default=4 * hidden))
+    inter = int(_first(cfg, "intermediate_size", "ffn_hidden_size", "inner_hidden_size", default=4 * hidden))
     experts = int(_first(cfg, "num_local_experts", "n_routed_experts", "num_experts", default=1))
-    tied = bool(cfg.get("tie_word_embeddings", False))
+    tied = bool(cfg.get("tie_word_embeddings", True))  # transformers' PretrainedConfig default (ChatGLM-6B omits it)
     window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) is not False else None
     kv_lora = int(cfg.get("kv_lora_rank") or 0)
     fmt = None
@@ -211,7 +213,10 @@ def from_config_json(path: Path) -> Architecture:
         fmt = "fp8"
     elif cfg.get("torch_dtype") in ("bfloat16", "float16", "float32"):
         fmt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[cfg["torch_dtype"]]
-    params = params_from_shape(layers, hidden, heads, kv, head_dim, vocab, inter, tied, experts)
+    # plain (not gated) MLP: GELU models other than Gemma's GeGLU, and ChatGLM-6B v1 (inner_hidden_size)
+    act = str(cfg.get("hidden_act") or cfg.get("activation_function") or "")
+    gated = not ("inner_hidden_size" in cfg or (act.startswith("gelu") and "gemma" not in str(cfg.get("model_type"))))
+    params = params_from_shape(layers, hidden, heads, kv, head_dim, vocab, inter, tied, experts, gated)
     weights = None
     st = safetensors_totals(path.parent)
     if st is not None:  # the checkpoint beside it: its exact tensor bytes (GPUStack sizes by files too)
