@@ -145,6 +145,15 @@ def test_recipe_entry_point() -> None:
         size_model("Qwen/Qwen2.5-7B-Instruct", gpus="lots")
 
 
+def test_vllm_batch_defaults_follow_the_gpu_size() -> None:
+    # vllm/engine/arg_utils.py get_batch_defaults: 2048 batched tokens / 256 seqs, 8192 / 1024 on >= 70 GiB GPUs;
+    # the profile run's activations (tokens x 2 B x (4 hidden + 3 intermediate)) and fp32 logits (seqs x vocab)
+    arch = resolve("meta-llama/Llama-3.1-8B-Instruct")
+    small = estimate(SizingRequest(arch, context=8192, gpus=[48 * GiB])).overhead_bytes
+    big = estimate(SizingRequest(arch, context=8192, gpus=[80 * GiB])).overhead_bytes
+    assert big - small == (8192 - 2048) * 2 * (4 * 4096 + 3 * 14336) + (1024 - 256) * 128256 * 4
+
+
 def test_tensor_parallel_splits_weights_and_kv() -> None:
     one = estimate(SizingRequest(resolve("Qwen/Qwen2.5-72B-Instruct"), context=8192, gpus=[80 * GiB]))
     two = estimate(SizingRequest(resolve("Qwen/Qwen2.5-72B-Instruct"), context=8192, gpus=[80 * GiB] * 2))

@@ -67,8 +67,10 @@ LLAMACPP_UBATCH = 512  # llama.cpp's default -ub
 # framework overhead; vLLM's own start-up log shows ~0.5 GiB for 7-8B models).
 TORCH_CONTEXT = GiB // 2
 CUDA_GRAPHS = GiB // 2
-VLLM_BATCHED_TOKENS = 2048  # vLLM's default max_num_batched_tokens for the OpenAI server on most GPUs
-VLLM_MAX_SEQS = 256         # its default max_num_seqs: the profile run's sampler holds logits for this many
+# vLLM's OpenAI-server defaults (vllm/engine/arg_utils.py EngineArgs.get_batch_defaults): max_num_batched_tokens
+# 2048 and max_num_seqs 256, or 8192 and 1024 on GPUs of >= 70 GiB other than A100 (taken here for every such GPU:
+# the larger figure). The profile run pushes that many tokens through and samples that many sequences.
+VLLM_BATCH_DEFAULTS = ((70 * GiB, 8192, 1024), (0, 2048, 256))
 ENGINE_UTILIZATION = {"vllm": 0.9, "tgi": 1.0}  # vLLM --gpu-memory-utilization, TGI --cuda-memory-fraction
 ENGINES = ("llamacpp", "vllm", "tgi", "transformers")
 SLOW_OFFLOAD_RULE = 0.5  # seed 001:358: GPU memory should not be below half of the model, or it is slow
@@ -180,7 +182,7 @@ class Estimate:
                 "fits": self.fits, "per_gpu": [g.as_dict() for g in self.per_gpu], "advice": self.advice}
 
 
-def _overhead(arch: Architecture, engine: str, context: int, slots: int, tp: int) -> int:
+def _overhead(arch: Architecture, engine: str, context: int, slots: int, tp: int, gpu_bytes: int) -> int:
     """Per GPU. llama.cpp compute buffer with flash attention (its default where supported): the graph's
     largest node, ubatch x max(vocab logits, FFN activations) x 4 B, plus the f16 KQ mask ubatch x n_kv
     (the terms gguf-parser-go's estimator counts; its graph overhead per node is left out)."""
@@ -191,8 +193,9 @@ def _overhead(arch: Architecture, engine: str, context: int, slots: int, tp: int
     if engine == "transformers":  # one full prompt in flight per slot, fp16 activations/logits
         return TORCH_CONTEXT + context * slots * widest * 2
     # vLLM/TGI profile run: max_num_batched_tokens through the layers + fp32 logits for max_num_seqs
-    act = VLLM_BATCHED_TOKENS * 2 * (4 * arch.hidden + 3 * arch.intermediate // tp)
-    return TORCH_CONTEXT + CUDA_GRAPHS + act + VLLM_MAX_SEQS * arch.vocab * 4 // tp
+    tokens, seqs = next((t, s) for floor, t, s in VLLM_BATCH_DEFAULTS if gpu_bytes >= floor)
+    act = tokens * 2 * (4 * arch.hidden + 3 * arch.intermediate // tp)
+    return TORCH_CONTEXT + CUDA_GRAPHS + act + seqs * arch.vocab * 4 // tp
 
 
 def _kv_share(arch: Architecture, tp: int) -> float:
@@ -244,7 +247,7 @@ def estimate(req: SizingRequest, *, advise: bool = True) -> Estimate:
     per_token = kv_cache_bytes(arch, 1, 1, cache)
     n = max(len(req.gpus), 1)
     tensor_parallel = engine in ("vllm", "tgi")
-    oh1 = _overhead(arch, engine, context, req.slots, n if tensor_parallel else 1)
+    oh1 = _overhead(arch, engine, context, req.slots, n if tensor_parallel else 1, min(req.gpus, default=0))
     ngl = arch.layers if req.gpu_layers is None else min(req.gpu_layers, arch.layers)
     on_gpu = ngl / arch.layers if engine == "llamacpp" else 1.0
     est = Estimate(model=arch.name, format=fmt, engine=engine, context=context, slots=req.slots, cache_type=cache,
