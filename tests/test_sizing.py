@@ -388,3 +388,13 @@ def test_hf_directory_counts_its_safetensors_exactly(tmp_path: Path) -> None:
     assert out["format"] == "fp32" and out["weights_bytes"] == elements * 4
     assert out["kv_bytes_per_token"] == 2 * L * 2 * hd * 2
     assert estimate(SizingRequest(resolve(str(d)), format="bf16")).weights_bytes == elements * 2
+
+
+def test_readme_example_is_what_the_command_prints() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Sizing\n"):]
+    block = section[section.index("```\n$ llm-gateway size ") + 4:]
+    block = block[:block.index("```")]
+    command, expected = block.split("\n", 1)
+    r = size(*command.split()[3:])
+    assert r.returncode == 0 and r.stdout == expected
