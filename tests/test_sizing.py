@@ -398,3 +398,37 @@ def test_readme_example_is_what_the_command_prints() -> None:
     command, expected = block.split("\n", 1)
     r = size(*command.split()[3:])
     assert r.returncode == 0 and r.stdout == expected
+
+
+def test_sliding_window_layers_from_config_and_gguf(tmp_path: Path) -> None:
+    import gguf
+
+    # google/gemma-2-9b-it config.json figures: window 4096 on every other layer (GeGLU counts as gated)
+    gemma2 = {"model_type": "gemma2", "num_hidden_layers": 42, "hidden_size": 3584, "num_attention_heads": 16,
+              "num_key_value_heads": 8, "head_dim": 256, "sliding_window": 4096, "intermediate_size": 14336,
+              "vocab_size": 256000, "hidden_act": "gelu_pytorch_tanh", "max_position_embeddings": 8192}
+    (tmp_path / "config.json").write_text(json.dumps(gemma2))
+    arch = resolve(str(tmp_path / "config.json"))
+    assert (arch.sliding_window, arch.swa_layers) == (4096, 21) and close(arch.params, 9.24e9, 0.01)
+    # newer configs list each layer's kind
+    types = ["sliding_attention"] * 5 + ["full_attention"]
+    (tmp_path / "config.json").write_text(json.dumps({**gemma2, "model_type": "x", "num_hidden_layers": 6,
+                                                      "layer_types": types}))
+    assert resolve(str(tmp_path / "config.json")).swa_layers == 5
+    # a GGUF: llama.cpp's gemma2 has no pattern key (it alternates); an explicit per-layer array wins
+    for name, pattern, expected in (("gemma2", None, 2), ("llama", [True, True, False, True], 3)):
+        w = gguf.GGUFWriter(str(tmp_path / f"{name}.gguf"), name)
+        w.add_block_count(4)
+        w.add_embedding_length(64)
+        w.add_head_count(4)
+        w.add_sliding_window(128)
+        if pattern:
+            w.add_array(f"{name}.attention.sliding_window_pattern", pattern)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        a = resolve(str(tmp_path / f"{name}.gguf"))
+        assert (a.sliding_window, a.swa_layers) == (128, expected), name
+        kv = estimate(SizingRequest(a, context=1024, format="f32")).kv_cache_bytes
+        assert kv == 2 * 4 * 16 * 2 * ((4 - expected) * 1024 + expected * 128)

@@ -137,6 +137,22 @@ def lookup(model: str) -> Architecture | None:
     return next(iter(hits.values())) if len(hits) == 1 else None
 
 
+def swa_layer_count(layers: int, family: str, pattern: Any) -> int:
+    """How many layers use the sliding window: a per-layer list (HF `layer_types`, GGUF
+    `sliding_window_pattern` array), a period p (every p-th layer is global), else by family: Gemma 2
+    alternates (llama.cpp hard-codes 2), Gemma 3 has 5 local to 1 global; Mistral-style windows all layers."""
+    if isinstance(pattern, list):
+        return sum(1 for x in pattern if x is True or x == "sliding_attention")
+    if isinstance(pattern, int) and pattern > 1:
+        return layers - layers // pattern
+    family = family.lower()
+    if family.startswith("gemma2"):
+        return layers // 2
+    if family.startswith("gemma3"):
+        return layers - layers // 6
+    return layers
+
+
 def _first(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
     for k in keys:
         if cfg.get(k) is not None:
@@ -228,7 +244,9 @@ def from_config_json(path: Path) -> Architecture:
         layers=int(layers), hidden=int(hidden), heads=int(heads), kv_heads=kv, head_dim=head_dim, vocab=vocab,
         intermediate=inter, tied_embeddings=tied,
         max_context=_first(cfg, "max_position_embeddings", "seq_length", "max_sequence_length", "n_positions"),
-        sliding_window=int(window) if window else None, swa_layers=int(layers) if window else 0,
+        sliding_window=int(window) if window else None,
+        swa_layers=swa_layer_count(int(layers), str(cfg.get("model_type", "")),
+                                   _first(cfg, "layer_types", "sliding_window_pattern")) if window else 0,
         kv_lora_rank=kv_lora, rope_dim=int(cfg.get("qk_rope_head_dim") or 0), experts=experts,
         source=str(path), weights_bytes=weights if fmt else None, file_format=fmt)
 
@@ -273,7 +291,8 @@ def from_gguf(path: Path) -> Architecture:
         heads=int(heads), kv_heads=int(kv), head_dim=int(head_dim), vocab=int(get(f"{arch}.vocab_size", vocab)),
         intermediate=int(max(ff) if isinstance(ff, list) else ff),
         max_context=get(f"{arch}.context_length"), sliding_window=int(window) if window else None,
-        swa_layers=int(layers) if window else 0, kv_lora_rank=int(get(f"{arch}.attention.kv_lora_rank", 0) or 0),
+        swa_layers=swa_layer_count(int(layers), str(arch), get(f"{arch}.attention.sliding_window_pattern"))
+        if window else 0, kv_lora_rank=int(get(f"{arch}.attention.kv_lora_rank", 0) or 0),
         rope_dim=int(get(f"{arch}.rope.dimension_count", 0) or 0) if get(f"{arch}.attention.kv_lora_rank") else 0,
         experts=int(get(f"{arch}.expert_count", 1) or 1), source=str(path), weights_bytes=weights, file_format=fmt)
 
