@@ -251,7 +251,7 @@ def _plan(recipe: Recipe, proc: Process, p: LaunchParams, v: dict[str, Any], fil
     service = service if len(recipe.processes) == 1 else f"{service}-{proc.name}"
     base = v["_url"](proc.name, port)
     program = list(proc.program)
-    if p.binary and proc.name == recipe.processes[-1].name:
+    if p.binary:                   # one executable for all of a kind's processes (FastChat: its python)
         program[0] = p.binary
     gpu = bool(v["_gpu"])
     image = (recipe.image.gpu if gpu else recipe.image.cpu) or recipe.image.tag
