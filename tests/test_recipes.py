@@ -5,6 +5,7 @@ through shlex, and `llm-gateway recipe` answers bad input with one line and exit
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -226,3 +227,19 @@ def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> 
 def test_cli_never_prints_a_key() -> None:
     r = _cli("vllm", "--model", "org/m", "--api-key-env", "VLLM_KEY")
     assert "VLLM_API_KEY=\"${VLLM_KEY}\"" in r.stdout and "--api-key" not in r.stdout
+
+
+def test_readme_examples_are_the_commands_output() -> None:
+    """README "Launch recipes": each `$ llm-gateway recipe ...` example shows what the command prints."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Launch recipes\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(bash|yaml)\n(.*?)```", section, re.S)
+    examples = 0
+    for lang, block in blocks:
+        for chunk in re.split(r"^\$ ", block, flags=re.M)[1:]:
+            command, _, shown = chunk.partition("\n")
+            args = shlex.split(command)[2:] + (["--format", "command"] if lang == "bash" else [])
+            r = _cli(*args)
+            assert r.returncode == 0 and r.stdout == shown, (command, r.stdout, r.stderr)
+            examples += 1
+    assert examples == 7
