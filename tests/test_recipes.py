@@ -243,3 +243,22 @@ def test_readme_examples_are_the_commands_output() -> None:
             assert r.returncode == 0 and r.stdout == shown, (command, r.stdout, r.stderr)
             examples += 1
     assert examples == 7
+
+
+def test_a_launch_that_will_not_fit_is_refused_unless_forced() -> None:
+    """The sizing estimator asked with the launch's own model, context and GPUs (README "Sizing")."""
+    args = ["vllm", "--model", "Qwen/Qwen2.5-7B-Instruct", "--context", "32768", "--format", "command"]
+    r = _cli(*args, "--gpu-memory", "8GiB")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert "vllm: Qwen/Qwen2.5-7B-Instruct will not fit 1 GPU(s) of 8.00 GiB" in r.stderr, r.stderr
+    r = _cli(*args, "--gpu-memory", "8GiB", "--force")
+    assert r.returncode == 0 and r.stdout.startswith("CUDA_VISIBLE_DEVICES=0 vllm serve")
+    assert r.stderr.startswith("llm-gateway recipe: warning: vllm: Qwen/Qwen2.5-7B-Instruct will not fit")
+    r = _cli(*args, "--gpu-memory", "24GiB")
+    assert r.returncode == 0 and r.stderr == "" and "vllm serve" in r.stdout
+    r = _cli(*args, "--gpu-memory", "8GiB", "--gpus", "0,1,2,3")          # four of them do
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    r = _cli("fastchat", "--model", "Qwen/Qwen2.5-7B-Instruct", "--gpu-memory", "8GiB", "--dtype", "fp16")
+    assert r.returncode == 2 and "fastchat: Qwen/Qwen2.5-7B-Instruct will not fit" in r.stderr
+    r = _cli("vllm", "--model", "org/unknown", "--gpu-memory", "8GiB", "--format", "command")
+    assert r.returncode == 0 and r.stderr.startswith("llm-gateway recipe: fit not checked: unknown model")

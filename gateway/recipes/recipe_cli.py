@@ -9,6 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.recipes.catalog import RecipeError, kinds
+from gateway.recipes.fit import check
 from gateway.recipes.plan import LaunchParams, build
 from gateway.recipes.render import compose_services, shell_lines
 
@@ -50,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(rendered as a reference, never the key)")
     p.add_argument("--binary", help="the executable on a host (default: the kind's usual name on PATH)")
     p.add_argument("--name", help="compose service name (default: the kind)")
+    p.add_argument("--gpu-memory", metavar="SIZE", help="memory of each GPU (24GiB, 80GB) to check that the "
+                   "launch fits (default: read with nvidia-ml-py when installed)")
+    p.add_argument("--force", action="store_true", help="print the plan even when it will not fit (a warning)")
     p.add_argument("--format", choices=("plan", "command", "compose"), default="plan",
                    help="plan: both (default); command: shell line(s) only; compose: services only")
 
@@ -72,6 +76,14 @@ def run(args: argparse.Namespace) -> int:
     except RecipeError as exc:
         _one_line_error(str(exc))
         return 2
+    gpus = (host or container).plans[-1].gpus  # type: ignore[union-attr]
+    fits, why = check(args.kind, params, gpus, args.gpu_memory)
+    if fits is False and not args.force:
+        _one_line_error(why + " (--force prints it anyway)")
+    if fits is False:
+        sys.stderr.write(f"llm-gateway recipe: warning: {why}\n")
+    elif fits is None and args.gpu_memory:
+        sys.stderr.write(f"llm-gateway recipe: fit not checked: {why}\n")
     out: list[str] = []
     if host is not None:
         if args.format == "plan":
