@@ -130,9 +130,11 @@ def test_real_fastchat_structured_output_refused(fastchat_cluster: dict, spawn: 
 
 def test_the_controller_is_not_asked_for_workers_on_every_probe(fake: tuple[Gateway, FakeServer, FakeServer]) -> None:
     gw, c, w = fake
-    wait_for(lambda: c.count("/list_models") >= 30, "fewer than 30 probes")
+    # A probe asks the controller first, then each worker: wait on the worker's count, the later of the two
+    # (waiting on the controller's left the 30th probe's worker call possibly still on its way).
+    wait_for(lambda: w.count("/worker_get_status") >= 30, "fewer than 30 probes of the worker")
+    assert c.count("/list_models") >= 30  # every probe also asked the controller for its models
     # each /get_worker_address adds 1 to a worker's queue estimate in the real controller: discovery
     # (ask until an address repeats: 2 calls for 1 worker) runs once, not on each of the 30 probes
     assert c.count("/get_worker_address") == 2
-    assert w.count("/worker_get_status") >= 30  # the workers themselves are still probed each time
     assert httpx.get(gw.url + "/admin/backends").json()["backends"][0]["state"] == "ready"
