@@ -161,7 +161,7 @@ def test_compose_services_validate_against_the_compose_spec(kind: str) -> None:
 def test_compose_service_carries_the_recipe() -> None:
     doc = compose_services(build("vllm", _params("vllm", api_key_env="VLLM_KEY", gpus=[0]), "container"))
     svc = doc["services"]["vllm"]
-    assert svc["image"] == "vllm/vllm-openai:v0.33.0"
+    assert svc["image"] == "vllm/vllm-openai:v0.32.0"
     assert svc["command"][:6] == ["--model", "org/model", "--host", "0.0.0.0", "--port", "8000"]
     assert svc["environment"]["VLLM_API_KEY"] == "${VLLM_KEY:?set VLLM_KEY}"   # a reference, not a key
     assert svc["healthcheck"]["start_period"] == "1200s" and "/health" in " ".join(svc["healthcheck"]["test"])

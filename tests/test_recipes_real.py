@@ -61,7 +61,8 @@ def _full(kind: str, **over: object) -> list[Launch]:
     """The launches that between them render every flag of the recipe: all parameters, 1 GPU, 2 GPUs, CPU."""
     r = load(kind)
     values = {"context": 512, "slots": 2, "served_name": "n", "dtype": "float16", "gpu_memory_utilization": 0.5,
-              "gpu_layers": 8, "quantization": {"vllm": "awq", "tgi": "awq", "fastchat": "int8", "rwkv-runner": "int8"}.get(kind)}
+              "gpu_layers": 8,
+              "quantization": {"vllm": "awq", "tgi": "awq", "fastchat": "int8", "rwkv-runner": "int8"}.get(kind)}
     params = {k: v for k, v in values.items() if k in r.parameters and v is not None}
     return [build(kind, LaunchParams(model="/m/x.gguf", gpus=g, **params, **over))  # type: ignore[arg-type]
             for g in ([0], [0, 1], [])]
@@ -181,6 +182,8 @@ def test_vllm_flags_are_the_servers_and_the_command_serves(spawn: Spawner, scrip
     known = _help_flags(help_text)
     assert {"--model", "--tensor-parallel-size", "--max-num-seqs"} <= known
     _checked("vllm", _full("vllm"), {"server": known})
+    # the flags checked are those of the release the recipe's images pin
+    assert load("vllm").image.gpu == f"vllm/vllm-openai:v{vllm_cpu.VLLM_CPU_VERSION}"
     model = write_tiny_llama(tmp_path / "tiny-llama")
     port = free_port()
     launch = build("vllm", LaunchParams(
@@ -212,6 +215,7 @@ def test_fastchat_flags_are_the_modules_and_the_script_serves(spawn: Spawner, sc
     assert {"--dispatch-method"} <= known["controller"] and {"--num-gpus", "--model-names"} <= known["model_worker"]
     _checked("fastchat", _full("fastchat", binary=python),
              {"controller": known["controller"], "worker": known["model_worker"]})
+    assert load("fastchat").image.tag == f"fastchat:v{fastchat_env.FSCHAT_VERSION}"
     model = write_tiny_llama(tmp_path / "tiny-llama")
     launch = build("fastchat", LaunchParams(model=str(model), port=free_port(), gpus=[], dtype="fp32",
                                             served_name="tiny-recipe", binary=python,
