@@ -217,6 +217,8 @@ def test_cli_formats() -> None:
     (["vllm", "--model", "x", "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization"),
     (["vllm", "--model", "x", "--slots", "many"], "invalid int value"),
     (["vllm"], "required: --model"),
+    (["vllm", "--model", "x", "--gpu-memory", "lots"], "bad --gpu-memory 'lots'"),
+    (["vllm", "--model", "x", "--host", "10.0.0.1", "--format", "compose"], "in a container it listens on 0.0.0.0"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     r = _cli(*args)

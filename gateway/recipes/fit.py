@@ -4,6 +4,7 @@ with the launch's own model, format, context, slots and GPUs, before anything is
 from __future__ import annotations
 
 from gateway.recipes.architectures import SizingError
+from gateway.recipes.catalog import RecipeError
 from gateway.recipes.plan import LaunchParams, canonical
 from gateway.recipes.sizing import human
 
@@ -28,6 +29,11 @@ def check(kind: str, p: LaunchParams, gpus: list[int], gpu_memory: str | None) -
         fmt = _DTYPE_FORMAT.get(canonical("dtype", p.dtype))
     try:
         sizes = parse_gpus(f"{len(gpus)}x{gpu_memory}" if gpu_memory else ",".join(map(str, gpus)))
+    except SizingError as exc:
+        if gpu_memory:
+            raise RecipeError(f"bad --gpu-memory {gpu_memory!r}: use a size like 24GiB or 80GB") from None
+        return None, str(exc)
+    try:
         est = size_model(p.model, gpus=sizes, format=fmt, context=p.context, slots=p.slots or 1, engine=engine,
                          gpu_memory_utilization=p.gpu_memory_utilization,
                          gpu_layers=p.gpu_layers if engine == "llamacpp" else None)

@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format == "compose" and args.host:
+        _one_line_error(f"{args.kind}: --host is for a launch on a host; in a container it listens on 0.0.0.0")
     try:
         params = LaunchParams(
             model=args.model, host=args.host, port=args.port,
@@ -77,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         _one_line_error(str(exc))
         return 2
     gpus = (host or container).plans[-1].gpus  # type: ignore[union-attr]
-    fits, why = check(args.kind, params, gpus, args.gpu_memory)
+    try:
+        fits, why = check(args.kind, params, gpus, args.gpu_memory)
+    except RecipeError as exc:
+        _one_line_error(str(exc))
     if fits is False and not args.force:
         _one_line_error(why + " (--force prints it anyway)")
     if fits is False:
