@@ -286,3 +286,22 @@ def test_ollama_variables_and_commands_are_the_clis() -> None:
                 else:
                     assert argv[0] == "ollama" and (argv[1],) in OLLAMA_COMMANDS, argv
 
+
+
+def test_ollama_create_step_runs_as_written(tmp_path: Path) -> None:
+    """The create step's shell (Modelfile on stdin, FROM the GGUF's absolute path, -q when asked) run by bash
+    against a stand-in `ollama` that records what it was given (Ollama itself cannot run here)."""
+    from gateway.recipes.render import step_line
+    record = tmp_path / "record"
+    fake = tmp_path / "bin" / "ollama"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\n{{ echo "$OLLAMA_HOST"; echo "$@"; cat; }} > {record}\n')
+    fake.chmod(0o755)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny.gguf").write_bytes(b"GGUF")
+    for quant, args in ((None, "create tiny -f /dev/stdin"), ("q4_k_m", "create tiny -f /dev/stdin --quantize q4_K_M")):
+        launch = build("ollama", LaunchParams(model="models/tiny.gguf", port=11999, quantization=quant))
+        (step,) = launch.plans[0].post_start
+        subprocess.run(["bash", "-c", step_line(step)], cwd=tmp_path, check=True,
+                       env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"})
+        assert record.read_text().splitlines() == ["127.0.0.1:11999", args, f"FROM {tmp_path}/models/tiny.gguf"]
