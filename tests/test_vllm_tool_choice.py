@@ -53,20 +53,12 @@ GREEDY = {"max_tokens": 200, "temperature": 0}
 def vllm_tools(module_spawn: Spawner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendUnderTest]:
     from tests.backends import vllm_cpu
     from tests.backends.availability import unavailable
-    from tests.backends.hf_model import write_tiny_llama
-    from tests.procs import free_port
     try:
-        venv = vllm_cpu.ensure_vllm_venv()
+        # served as PUBLIC: the same turn() helper then talks to vLLM directly and to the gateway
+        p, url = vllm_cpu.start_tiny(module_spawn, tmp_path_factory.mktemp("hf"), "vllm-tools", PUBLIC,
+                                     extra=["--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
     except vllm_cpu.VllmUnavailable as exc:
         unavailable("vLLM (CPU)", f"vllm-cpu cannot be installed on this machine: {exc}")
-    model_dir = write_tiny_llama(tmp_path_factory.mktemp("hf") / "tiny-llama")
-    port = free_port()
-    # served as PUBLIC: the same turn() helper then talks to vLLM directly and to the gateway
-    argv, env = vllm_cpu.server_args(venv, model_dir, port, served_name=PUBLIC, max_model_len=256,
-                                     extra=["--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
-    p = module_spawn.proc(argv, "vllm-tools", env=env)
-    url = f"http://127.0.0.1:{port}"
-    vllm_cpu.wait_ready(p, url, timeout=600)
     yield BackendUnderTest("vllm", "vllm", url, PUBLIC)
     vllm_cpu.stop_server(p)
 

