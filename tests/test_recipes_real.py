@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -305,3 +306,32 @@ def test_ollama_create_step_runs_as_written(tmp_path: Path) -> None:
         subprocess.run(["bash", "-c", step_line(step)], cwd=tmp_path, check=True,
                        env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"})
         assert record.read_text().splitlines() == ["127.0.0.1:11999", args, f"FROM {tmp_path}/models/tiny.gguf"]
+
+
+def _rwkv_status(url: str) -> int | None:
+    try:
+        return int(httpx.get(url, timeout=2).json()["status"])   # 0 Offline, 2 Loading, 3 Working
+    except httpx.TransportError:
+        return None
+
+
+def test_rwkv_script_loads_the_model_and_serves(spawn: Spawner, scripts: list[Script], tmp_path: Path) -> None:
+    """The whole rendered RWKV-Runner script (server in the background, wait for /status, POST /switch-model,
+    wait) run by bash, with the project's RWKV-Runner double (tests/doubles/rwkv_server.py, read from v1.9.11:
+    same --host/--port, /switch-model body validated with 422) standing in for backend-python/main.py."""
+    stand_in = tmp_path / "python3"
+    stand_in.write_text(f'#!/bin/sh\nshift\ncd {Path(__file__).resolve().parent.parent}\n'
+                        f'exec {sys.executable} -m tests.doubles.rwkv_server "$@"\n')
+    stand_in.chmod(0o755)
+    model = tmp_path / "RWKV-x070-World-0.1B.pth"
+    model.write_bytes(b"\0")
+    launch = build("rwkv-runner", LaunchParams(model=str(model), port=free_port(), gpus=[], binary=str(stand_in),
+                                               args=["--load-seconds", "0.2"]))
+    s = Script(shell_lines(launch), tmp_path / "rwkv.log", {})
+    scripts.append(s)
+    deadline = time.monotonic() + 60              # nothing but the script's curl loads the model
+    while (status := _rwkv_status(launch.plans[0].ready_url)) != 3:
+        assert time.monotonic() < deadline and s.popen.poll() is None, (status, s.output())
+        time.sleep(0.2)
+    assert "success" in s.output() and s.popen.poll() is None   # curl's answer; the script waits on the server
+    _serve_through_gateway(spawn, launch, "RWKV-x070-World-0.1B")
