@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     rc = sub.add_parser("recipe", help="print how to launch a backend: shell command and compose service")
     from gateway.recipes.recipe_cli import add_arguments as add_recipe_arguments
     add_recipe_arguments(rc)
+    cp = sub.add_parser("compose", help="render a compose file: the config's launched backends, the gateway, "
+                        "Prometheus and Grafana")
+    from gateway.recipes.compose_file import add_arguments as add_compose_arguments
+    add_compose_arguments(cp)
     args = p.parse_args(argv)
     try:
         if args.command == "size":
@@ -40,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "recipe":
             from gateway.recipes.recipe_cli import run as run_recipe
             return run_recipe(args)
+        if args.command == "compose":
+            from gateway.recipes.compose_file import run as run_compose
+            return run_compose(args)
         if args.command == "serve":
             return serve(args)
         if args.command == "status":

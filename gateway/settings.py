@@ -158,6 +158,53 @@ class RWKVLoad(Strict):
     deploy: bool = False
 
 
+class LaunchSettings(Strict):
+    """How this backend is launched (README "Configuration", `launch`): its recipe's parameters
+    (gateway/recipes, deploy/recipes/<kind>.yaml). The backend's `url` gives the host and port it listens
+    on. `llm-gateway compose` renders it as compose services; the process supervisor (a later issue) will
+    run the same block on this host."""
+
+    model: str = Field(min_length=1)                 # path or hub id, as the kind takes it
+    binary: str | None = None                        # executable on a host (default: the kind's usual name)
+    context: int | None = Field(None, ge=2)
+    gpus: list[int] | None = None                    # None: the recipe's default ([0]); []: CPU only
+    slots: int | None = Field(None, ge=1)
+    served_name: str | None = None
+    dtype: str | None = None
+    quantization: str | None = None
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    gpu_layers: int | None = Field(None, ge=0)
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the variable, never the key
+    args: list[str] = []                             # passed through after the rendered flags
+    profiles: list[str] = []                         # compose profiles of its services ([]: always started)
+    # For the supervisor; accepted and validated now, they do nothing yet.
+    start: Literal["on_start", "on_demand"] = "on_start"
+    idle_timeout: float | None = Field(None, gt=0)
+    group: str | None = None
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (any(g < 0 for g in v) or len(set(v)) != len(v)):
+            raise ValueError("GPU indices must be distinct and not negative")
+        return v
+
+    def params(self, backend: str, url: str, target: Literal["host", "container"]) -> Any:
+        """The recipe's LaunchParams (gateway.recipes.plan) for `backend` listening at `url`."""
+        from gateway.recipes.plan import LaunchParams
+
+        parts = urlsplit(url)
+        keys = ("model", "binary", "context", "gpus", "slots", "served_name", "dtype", "quantization",
+                "gpu_memory_utilization", "gpu_layers", "api_key_env", "args")
+        return LaunchParams(host=parts.hostname if target == "host" else None, port=parts.port,
+                            name=service_name(backend), **{k: getattr(self, k) for k in keys})
+
+
+def service_name(backend: str) -> str:
+    """A backend's compose service name: its name with what compose refuses ([^A-Za-z0-9._-]) as '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", backend)
+
+
 class BackendSettings(Strict):
     name: str
     kind: str
@@ -188,6 +235,25 @@ class BackendSettings(Strict):
     worker_hosts: list[str] | None = None
     # OpenAI-family kinds: "data_only" refuses media links (image_url etc.) the backend would fetch.
     media_urls: Literal["allow", "data_only"] = "allow"
+    # How it is launched (recipe parameters); None: started by someone else.
+    launch: LaunchSettings | None = None
+
+    @model_validator(mode="after")
+    def _launch(self) -> BackendSettings:
+        if self.launch is None:
+            return self
+        from gateway.recipes.catalog import RecipeError, kinds
+        from gateway.recipes.plan import build
+
+        if self.kind not in kinds():
+            raise ValueError(f"launch: kind {self.kind!r} has no launch recipe (recipes: {', '.join(kinds())})")
+        if urlsplit(self.url).port is None:
+            raise ValueError(f"url: {self.url!r} has no port; a launched backend listens on the url's port")
+        try:  # the recipe's own checks: parameters the kind lacks, values it does not take
+            build(self.kind, self.launch.params(self.name, self.url, "host"), "host")
+        except RecipeError as exc:
+            raise ValueError(f"launch: {exc}") from None
+        return self
 
     @field_validator("name")
     @classmethod
