@@ -282,3 +282,22 @@ def test_readme_documents_every_launch_key() -> None:
     documented = {k for row in re.findall(r"^\| (`[^|]+) \|", table, re.M) for k in re.findall(r"`(\w+)`", row)}
     assert documented == set(LaunchSettings.model_fields)
     assert "llm-gateway compose --config deploy/gateway.compose.yaml --out compose.yaml" in readme
+
+
+def test_gpu_memory_sizes_every_launch_and_refuses_one_that_will_not_fit(tmp_path: Path) -> None:
+    config = {"backends": [
+        {"name": "big", "kind": "vllm", "url": "http://big:8000",
+         "launch": {"model": "Qwen/Qwen2.5-7B-Instruct", "context": 32768, "gpus": [0]}},
+        {"name": "cpu", "kind": "llamacpp", "url": "http://cpu:8080", "launch": {"model": "/m/x.gguf", "gpus": []}}]}
+    path = str(_write(tmp_path, config))
+    r = _cli("--config", path, "--gpu-memory", "8GiB")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert "backends big:" in r.stderr and "will not fit" in r.stderr and "--force" in r.stderr
+    r = _cli("--config", path, "--gpu-memory", "8GiB", "--force")
+    assert r.returncode == 0 and "big" in yaml.safe_load(r.stdout)["services"]
+    assert "warning: backends big:" in r.stderr and "fit not checked: CPU only" in r.stderr
+    r = _cli("--config", path, "--gpu-memory", "80GiB")
+    assert r.returncode == 0 and "big" not in r.stderr, r.stderr
+    assert _cli("--config", path).stderr == ""       # the target box's GPUs are not this machine's: no NVML
+    r = _cli("--config", path, "--gpu-memory", "lots")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--gpu-memory" in r.stderr

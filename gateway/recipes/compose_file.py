@@ -23,6 +23,7 @@ import yaml
 
 from gateway.config_loader import ConfigError, load_settings, read_yaml
 from gateway.recipes.catalog import RecipeError
+from gateway.recipes.fit import check
 from gateway.recipes.plan import Launch, build
 from gateway.recipes.render import compose_services
 from gateway.settings import BackendSettings, GatewaySettings
@@ -189,8 +190,31 @@ def _observability(base: Path, prom: dict[str, Any]) -> tuple[dict[str, Any], di
     return {"prometheus": prometheus, "grafana": grafana}, configs
 
 
-def render(config: Path, out_dir: Path) -> dict[str, Any]:
-    """The compose document for `config`; relative paths in it are from `out_dir` (the compose file's)."""
+def check_fits(settings: GatewaySettings, r: Rendered, gpu_memory: str, force: bool) -> list[str]:
+    """Size each launch (gateway.recipes.fit) on GPUs of `gpu_memory` each: one that will not fit is an error,
+    or with `force` a warning; one that cannot be sized (CPU, a model the estimator does not know) a note."""
+    warnings: list[str] = []
+    for b in settings.backends:
+        if b.launch is None:
+            continue
+        gpus = next((p.gpus for p in r.launches[b.name].plans if p.gpus), [])
+        try:
+            fits, why = check(b.kind, b.launch.params(b.name, b.url, "container"), gpus, gpu_memory)
+        except RecipeError as exc:
+            raise ComposeError(str(exc)) from None
+        if fits is False:
+            if not force:
+                raise ComposeError(f"backends {b.name}: {why} (--force renders it anyway)")
+            warnings.append(f"backends {b.name}: {why}")
+        elif fits is None:
+            warnings.append(f"backends {b.name}: fit not checked: {why}")
+    return warnings
+
+
+def render(config: Path, out_dir: Path, gpu_memory: str | None = None, force: bool = False,
+           warnings: list[str] | None = None) -> dict[str, Any]:
+    """The compose document for `config`; relative paths in it are from `out_dir` (the compose file's).
+    With `gpu_memory` (each GPU's size) every launch is sized first; `warnings` collects what --force let by."""
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -199,6 +223,8 @@ def render(config: Path, out_dir: Path) -> dict[str, Any]:
     r = _backends(settings)
     if not r.launches:
         raise ComposeError(f"{config}: no backend has a launch: block; nothing to run")
+    if gpu_memory:
+        (warnings if warnings is not None else []).extend(check_fits(settings, r, gpu_memory, force))
     gateway, configs = _gateway(settings, raw, config, out_dir, r)
     prom = prometheus_config(settings, r)
     obs, obs_configs = _observability(out_dir, prom)
@@ -233,6 +259,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, help="gateway config whose backends carry launch: blocks")
     p.add_argument("--out", "-o", help="write the compose file here (default: stdout; paths relative to the "
                    "current directory)")
+    p.add_argument("--gpu-memory", metavar="SIZE", help="memory of each GPU of the target box (24GiB, 80GB): "
+                   "size every launch first and refuse one that will not fit")
+    p.add_argument("--force", action="store_true", help="render even a launch that will not fit (a warning)")
 
 
 def _fail(message: str) -> None:
@@ -245,9 +274,12 @@ def run(args: argparse.Namespace) -> int:
     out_dir = out.parent if out else Path.cwd()
     config = Path(args.config)
     try:
-        doc = render(config, out_dir)
+        warnings: list[str] = []
+        doc = render(config, out_dir, args.gpu_memory, args.force, warnings)
     except ComposeError as exc:
         _fail(str(exc))
+    for w in warnings:
+        sys.stderr.write(f"llm-gateway compose: {'' if 'fit not checked' in w else 'warning: '}{w}\n")
     text = header(config, out_dir) + dump(doc)
     if out is None:
         sys.stdout.write(text)
