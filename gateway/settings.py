@@ -7,7 +7,7 @@ Environment variables override the file, nested with `__`: `GATEWAY_SERVER__PORT
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from adapters import ADAPTERS
 from adapters.fastchat import parse_host_port
+
+if TYPE_CHECKING:
+    from gateway.recipes.plan import LaunchParams
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 # Placeholder secrets copied from examples must not reach production.
@@ -189,7 +192,7 @@ class LaunchSettings(Strict):
             raise ValueError("GPU indices must be distinct and not negative")
         return v
 
-    def params(self, backend: str, url: str, target: Literal["host", "container"]) -> Any:
+    def params(self, backend: str, url: str, target: Literal["host", "container"]) -> LaunchParams:
         """The recipe's LaunchParams (gateway.recipes.plan) for `backend` listening at `url`."""
         from gateway.recipes.plan import LaunchParams
 
