@@ -162,7 +162,7 @@ def _write(tmp: Path, config: dict[str, Any]) -> Path:
 
 HOST_CONFIG = {"backends": [
     {"name": "tiny", "kind": "llamacpp", "url": "http://127.0.0.1:8089",
-     "launch": {"model": "/models/tiny.gguf", "context": 2048, "gpus": []}},
+     "launch": {"model": "/models/tiny.gguf", "context": 2048, "gpus": [], "args": ["--chat-template-file=$T"]}},
     {"name": "chat", "kind": "fastchat", "url": "http://127.0.0.1:21001", "launch": {"model": "org/m"}},
     {"name": "remote", "kind": "vllm", "url": "http://gpu9:8000"}]}
 
@@ -177,7 +177,11 @@ def test_host_urls_are_rewritten_to_services_in_a_config_copy(tmp_path: Path) ->
     gw = doc["services"]["gateway"]
     assert "volumes" not in gw and gw["configs"] == [{"source": "gateway-config",
                                                       "target": "/etc/llm-gateway/gateway.yaml"}]
-    copy = yaml.safe_load(doc["configs"]["gateway-config"]["content"])
+    content = doc["configs"]["gateway-config"]["content"]
+    # compose interpolates `$` in the copy as elsewhere: a literal one is written `$$`
+    assert "--chat-template-file=$$T" in content and "=$T" not in content.replace("$$", "")
+    copy = yaml.safe_load(content.replace("$$", "$"))
+    assert copy["backends"][0]["launch"]["args"] == ["--chat-template-file=$T"]
     urls = {b["name"]: b["url"] for b in copy["backends"]}
     assert urls == {"tiny": "http://tiny:8089", "chat": "http://chat-controller:21001", "remote": "http://gpu9:8000"}
     assert set(gw["depends_on"]) == {"tiny", "chat-controller", "chat-worker"}
