@@ -57,6 +57,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._guard = None
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        # Draining: uvicorn closes a connection with no request in progress at once. A request the
+        # client already sent on it, still unread in the socket buffer, would then be reset instead
+        # of answered. One loop turn later those bytes have been read (the poll phase runs in
+        # between): uvicorn's rule then sees the request, answers it and closes the connection.
+        self.loop.call_soon(super().shutdown)
+
     def on_message_begin(self) -> None:
         # _head is not reset here: this runs inside data_received, after the read was counted.
         self._phase = HEAD
