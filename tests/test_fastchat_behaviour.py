@@ -25,7 +25,10 @@ GENERATE = '"POST /worker_generate HTTP/1.1"'  # the gateway's non-stream calls 
 
 @pytest.fixture(scope="module")
 def fc(fastchat_cluster: dict, module_spawn: Spawner) -> tuple[Gateway, dict]:  # type: ignore[type-arg]
-    gw = module_spawn.gateway({"health": {"interval": 0.1},
+    # A worker running three generations answers its /worker_get_status late on a loaded machine (its
+    # event loop shares the GIL with the generation threads): past the default 5 s probe timeout the
+    # worker counts as not alive and its queue drops out of the load (a full run once read 1, not 4).
+    gw = module_spawn.gateway({"health": {"interval": 0.1, "timeout": 30},
                                "backends": [{"name": "fc", "kind": "fastchat", "url": fastchat_cluster["controller"]}]})
     return gw, fastchat_cluster
 
@@ -39,6 +42,14 @@ def wait_for(cond: Callable[[], bool], what: str | Callable[[], str], timeout: f
 
 def reported_load(gw: Gateway) -> float | None:
     return httpx.get(gw.url + "/admin/backends").json()["backends"][0]["reported_load"]
+
+
+def queue_of(worker: dict) -> object:  # type: ignore[type-arg]
+    """The worker's own queue_length, or why it could not be read (for failure messages)."""
+    try:
+        return httpx.post(worker["url"] + "/worker_get_status", timeout=30).json()["queue_length"]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        return repr(exc)
 
 
 def generate_calls(worker: dict) -> int:  # type: ignore[type-arg]
@@ -103,7 +114,9 @@ def test_load_is_the_sum_of_queues_and_the_least_busy_worker_serves(fc, quiet, b
     try:
         # 3 + 1 running: only the sum of both workers' queue_length reads 4
         seen: list[float | None] = []
-        wait_for(lambda: seen.append(reported_load(gw)) or seen[-1] == 4.0, lambda: f"load 4 reported: {seen[-20:]}")
+        wait_for(lambda: seen.append(reported_load(gw)) or seen[-1] == 4.0,
+                 lambda: f"load 4 reported: {seen[-20:]}; the workers say {[queue_of(w) for w in workers]}; "
+                         f"the gateway: {httpx.get(gw.url + '/admin/backends').json()['backends'][0]}")
         calls = [generate_calls(w) for w in workers]
         r = httpx.post(gw.v1 + "/completions", headers=JSON, timeout=60,
                        json={"model": model, "prompt": "Once", "max_tokens": 2})
