@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.backends_under_test import BackendUnderTest
+from tests.test_adapters import fake_fetch
 from tests.procs import Double, Gateway, Spawner, free_port
 
 RUN, WAIT = "llm_gateway_engine_requests_running", "llm_gateway_engine_requests_waiting"
@@ -257,18 +258,6 @@ def test_fastchat_queue_length_as_running_and_live_workers(fastchat_cluster: dic
 
 
 # -- the adapters' parsing, on the bytes other builds send (paths the session's engines do not take) ----
-def fake_fetch(routes: dict[str, tuple[int, bytes]]):  # type: ignore[no-untyped-def]
-    from adapters.base import FetchResult
-
-    async def fetch(method, url, *, headers=None, body=None, timeout=5.0):  # type: ignore[no-untyped-def]
-        path = url.removeprefix("http://up")
-        if path not in routes:
-            raise ConnectionError("refused")
-        status, data = routes[path]
-        return FetchResult(status, data, {})
-    return fetch
-
-
 def probe(adapter_cls: Any, routes: dict[str, tuple[int, bytes]]) -> Any:
     import asyncio
 
