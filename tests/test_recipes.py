@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -264,3 +265,30 @@ def test_a_launch_that_will_not_fit_is_refused_unless_forced() -> None:
     assert r.returncode == 2 and "fastchat: Qwen/Qwen2.5-7B-Instruct will not fit" in r.stderr
     r = _cli("vllm", "--model", "org/unknown", "--gpu-memory", "8GiB", "--format", "command")
     assert r.returncode == 0 and r.stderr.startswith("llm-gateway recipe: fit not checked: unknown model")
+
+
+def test_an_installed_wheel_carries_the_recipes(tmp_path: Path) -> None:
+    """A plain (non-editable) install finds the recipes without a checkout: pip builds the wheel from the
+    source tree, a fresh venv installs it, and `llm-gateway recipe` renders from another directory."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
+                    str(ROOT)], check=True, capture_output=True, timeout=300)
+    venv = tmp_path / "venv"
+    # System site-packages give the dependencies; the venv's own copy of the package comes first on sys.path.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    wheel = next(wheels.glob("llm_gateway-*.whl"))
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = ("import gateway.recipes.catalog as c; print(c.__file__); print(c.RECIPES_DIR); "
+             "print(','.join(c.kinds()))")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], cwd=elsewhere, capture_output=True,
+                         text=True, check=True, timeout=60).stdout.splitlines()
+    assert out[0].startswith(str(venv)), out          # the installed copy, not the checkout
+    assert out[1].startswith(str(venv)), out
+    assert out[2].split(",") == KINDS
+    line = subprocess.run([str(venv / "bin" / "llm-gateway"), "recipe", "llamacpp", "--model", "/m.gguf",
+                           "--format", "command"], cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    assert line.returncode == 0, line.stderr
+    assert "llama-server -m /m.gguf" in line.stdout

@@ -8,6 +8,7 @@ A group is dropped when a placeholder's value is unset, so every flag appears on
 from __future__ import annotations
 
 import re
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +16,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "recipes"
+
+
+def _recipes_dir() -> Path:
+    """deploy/recipes in a checkout (or an editable install); an installed wheel carries them as data
+    files under <prefix>/share/llm-gateway/recipes (pyproject's [tool.setuptools.data-files])."""
+    source = Path(__file__).resolve().parents[2] / "deploy" / "recipes"
+    return source if source.is_dir() else Path(sys.prefix) / "share" / "llm-gateway" / "recipes"
+
+
+RECIPES_DIR = _recipes_dir()
 
 # The one vocabulary of launch parameters (`llm-gateway recipe` flags, a backend's `launch:` block).
 PARAMETERS = ("model", "host", "port", "context", "slots", "served_name", "api_key", "gpus", "dtype",
