@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -270,9 +271,14 @@ def test_a_launch_that_will_not_fit_is_refused_unless_forced() -> None:
 def test_an_installed_wheel_carries_the_recipes(tmp_path: Path) -> None:
     """A plain (non-editable) install finds the recipes without a checkout: pip builds the wheel from the
     source tree, a fresh venv installs it, and `llm-gateway recipe` renders from another directory."""
+    src = tmp_path / "src"      # a copy: setuptools builds in the source tree (build/), never in the checkout
+    for part in ("gateway", "adapters", "deploy/recipes"):
+        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)],
+                   check=True, capture_output=True, timeout=300)
     venv = tmp_path / "venv"
     # System site-packages give the dependencies; the venv's own copy of the package comes first on sys.path.
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
