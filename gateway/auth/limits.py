@@ -1,0 +1,324 @@
+"""Admission limits per key and per team, exact: rpm, tpm, concurrency leases, day/month token quotas.
+
+A request is checked against all its subjects (its key and its team) in one atomic step: either every
+subject admits it and every subject is charged, or nothing is charged anywhere.
+
+Semantics (the same in `MemoryLimitStore` and `gateway.auth.limits_redis.RedisLimitStore`):
+- rpm: a sliding window log. A request admitted at time t counts while t > now - window (60 s), so in
+  every half-open interval of one window at most `rpm` requests are admitted (no 2x burst at a boundary),
+  and a request is refused only when `rpm` requests were admitted in the window before it.
+- tpm: the same window, counting each admitted request's tokens at its admission instant: its estimate
+  until it is settled, its real usage afterwards (a settle after the request left the window changes
+  nothing: the window only ever holds requests admitted in it).
+- concurrency: a lease per request that expires `lease_ttl` (300 s) after it was taken or last refreshed
+  (`refresh`), so a replica that dies without `release` frees its slots after the TTL.
+- tokens_per_day / tokens_per_month: UTC calendar day / month of admission. The estimate is reserved at
+  admission; settle replaces it by real usage in the period it was reserved in (a refund or a charge).
+
+Overshoot bound (stated for a quota Q; a tpm limit obeys the same bound within any one window). Let
+request i reserve its estimate E_i and really use U_i, with excess X_i = max(0, U_i - E_i). A request is
+admitted only if (settled usage + outstanding reservations + E_i) <= Q, so when the last request L is
+admitted, with F the requests admitted before L and not yet settled (in flight):
+
+    total usage charged to the period  <=  Q + X_L + sum over j in F of X_j
+
+- If estimates are upper bounds (prompt tokens + `max_tokens`, enforced by the backend), X = 0: the
+  quota is never exceeded, however many requests run in parallel or however long they stream.
+- Otherwise the overshoot is at most the excess of the requests in flight at once, so at most
+  `concurrency` x (largest excess), and with one request at a time at most that request's excess.
+Refused requests charge nothing. Compare one-api/Envoy, which charge after the fact: there the overshoot is
+the whole usage of every request in flight.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+WINDOW = 60.0  # seconds of the rpm/tpm sliding window
+LEASE_TTL = 300.0  # seconds a concurrency lease lives without a refresh
+DAY = 86400.0
+LIMIT_NAMES = ("rpm", "tpm", "concurrency", "tokens_per_day", "tokens_per_month")
+
+
+@dataclass(frozen=True)
+class Limits:
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+
+    def windowed(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+
+@dataclass(frozen=True)
+class Subject:
+    id: str  # e.g. "key:alice", "team:research": a name from config, never key material
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class RateInfo:
+    """One OpenAI header trio: the limit, what remains of it, seconds until the window is empty again."""
+
+    limit: int
+    remaining: int
+    reset: float
+
+
+def openai_duration(seconds: float) -> str:
+    """Go's time.Duration text, as OpenAI's x-ratelimit-reset-* headers use: "17ms", "1s", "6m0s", "1.5s"."""
+    ms = max(0, math.ceil(seconds * 1000 - 1e-6))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s = f"{rest // 1000}" if rest % 1000 == 0 else f"{rest / 1000:.3f}".rstrip("0")
+    return f"{h}h{m}m{s}s" if h else f"{m}m{s}s" if m else f"{s}s"
+
+
+@dataclass
+class Admission:
+    allowed: bool
+    limit_name: str | None = None  # which limit refused; "unavailable" when the store is down (fail-closed)
+    subject_id: str | None = None  # whose limit refused
+    retry_after: float = 0.0  # seconds
+    exceeds_limit: bool = False  # the estimate alone is over the limit: waiting will not help
+    degraded: bool = False  # admitted unchecked because the store is unavailable (fail-open)
+    request_id: str = ""
+    estimate: int = 0
+    subjects: tuple[Subject, ...] = ()
+    requests: RateInfo | None = None  # the most constraining subject's rpm trio
+    tokens: RateInfo | None = None  # the most constraining subject's tpm trio
+    token: str = ""  # the store's id of this admission (window member, lease)
+    day: int = 0  # UTC day number (days since 1970-01-01) of admission: where quota corrections go
+    month: int = 0  # year * 12 + month - 1 of admission
+    settled: bool = False
+    released: bool = False
+    handle: Any = field(default=None, repr=False)  # store-private
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        for kind, info in (("requests", self.requests), ("tokens", self.tokens)):
+            if info is not None:
+                out += [(b"x-ratelimit-limit-" + kind.encode(), str(info.limit).encode()),
+                        (b"x-ratelimit-remaining-" + kind.encode(), str(max(0, info.remaining)).encode()),
+                        (b"x-ratelimit-reset-" + kind.encode(), openai_duration(info.reset).encode())]
+        if not self.allowed:
+            out.append((b"retry-after", str(max(1, math.ceil(self.retry_after - 1e-6))).encode()))
+        return out
+
+
+class LimitStore(Protocol):
+    async def acquire(self, subjects: list[Subject], estimate_tokens: int, request_id: str) -> Admission: ...
+    async def settle(self, admission: Admission, used_tokens: int) -> None: ...
+    async def release(self, admission: Admission) -> None: ...
+    async def finish(self, admission: Admission, used_tokens: int) -> None: ...
+    async def refresh(self, admission: Admission) -> bool: ...
+    async def close(self) -> None: ...
+
+
+def periods(now: float) -> tuple[int, int, float, float]:
+    """(day number, month number, seconds to next UTC midnight, seconds to next UTC month) at `now`."""
+    day = int(now // DAY)
+    d = datetime.fromtimestamp(day * DAY, UTC)
+    nxt = datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC).timestamp()
+    return day, d.year * 12 + d.month - 1, (day + 1) * DAY - now, nxt - now
+
+
+@dataclass
+class Refusal:
+    name: str
+    subject_id: str
+    retry: float
+    exceeds: bool
+
+
+def worst(a: Refusal | None, b: Refusal) -> Refusal:
+    """The refusal to report: one that waiting cannot cure, else the one that lifts last."""
+    if a is None or (b.exceeds, b.retry) > (a.exceeds, a.retry):
+        return b
+    return a
+
+
+def tightest(infos: list[RateInfo]) -> RateInfo | None:
+    return min(infos, key=lambda i: i.remaining) if infos else None
+
+
+class _Entry:
+    """One admitted request in a subject's window; `amount` is its tpm charge (estimate, then usage)."""
+
+    __slots__ = ("t", "amount", "alive")
+
+    def __init__(self, t: float, amount: int) -> None:
+        self.t, self.amount, self.alive = t, amount, True
+
+
+class _State:
+    __slots__ = ("window", "tokens", "leases", "heap", "quota")
+
+    def __init__(self) -> None:
+        self.window: deque[_Entry] = deque()  # admission order == time order
+        self.tokens = 0  # sum of `amount` over `window`
+        self.leases: dict[str, float] = {}  # lease token -> expiry
+        self.heap: list[tuple[float, str]] = []  # (expiry, token), lazily deleted
+        self.quota: dict[tuple[str, int], int] = {}  # ("d", day) / ("m", month) -> tokens charged
+
+
+class MemoryLimitStore:
+    """One process: every call runs to completion on the event loop, so it is atomic without locks.
+
+    Per call: amortised O(1) per subject for rpm/tpm (pruning pops each entry once), O(log n) for leases;
+    a refusal's retry time walks the window (O(n), refusals only).
+    """
+
+    def __init__(self, *, window: float = WINDOW, lease_ttl: float = LEASE_TTL,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.window, self.lease_ttl, self.clock = window, lease_ttl, clock
+        self._states: dict[str, _State] = {}
+        self._seq = 0
+
+    def _prune(self, st: _State, now: float) -> None:
+        cut = now - self.window
+        w = st.window
+        while w and w[0].t <= cut:
+            e = w.popleft()
+            e.alive = False
+            st.tokens -= e.amount
+        while st.heap and st.heap[0][0] <= now:
+            expiry, token = heapq.heappop(st.heap)
+            if st.leases.get(token) == expiry:
+                del st.leases[token]
+
+    def _check(self, sub: Subject, st: _State, est: int, now: float, day: int, month: int,
+               to_midnight: float, to_month: float) -> Refusal | None:
+        lim, bad = sub.limits, None
+        if lim.rpm is not None and len(st.window) >= lim.rpm:
+            retry = st.window[len(st.window) - lim.rpm].t + self.window - now if lim.rpm else self.window
+            bad = worst(bad, Refusal("rpm", sub.id, retry, lim.rpm == 0))
+        if lim.tpm is not None and st.tokens + est > lim.tpm:
+            retry, freed = self.window, 0
+            if est <= lim.tpm:
+                for e in st.window:  # the oldest entries leave first
+                    freed += e.amount
+                    if st.tokens - freed + est <= lim.tpm:
+                        retry = e.t + self.window - now
+                        break
+            bad = worst(bad, Refusal("tpm", sub.id, retry, est > lim.tpm))
+        if lim.concurrency is not None and len(st.leases) >= lim.concurrency:
+            soonest = min(st.leases.values(), default=now + 1.0)
+            bad = worst(bad, Refusal("concurrency", sub.id, min(1.0, soonest - now), lim.concurrency == 0))
+        for name, q, key, retry in (("tokens_per_day", lim.tokens_per_day, ("d", day), to_midnight),
+                                    ("tokens_per_month", lim.tokens_per_month, ("m", month), to_month)):
+            if q is not None and st.quota.get(key, 0) + est > q:
+                bad = worst(bad, Refusal(name, sub.id, retry, est > q))
+        return bad
+
+    def acquire_now(self, subjects: list[Subject], estimate_tokens: int, request_id: str) -> Admission:
+        now, est = self.clock(), max(0, estimate_tokens)
+        day, month, to_midnight, to_month = periods(now)
+        states = [self._states.setdefault(s.id, _State()) for s in subjects]
+        bad: Refusal | None = None
+        for sub, st in zip(subjects, states):
+            self._prune(st, now)
+            refusal = self._check(sub, st, est, now, day, month, to_midnight, to_month)
+            if refusal is not None:
+                bad = worst(bad, refusal)
+        self._seq += 1
+        adm = Admission(allowed=bad is None, request_id=request_id, estimate=est, subjects=tuple(subjects),
+                        token=f"{request_id}#{self._seq}", day=day, month=month)
+        if bad is not None:
+            adm.limit_name, adm.subject_id, adm.retry_after, adm.exceeds_limit = (
+                bad.name, bad.subject_id, max(0.0, bad.retry), bad.exceeds)
+        reqs: list[RateInfo] = []
+        toks: list[RateInfo] = []
+        handle = []
+        for sub, st in zip(subjects, states):
+            lim = sub.limits
+            entry = None
+            if adm.allowed:
+                if lim.windowed():
+                    entry = _Entry(now, est if lim.tpm is not None else 0)
+                    st.window.append(entry)
+                    st.tokens += entry.amount
+                if lim.concurrency is not None:
+                    st.leases[adm.token] = now + self.lease_ttl
+                    heapq.heappush(st.heap, (now + self.lease_ttl, adm.token))
+                for key, q in ((("d", day), lim.tokens_per_day), (("m", month), lim.tokens_per_month)):
+                    if q is not None:
+                        for old in [k for k in st.quota if k[0] == key[0] and k[1] < key[1] - 1]:
+                            del st.quota[old]  # a period over for a day is no longer settled into
+                        st.quota[key] = st.quota.get(key, 0) + est
+            handle.append((sub, st, entry))
+            reset = st.window[-1].t + self.window - now if st.window else 0.0
+            if lim.rpm is not None:
+                reqs.append(RateInfo(lim.rpm, lim.rpm - len(st.window), reset))
+            if lim.tpm is not None:
+                toks.append(RateInfo(lim.tpm, lim.tpm - st.tokens, reset))
+        adm.requests, adm.tokens, adm.handle = tightest(reqs), tightest(toks), handle
+        return adm
+
+    def settle_now(self, adm: Admission, used_tokens: int) -> None:
+        if not adm.allowed or adm.settled or adm.handle is None:
+            return
+        adm.settled = True
+        delta = max(0, used_tokens) - adm.estimate
+        for sub, st, entry in adm.handle:
+            if entry is not None and entry.alive and sub.limits.tpm is not None:
+                entry.amount += delta
+                st.tokens += delta
+            for key in (("d", adm.day), ("m", adm.month)):
+                if key in st.quota:
+                    st.quota[key] += delta
+
+    def release_now(self, adm: Admission) -> None:
+        if not adm.allowed or adm.released or adm.handle is None:
+            return
+        adm.released = True
+        for _sub, st, _entry in adm.handle:
+            st.leases.pop(adm.token, None)  # its heap item goes stale and is dropped when it surfaces
+
+    def refresh_now(self, adm: Admission) -> bool:
+        """Extend the admission's leases by a TTL; False if one had already expired (it is not revived)."""
+        if not adm.allowed or adm.released or adm.handle is None:
+            return False
+        now, ok = self.clock(), True
+        for sub, st, _entry in adm.handle:
+            if sub.limits.concurrency is None:
+                continue
+            if st.leases.get(adm.token, now) > now:
+                st.leases[adm.token] = now + self.lease_ttl
+                heapq.heappush(st.heap, (now + self.lease_ttl, adm.token))
+            else:
+                st.leases.pop(adm.token, None)
+                ok = False
+        return ok
+
+    async def acquire(self, subjects: list[Subject], estimate_tokens: int, request_id: str) -> Admission:
+        return self.acquire_now(subjects, estimate_tokens, request_id)
+
+    async def settle(self, admission: Admission, used_tokens: int) -> None:
+        self.settle_now(admission, used_tokens)
+
+    async def release(self, admission: Admission) -> None:
+        self.release_now(admission)
+
+    async def finish(self, admission: Admission, used_tokens: int) -> None:
+        self.settle_now(admission, used_tokens)
+        self.release_now(admission)
+
+    async def refresh(self, admission: Admission) -> bool:
+        return self.refresh_now(admission)
+
+    async def close(self) -> None:
+        self._states.clear()
