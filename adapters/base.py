@@ -31,6 +31,10 @@ class State(enum.StrEnum):
     SWAPPED_OUT = "swapped_out"  # known model not resident: serves, slowly at first
     DOWN = "down"  # was reachable, now is not, or answers errors
     DRAINING = "draining"
+    # Backends the gateway runs itself (gateway/supervisor): their process is not running.
+    STOPPED = "stopped"  # not running; started by its next request (or by an operator)
+    STOPPING = "stopping"  # finishing its in-flight requests, then SIGTERM
+    CRASHED = "crashed"  # its process died; restarted (with backoff) by its next request
 
 
 SERVING_STATES = frozenset({State.READY, State.SWAPPED_OUT})

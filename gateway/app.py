@@ -24,7 +24,8 @@ from starlette.requests import Request
 from adapters.base import Endpoint
 from gateway import __version__
 from gateway.api import models, openapi_doc, ops
-from gateway.api.asgi import BodySlots, Receive, Scope, Send, send_error
+from gateway.api.asgi import BodySlots, Receive, Scope, Send, header, send_error
+from gateway.api.cors import Cors
 from gateway.api.proxy import ProxyEndpoint
 from gateway.autodiscover import Autodiscovery
 from gateway.errors import GatewayError, InvalidRequest
@@ -43,6 +44,7 @@ class GatewayApp:
         self.api = api
         self.gateway = gw
         self.hot: dict[str, ProxyEndpoint] = {}
+        self.cors = Cors(gw.settings.cors) if gw.settings.cors.allow_origins else None
         s = gw.settings.server
         # One body-slot budget and one failure count for the inference endpoints together.
         slots = BodySlots(s.max_large_bodies, s.large_body_wait) if s.max_large_bodies else None
@@ -54,6 +56,10 @@ class GatewayApp:
             self.hot[path] = handler  # clients configured with a base URL lacking /v1
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.cors is not None and scope["type"] == "http" and (origin := self.cors.applies(scope)) is not None:
+            if scope["method"] == "OPTIONS" and header(scope, b"access-control-request-method") is not None:
+                return await self.cors.preflight(origin, scope, send)
+            send = self.cors.wrap(origin, send)
         if scope["type"] == "http":
             handler = self.hot.get(scope["path"])
             if handler is not None:
@@ -73,6 +79,9 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gw.upstream.start()
+        if gw.supervisor is not None:
+            gw.supervisor.probe = monitor.probe
+            await gw.supervisor.start()
         await monitor.probe_all()
         if discovery is not None:
             await discovery.scan()
@@ -89,6 +98,8 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
             if discovery is not None:
                 await discovery.stop()
             await monitor.stop()
+            if gw.supervisor is not None:
+                await gw.supervisor.shutdown()
             await gw.upstream.close()
 
     # With keys, a team endpoint: no interactive console or schema for anonymous callers (README "Security").

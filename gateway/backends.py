@@ -51,6 +51,7 @@ class BackendRuntime:
     # upstream model -> why it is out of service until the backend's next successful probe.
     ejected: dict[str, str] = field(default_factory=dict)
     model_errors: dict[str, int] = field(default_factory=dict)  # consecutive failures per upstream model
+    managed: Any = None  # gateway.supervisor.managed.Managed when the gateway runs this backend itself
 
     def usable(self, upstream_model: str) -> bool:
         """Serving, and this model not ejected on its own."""
@@ -93,4 +94,5 @@ class BackendRuntime:
             "limit": None if self.limiter is None else {"max_concurrency": self.limiter.limit,
                                                         "in_use": self.limiter.in_use,
                                                         "queued": self.limiter.queued},
+            "supervisor": None if self.managed is None else self.managed.describe(),
         }

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--url", default="http://127.0.0.1:4000", help="the gateway's base URL")
     st.add_argument("--api-key", default=None, help="deprecated: other users can read it in the process list; "
                     "set $GATEWAY_ADMIN_KEY to an admin key instead")
+    st.add_argument("--logs", metavar="BACKEND", help="print the last output lines of a backend the gateway runs")
+    st.add_argument("--lines", type=int, default=50, help="with --logs: how many lines (default 50)")
     sz = sub.add_parser("size", help="estimate GPU memory for a model: weights, KV cache, overhead, fits or not")
     from gateway.recipes.size_cli import add_arguments as add_size_arguments
     add_size_arguments(sz)
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                         "Prometheus and Grafana")
     from gateway.recipes.compose_file import add_arguments as add_compose_arguments
     add_compose_arguments(cp)
+    ks = sub.add_parser("keys", help="make keys for auth.keys (printed once; the config holds their hash)")
+    from gateway.auth.keygen import add_arguments as add_keys_arguments
+    add_keys_arguments(ks)
     args = p.parse_args(argv)
     try:
         if args.command == "size":
@@ -47,10 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compose":
             from gateway.recipes.compose_file import run as run_compose
             return run_compose(args)
+        if args.command == "keys":
+            from gateway.auth.keygen import run as run_keys
+            return run_keys(args)
         if args.command == "serve":
             return serve(args)
         if args.command == "status":
-            from gateway.status import show
+            from gateway.status import show, show_logs
+            if args.logs:
+                return show_logs(args.url, args.logs, args.lines)
             return show(args.url, args.api_key)
         return check_config(args.path)
     except ConfigError as exc:
@@ -118,8 +128,8 @@ def check_config(path: str) -> int:
             up = d.upstream_model if d.explicit else f"(resolved at start-up by discovery; default {d.upstream_model})"
             print(f"    -> {d.backend.name:<22} upstream model: {up}  weight {d.weight:g}")
     a = settings.auth
-    print(f"\nauth: {len(a.api_keys)} client key(s), {len(a.admin_keys)} admin key(s)"
-          + ("" if a.api_keys or a.admin_keys else "  (none: open; admin from loopback only)"))
+    print(f"\nauth: {len(a.api_keys)} client key(s), {len(a.admin_keys)} admin key(s), {len(a.keys)} named key(s)"
+          + ("" if a.api_keys or a.admin_keys or a.keys else "  (none: open; admin from loopback only)"))
     disc = [b.name for b in gw.backends.values() if b.discover]
     if disc:
         print(f"\nalso served: every other model reported by {', '.join(disc)}")

@@ -17,6 +17,7 @@ from gateway.backends import BackendRuntime
 from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway.health")
+HELD = (State.DRAINING, State.STOPPING)
 
 
 class HealthMonitor:
@@ -59,6 +60,8 @@ class HealthMonitor:
             await self.probe(b)
 
     async def probe(self, b: BackendRuntime) -> None:
+        if b.managed is not None and not b.managed.up:
+            return  # a launched backend not running: probes never wake or judge it (the supervisor does)
         timeout = self.gw.settings.health.timeout
 
         async def fetch(method: str, url: str, *, headers: dict[str, str] | None = None,
@@ -83,8 +86,8 @@ class HealthMonitor:
         self.apply(b, result)
 
     def apply(self, b: BackendRuntime, p: Probe) -> None:
-        if b.state is State.DRAINING and p.state in (State.READY, State.SWAPPED_OUT, State.LOADING):
-            p.state = State.DRAINING  # taken out by an operator: probes keep its models fresh only
+        if b.state in HELD and p.state in (State.READY, State.SWAPPED_OUT, State.LOADING):
+            p.state = b.state  # drained by an operator, or being stopped: probes keep its models fresh only
         before = b.state
         if b.ejected and p.state in (State.READY, State.SWAPPED_OUT):  # a good probe brings them back too
             log.info("backend %s: model(s) %s back in service after a good probe", b.name, ", ".join(b.ejected))

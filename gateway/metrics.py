@@ -29,6 +29,9 @@ TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 
 SHORT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
                  30, 60)
 REJECTION_REASONS = ("queue_full", "queue_timeout", "backend")
+# A launched backend's start-up (seconds to half an hour: a 70B model read from disk) and its stop.
+STARTUP_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800)
+STOP_REASONS = ("idle", "swap", "admin", "shutdown")
 
 # The `code` label of upstream_errors_total: the gateway's own error codes, a closed set. An error
 # code a backend chose (a 4xx's `code` passes through to the client) would let any backend, or a
@@ -100,6 +103,26 @@ class Metrics:
         self._ready_models: set[str] = set()
         self.probe_duration = Histogram("llm_gateway_probe_duration_seconds", "One health probe of a backend.",
                                         ["backend"], buckets=SHORT_BUCKETS, registry=r)
+        # The process supervisor (gateway/supervisor): only backends with a `launch:` block have series.
+        self.sup_events = {
+            "start": Counter("llm_gateway_backend_starts", "Launched backends started and ready.", ["backend"],
+                             registry=r),
+            "start_failed": Counter("llm_gateway_backend_start_failures",
+                                    "Starts that failed (exited, stalled, or over the recipe's budget).",
+                                    ["backend"], registry=r),
+            "crash": Counter("llm_gateway_backend_crashes", "Launched backends whose process died while serving.",
+                             ["backend"], registry=r),
+            "restart": Counter("llm_gateway_backend_restarts", "Starts after a crash or a failed start.",
+                               ["backend"], registry=r),
+        }
+        self.sup_stops = Counter("llm_gateway_backend_stops", "Launched backends stopped, by reason.",
+                                 ["backend", "reason"], registry=r)
+        self.startup = Histogram("llm_gateway_backend_startup_seconds",
+                                 "From starting a launched backend's process to its adapter's probe saying ready.",
+                                 ["backend"], buckets=STARTUP_BUCKETS, registry=r)
+        self.stop_duration = Histogram("llm_gateway_backend_stop_seconds",
+                                       "From SIGTERM to every process of a launched backend gone.",
+                                       ["backend"], buckets=SHORT_BUCKETS, registry=r)
         self._cache: dict[tuple[Any, ...], Any] = {}
         self.engine = EngineMetrics(r)  # the engines' own figures, set by the health probes
 
@@ -155,6 +178,17 @@ class Metrics:
 
     def observe_truncated(self, backend: str) -> None:
         self._child(self.truncated, backend).inc()
+
+    def observe_supervisor(self, event: str, backend: str, seconds: float | None = None,
+                           reason: str | None = None) -> None:
+        if event == "stop":
+            self._child(self.sup_stops, backend, reason if reason in STOP_REASONS else "admin").inc()
+            if seconds is not None:
+                self._child(self.stop_duration, backend).observe(seconds)
+            return
+        self._child(self.sup_events[event], backend).inc()
+        if event == "start" and seconds is not None:
+            self._child(self.startup, backend).observe(seconds)
 
     def in_flight_child(self, backend: str) -> Any:
         return self._child(self.in_flight, backend)

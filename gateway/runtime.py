@@ -12,6 +12,7 @@ from adapters import get_adapter, records
 from adapters.base import BackendTarget, State
 from gateway.auth import KeyRing
 from gateway.backends import BackendRuntime
+from gateway.config_loader import ConfigError
 from gateway.limiter import Limiter
 from gateway.metrics import Metrics
 from gateway.routing import RoutingTable, build_table
@@ -38,13 +39,23 @@ class Gateway:
         self.affinity = settings.routing.affinity
         self.affinity_from_user = settings.routing.affinity_from_user
         self.eject_after = settings.routing.eject_after_errors
-        self.keys = KeyRing(settings.auth.api_keys, settings.auth.admin_keys)
-        self.api_keys = self.keys.client  # non-empty: inference needs a key
+        try:
+            self.keys = KeyRing(settings.auth)
+        except ValueError as exc:  # a hashed key without its secret, or one key listed twice
+            raise ConfigError(str(exc)) from None
+        self.api_keys = self.keys.client  # true: inference needs a key
         self.backends: dict[str, BackendRuntime] = {}
         for b in settings.backends:
             self.add_backend(b, rebuild=False)
+        self.supervisor = None
+        if settings.supervisor.enabled and any(b.launch for b in settings.backends):
+            from gateway.supervisor.service import Supervisor  # only when configured
+
+            self.supervisor = Supervisor(self)
         self.table: RoutingTable = build_table(settings.models, self.backends)
         self.publish_readiness()
+        for m in self.supervisor.managed.values() if self.supervisor else ():
+            self.state_changed(m.b)  # their first state (stopped / starting), set before the table existed
         self.max_body = settings.server.max_body_bytes
         self.max_attempts = u.max_attempts
         self.retry_deadline = u.retry_deadline
@@ -102,4 +113,6 @@ class Gateway:
         return self.keys.may_infer(header)
 
     def ready(self) -> bool:
-        return any(d.backend.usable(d.upstream_model) for r in self.table.routes for d in r.deployments)
+        """Some deployment serves now, or is one the gateway starts on demand (and can start)."""
+        return any(d.backend.usable(d.upstream_model) or (d.backend.managed is not None and d.backend.managed.wakeable)
+                   for r in self.table.routes for d in r.deployments)

@@ -52,26 +52,86 @@ class ServerSettings(Strict):
     drain_timeout: float = Field(30.0, ge=0)
 
 
+def _real_secret(k: SecretStr) -> None:
+    v = k.get_secret_value()  # messages never echo the key: they end up in logs and terminals
+    if not v.strip():
+        raise ValueError("an API key may not be empty")
+    if v.lower() in PLACEHOLDER_KEYS:
+        raise ValueError("an API key is a placeholder value; set a real secret")
+    if len(v) < MIN_KEY_CHARS:
+        raise ValueError(f"a key must be at least {MIN_KEY_CHARS} characters (e.g. `openssl rand -hex 24`)")
+    if v != v.strip() or any(ord(c) < 32 or ord(c) == 127 for c in v):
+        # HTTP strips spaces around a header value and cannot carry control characters
+        raise ValueError("a key may not contain control characters or start or end with spaces")
+
+
+class Limits(Strict):
+    """Per key or per team (README "Team keys"); None: no limit of that kind."""
+
+    rpm: int | None = Field(None, ge=1)               # requests per minute (sliding 60 s)
+    tpm: int | None = Field(None, ge=1)               # prompt + completion tokens per minute (sliding 60 s)
+    concurrency: int | None = Field(None, ge=1)       # requests in flight
+    tokens_per_day: int | None = Field(None, ge=1)    # UTC calendar day
+    tokens_per_month: int | None = Field(None, ge=1)  # UTC calendar month
+
+    def any(self) -> bool:
+        return any(v is not None for v in self.model_dump().values())
+
+
+HASH_RE = re.compile(r"^hmac-sha256:[0-9a-f]{64}$")
+
+
+class KeySettings(Strict):
+    """One person's or service's key: stored as an HMAC (`llm-gateway keys new` prints it), or plaintext."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")   # in usage, metrics and logs
+    hash: str | None = Field(None, pattern=HASH_RE.pattern)
+    key: SecretStr | None = None
+    team: str | None = None
+    models: list[str] = ["*"]          # public model names or patterns (fnmatch: `qwen*`, `*`)
+    admin: bool = False                # may use /admin/* too
+    limits: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> KeySettings:
+        if (self.hash is None) == (self.key is None):
+            raise ValueError(f"key {self.name!r}: give exactly one of `hash` (from `llm-gateway keys new`) or `key`")
+        if self.key is not None:
+            _real_secret(self.key)
+        return self
+
+
+class TeamSettings(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+    limits: Limits = Limits()
+
+
 class AuthSettings(Strict):
     # Client keys: inference and /v1/models. Admin keys: /admin/* (and whatever a client key may do).
     api_keys: list[SecretStr] = []
     admin_keys: list[SecretStr] = []
+    # Named keys (README "Team keys"): hashed with the secret in this environment variable.
+    secret_env: str = Field("GATEWAY_KEY_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    keys: list[KeySettings] = []
+    teams: list[TeamSettings] = []
 
     @field_validator("api_keys", "admin_keys")
     @classmethod
     def _real_secrets(cls, keys: list[SecretStr]) -> list[SecretStr]:
-        for k in keys:  # messages never echo the key: they end up in logs and terminals
-            v = k.get_secret_value()
-            if not v.strip():
-                raise ValueError("an API key may not be empty")
-            if v.lower() in PLACEHOLDER_KEYS:
-                raise ValueError("an API key is a placeholder value; set a real secret")
-            if len(v) < MIN_KEY_CHARS:
-                raise ValueError(f"a key must be at least {MIN_KEY_CHARS} characters (e.g. `openssl rand -hex 24`)")
-            if v != v.strip() or any(ord(c) < 32 or ord(c) == 127 for c in v):
-                # HTTP strips spaces around a header value and cannot carry control characters
-                raise ValueError("a key may not contain control characters or start or end with spaces")
+        for k in keys:
+            _real_secret(k)
         return keys
+
+    @model_validator(mode="after")
+    def _named_keys(self) -> AuthSettings:
+        names: set[str] = set()
+        for i, k in enumerate(self.keys):
+            if k.name in names:
+                raise ValueError(f"keys[{i}].name: duplicate key name {k.name!r}")
+            names.add(k.name)
+        if len({t.name for t in self.teams}) != len(self.teams):   # a key's team needs no entry (no limits)
+            raise ValueError("teams: duplicate team name")
+        return self
 
     @model_validator(mode="after")
     def _admin_keys_are_not_client_keys(self) -> AuthSettings:
@@ -113,6 +173,51 @@ class HealthSettings(Strict):
     timeout: float = Field(5.0, gt=0)
     # Connections for probes and discovery, a pool apart from requests' so busy streams cannot starve them.
     max_connections: int = Field(64, ge=1)
+
+
+class SwapGroupSettings(Strict):
+    """VRAM-aware placement for a swap group: its GPUs, checked before a member starts (gateway/supervisor)."""
+
+    gpus: list[int] = Field(min_length=1)
+    gpu_memory: str | None = None     # each GPU's size (24GiB) when NVML cannot tell what is free
+
+
+class CorsSettings(Strict):
+    """Browser clients calling /v1/* directly (web chat UIs): the origins allowed; none: no CORS headers."""
+
+    allow_origins: list[str] = []      # exact origins (`https://chat.example.org`), or ["*"]
+    max_age: int = Field(600, ge=0)    # seconds a browser may cache a preflight answer
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for o in v:
+            if o != "*" and not re.match(r"^https?://[^/\s]+$", o):
+                raise ValueError(f"{o!r} is not an origin (scheme://host[:port], no path), or '*'")
+        return v
+
+
+class StateSettings(Strict):
+    """Where limits and usage live (README "Team keys"): this process and a SQLite file, or Redis."""
+
+    sqlite: str = "./llm-gateway-usage.db"
+    redis: str | None = Field(None, pattern=r"^rediss?://")
+    redis_failure: Literal["open", "closed"] = "open"   # Redis unreachable: admit (open) or refuse (closed)
+
+
+class SupervisorSettings(Strict):
+    """Running the backends that have a `launch:` block as child processes (gateway/supervisor)."""
+
+    enabled: bool = True              # false: launch blocks only describe (compose runs them as containers)
+    log_lines: int = Field(2000, ge=10)         # each child's output kept (ring buffer), for /admin/.../logs
+    stop_grace: float = Field(10.0, gt=0)       # SIGTERM, then SIGKILL after this many seconds
+    stall_timeout: float = Field(120.0, gt=0)   # start-up fails when nothing progressed for this long
+    min_turn: float = Field(30.0, ge=0)         # swap groups: a started member keeps the GPUs at least this long
+    idle_grace: float = Field(2.0, ge=0)        # ... unless it has had no request for this long
+    max_waiting: int = Field(100, ge=1)         # requests waiting for one backend to start; beyond it, 429
+    restart_backoff: float = Field(1.0, gt=0)   # first delay before restarting a crashed child; doubles
+    restart_backoff_max: float = Field(60.0, gt=0)
+    groups: dict[str, SwapGroupSettings] = {}  # optional: a swap group's GPUs, for placement checks
 
 
 class RoutingSettings(Strict):
@@ -180,10 +285,10 @@ class LaunchSettings(Strict):
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the variable, never the key
     args: list[str] = []                             # passed through after the rendered flags
     profiles: list[str] = []                         # compose profiles of its services ([]: always started)
-    # For the supervisor; accepted and validated now, they do nothing yet.
-    start: Literal["on_start", "on_demand"] = "on_start"
-    idle_timeout: float | None = Field(None, gt=0)
-    group: str | None = None
+    # For the process supervisor (gateway/supervisor, README "Running backends"), when `supervisor.enabled`.
+    start: Literal["at_boot", "on_demand"] = "at_boot"
+    idle_timeout: float | None = Field(None, gt=0)   # seconds without a request before it is stopped; None: never
+    group: str | None = Field(None, min_length=1)    # swap group: members share GPUs, one runs at a time
 
     @field_validator("gpus")
     @classmethod
@@ -329,6 +434,9 @@ class GatewaySettings(BaseSettings):
     health: HealthSettings = HealthSettings()
     routing: RoutingSettings = RoutingSettings()
     autodiscover: AutodiscoverSettings = AutodiscoverSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    cors: CorsSettings = CorsSettings()
+    state: StateSettings = StateSettings()
     backends: list[BackendSettings] = []
     models: list[ModelSettings] = []
 
@@ -366,6 +474,14 @@ class GatewaySettings(BaseSettings):
                 if ref.backend not in names:
                     raise ValueError(f"models[{i}].backends[{j}]: unknown backend {ref.backend!r}; "
                                      f"configured backends: {', '.join(names) or '(none)'}")
+        used = {b.launch.group for b in self.backends if b.launch and b.launch.group}
+        for g, gs in self.supervisor.groups.items():
+            if g not in used:
+                raise ValueError(f"supervisor.groups.{g}: no backend's launch names this group")
+            for i, b in enumerate(self.backends):
+                if b.launch and b.launch.group == g and b.launch.gpus and not set(b.launch.gpus) <= set(gs.gpus):
+                    raise ValueError(f"backends[{i}].launch.gpus: {b.launch.gpus} are not all GPUs of its "
+                                     f"swap group {g!r} ({gs.gpus})")
         return self
 
     def autodiscover_enabled(self) -> bool:

@@ -7,32 +7,56 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+
+
+def _get(url: str, path: str, key: str | None) -> dict | None:  # type: ignore[type-arg]
+    req = urllib.request.Request(url.rstrip("/") + path, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:
+        print(f"llm-gateway status: {url} answered HTTP {exc.code}: {_message(exc)}"
+              + (" (set GATEWAY_ADMIN_KEY to an admin key)" if exc.code in (401, 403) else ""))
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"llm-gateway status: cannot reach {url}: {getattr(exc, 'reason', exc)}")
+    return None
+
+
+def _key() -> str | None:
+    return os.environ.get("GATEWAY_ADMIN_KEY") or os.environ.get("GATEWAY_API_KEY")
+
+
+def show_logs(url: str, backend: str, lines: int) -> int:
+    """A launched backend's last output lines (GET /admin/backends/{name}/logs)."""
+    doc = _get(url, f"/admin/backends/{urllib.parse.quote(backend, safe='')}/logs?lines={max(lines, 1)}", _key())
+    if doc is None:
+        return 1
+    print(f"# {backend} ({doc.get('state')}): its last {len(doc.get('lines', []))} line(s)")
+    for line in doc.get("lines", []):
+        print(line)
+    return 0
 
 
 def show(url: str, api_key: str | None) -> int:
     if api_key:
         print("llm-gateway status: --api-key is deprecated (visible in the process list); set GATEWAY_ADMIN_KEY",
               file=sys.stderr)
-    key = api_key or os.environ.get("GATEWAY_ADMIN_KEY") or os.environ.get("GATEWAY_API_KEY")
-    req = urllib.request.Request(url.rstrip("/") + "/admin/backends",
-                                 headers={"Authorization": f"Bearer {key}"} if key else {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            doc = json.load(resp)
-    except urllib.error.HTTPError as exc:
-        print(f"llm-gateway status: {url} answered HTTP {exc.code}: {_message(exc)}"
-              + (" (set GATEWAY_ADMIN_KEY to an admin key)" if exc.code in (401, 403) else ""))
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"llm-gateway status: cannot reach {url}: {getattr(exc, 'reason', exc)}")
+    doc = _get(url, "/admin/backends", api_key or _key())
+    if doc is None:
         return 1
     rows = [("BACKEND", "KIND", "STATE", "SINCE", "IN FLIGHT", "LOAD", "MODELS", "DETAIL")]
     now = time.time()
     for b in doc.get("backends", []):
+        sup = b.get("supervisor") or {}
+        detail = b.get("detail") or ""
+        if sup:
+            pids = ",".join(map(str, sup.get("pids") or [])) or "-"
+            detail = f"[launched: pid {pids}, restarts {sup.get('restarts', 0)}] {detail}"
         rows.append((b["name"], b["kind"], b["state"], _age(now - b["since"]), str(b["in_flight"]),
                      "-" if b.get("reported_load") is None else f"{b['reported_load']:g}",
-                     ", ".join(b.get("models") or []) or "-", b.get("detail") or ""))
+                     ", ".join(b.get("models") or []) or "-", detail))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])

@@ -200,6 +200,9 @@ def test_a_rewritten_copy_never_carries_keys(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "auth.api_keys" in r.stderr and "LLM_GATEWAY_API_KEY" in r.stderr
     assert "k-0123456789abcdef-secret" not in r.stderr
+    named = {**HOST_CONFIG, "auth": {"keys": [{"name": "alice", "key": "k-0123456789abcdef-named"}]}}
+    r = _cli("--config", str(_write(tmp_path, named)))
+    assert r.returncode == 2 and "auth.keys[0].key" in r.stderr and "k-0123456789abcdef-named" not in r.stderr
 
 
 @pytest.mark.parametrize(("backend", "words"), [
@@ -271,7 +274,9 @@ def test_dockerfile_is_slim_non_root_and_its_healthcheck_probes_a_real_gateway(s
     assert f"127.0.0.1:{cmd[cmd.index('--port') + 1]}/healthz" in check[-1]
     # the generated compose config (all six launched backends, unreachable here) is served by a real gateway,
     # and the image's health check command passes against it and fails once it is gone
-    gw = spawn.gateway(yaml.safe_load(CONFIG.read_text()))
+    env = _compose()["services"]["gateway"]["environment"]
+    assert env["GATEWAY_SUPERVISOR__ENABLED"] == "false"   # compose runs the backends, the gateway must not
+    gw = spawn.gateway(yaml.safe_load(CONFIG.read_text()), env={"GATEWAY_SUPERVISOR__ENABLED": "false"})
     probe = [sys.executable if check[0] == "python3" else check[0], *check[1:-1],
              check[-1].replace("127.0.0.1:4000", f"127.0.0.1:{gw.port}")]
     assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0

@@ -19,7 +19,7 @@ from tests.procs import Double, Gateway, Spawner
 MESSAGES = [{"role": "user", "content": "hi"}]
 JSON = {"content-type": "application/json"}
 REQ = "llm_gateway_requests_total"
-STATES = ("starting", "loading", "ready", "swapped_out", "down", "draining")
+STATES = ("starting", "loading", "ready", "swapped_out", "down", "draining", "stopped", "stopping", "crashed")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
-from gateway.api.deps import get_gateway, require_api_key
+from gateway.api.deps import credential, get_gateway, require_api_key
+from gateway.auth.keys import model_not_allowed
 from gateway.protocol import ModelCard, ModelList
 from gateway.routing import Route
 from gateway.runtime import Gateway
@@ -18,11 +19,16 @@ def card(route: Route, created: int) -> ModelCard:
 
 
 @router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
-async def list_models(gw: Gateway = Depends(get_gateway)) -> ModelList:
+async def list_models(request: Request, gw: Gateway = Depends(get_gateway)) -> ModelList:
     created = int(gw.started_at)
-    return ModelList(data=[card(r, created) for r in gw.table.routes])
+    ident = gw.keys.identify(credential(request)) if gw.keys.client else None
+    return ModelList(data=[card(r, created) for r in gw.table.routes if ident is None or ident.allows(r.name)])
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard, response_model_exclude_none=True)
-async def get_model(model_id: str, gw: Gateway = Depends(get_gateway)) -> ModelCard:
-    return card(gw.table.resolve(model_id), int(gw.started_at))
+async def get_model(model_id: str, request: Request, gw: Gateway = Depends(get_gateway)) -> ModelCard:
+    route = gw.table.resolve(model_id)
+    ident = gw.keys.identify(credential(request)) if gw.keys.client else None
+    if ident is not None and not ident.allows(route.name):
+        raise model_not_allowed(route.name)
+    return card(route, int(gw.started_at))

@@ -6,7 +6,7 @@ callers with a key when keys are set. /admin/* follows gateway/auth/admin.py.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from adapters.base import State
@@ -60,6 +60,38 @@ async def undrain(name: str, gw: Gateway = Depends(get_gateway)) -> dict[str, ob
     if b.state is State.DRAINING:
         gw.mark_state(b, State.STARTING.value, "undrained: waiting for its next probe")
     return b.describe()
+
+
+@router.post("/admin/backends/{name}/start", status_code=202, dependencies=[Depends(require_admin)],
+             summary="Start a backend the gateway runs (as its first request would)")
+async def start(name: str, gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
+    """It takes its swap group's turn like a request; GET /admin/backends shows it come up."""
+    m = _managed(gw, name)          # first: 404 / 409 before the supervisor is looked at
+    return gw.supervisor.start_now(m.b.name).b.describe()
+
+
+@router.post("/admin/backends/{name}/stop", status_code=202, dependencies=[Depends(require_admin)],
+             summary="Stop a backend the gateway runs (after its in-flight requests)")
+async def stop(name: str, gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
+    m = _managed(gw, name)
+    return gw.supervisor.stop_now(m.b.name).b.describe()
+
+
+@router.get("/admin/backends/{name}/logs", dependencies=[Depends(require_admin)],
+            summary="The last lines a launched backend's processes printed")
+async def logs(name: str, lines: int = Query(200, ge=1, le=100_000),
+               gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
+    m = _managed(gw, name)
+    return {"backend": name, "state": m.b.state.value, "lines": m.logs.tail(lines)}
+
+
+def _managed(gw: Gateway, name: str):  # type: ignore[no-untyped-def]
+    b = _backend(gw, name)
+    if b.managed is None or gw.supervisor is None:
+        raise GatewayError(f"Backend {name!r} is not run by this gateway (it has no launch: block, or "
+                           f"supervisor.enabled is false).", status=409, type="invalid_request_error",
+                           code="backend_not_launched")
+    return b.managed
 
 
 def _backend(gw: Gateway, name: str) -> BackendRuntime:

@@ -19,6 +19,7 @@ from adapters.base import Endpoint, responses_usage
 from gateway.api.asgi import (CLOSE, BodyRead, BodySlots, ClientGone, DisconnectWatch, Receive, Scope, Send, header,
                               is_json_media_type, send_error, send_json)
 from gateway.api.client_writer import client_transport
+from gateway.auth.keys import model_not_allowed
 from gateway.balancer import pick
 from gateway.errors import GatewayError, Unauthorized, UnsupportedMediaType, UpstreamTimeout
 from gateway.http1 import Response
@@ -97,10 +98,13 @@ class ProxyEndpoint:
         watch: DisconnectWatch | None = None
         reply = Reply()
         try:
-            if gw.api_keys and not gw.authorized(header(scope, b"authorization") or header(scope, b"x-api-key")):
-                # Sent before the body is read: close, or the refused client's upload is read and discarded.
-                raise Unauthorized("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
-                                   headers=dict(CLOSE))
+            ident = None
+            if gw.api_keys:
+                ident = gw.keys.identify(header(scope, b"authorization") or header(scope, b"x-api-key"))
+                if ident is None:
+                    # Sent before the body is read: close, or the refused client's upload is read and discarded.
+                    raise Unauthorized("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+                                       headers=dict(CLOSE))
             ctype = header(scope, b"content-type")
             if ctype != b"application/json" and not is_json_media_type(ctype):
                 # 415, not 400: the body may be fine, its declared type is not (and a cross-site
@@ -116,6 +120,8 @@ class ProxyEndpoint:
             name, stream, needs = routing_fields(self.endpoint, body)
             route = gw.table.resolve(name)
             model = route.name
+            if ident is not None and not ident.allows(model):
+                raise model_not_allowed(model)
             session = None
             if gw.affinity:
                 sid = header(scope, b"x-session-id")
@@ -193,10 +199,22 @@ class ProxyEndpoint:
         for attempt in range(gw.max_attempts):
             try:
                 dep = pick(route, needs, tried, session)
-            except GatewayError:
+            except GatewayError as err:
                 if last is not None:
                     raise last from None
-                raise
+                if gw.supervisor is None or err.code != "no_ready_deployment":
+                    raise
+                # A backend the gateway runs itself is stopped or starting: hold the request until it serves.
+                waiting, wait_from = gw.supervisor.wait_for(route, needs), time.perf_counter()
+                if stream and gw.stream_keepalive:
+                    woke = await await_with_keepalives(waiting, send, gw.stream_keepalive,
+                                                       lambda: start_sse(send, reply, None))
+                else:
+                    woke = await waiting
+                if not woke:
+                    raise
+                own_from += time.perf_counter() - wait_from  # the start-up is not the gateway's own time
+                dep = pick(route, needs, tried, session)
             b = dep.backend
             reply.backend = b.name
             adapter = b.adapter
@@ -280,6 +298,8 @@ class ProxyEndpoint:
                     limiter.release()
                 b.in_flight -= 1
                 gauge.dec()
+                if b.managed is not None:
+                    b.managed.last_used = time.monotonic()
         raise last or GatewayError("no attempt made")  # unreachable: max_attempts >= 1
 
     async def open_with_keepalive(self, req: Any, backend: str, send: Send, reply: Reply) -> Response:

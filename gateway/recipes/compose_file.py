@@ -87,6 +87,9 @@ def _has_secrets(raw: dict[str, Any]) -> str | None:
     for key in ("api_keys", "admin_keys"):
         if auth.get(key):
             return f"auth.{key}"
+    for i, k in enumerate(auth.get("keys") or []):
+        if isinstance(k, dict) and k.get("key"):     # a named key's plaintext (its `hash:` is fine to copy)
+            return f"auth.keys[{i}].key"
     for i, b in enumerate(raw.get("backends") or []):
         if isinstance(b, dict) and b.get("api_key"):
             return f"backends[{i}].api_key"
@@ -124,6 +127,8 @@ def _gateway(settings: GatewaySettings, raw: dict[str, Any], config: Path, base:
         "GATEWAY_AUTH__API_KEYS": '["${LLM_GATEWAY_API_KEY:?set LLM_GATEWAY_API_KEY to a random key of 16+ '
                                   'characters}"]',
         "GATEWAY_AUTH__ADMIN_KEYS": "${LLM_GATEWAY_ADMIN_KEYS:-[]}",
+        # Compose runs the launched backends as containers: the gateway must not run them too.
+        "GATEWAY_SUPERVISOR__ENABLED": "false",
     }
     # deploy/Dockerfile's HEALTHCHECK, on this port
     svc["healthcheck"] = {"test": ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen("
