@@ -27,8 +27,8 @@ class LogRing:
         self.last_at = time.monotonic()              # monotonic time of the last output (or creation)
 
     def append(self, line: str | bytes, transient: bool = False) -> None:
-        """One line (its line break stripped). transient: it replaces the previous transient line (a
-        progress bar's redraw)."""
+        """One line (its line break stripped). transient: the line ended with a bare carriage return (a
+        progress bar's redraw), so the next non-empty line replaces it."""
         if isinstance(line, bytes):
             line = line.decode("utf-8", errors="replace")
         raw = line.rstrip("\r\n").encode("utf-8", errors="replace")
@@ -37,6 +37,10 @@ class LogRing:
             raw = raw[: self.max_line - len(cut)] + cut
         text = raw.decode("utf-8", errors="ignore")   # a character split by the cut is dropped
         if self._last_transient and self._lines:
+            if not raw:                    # "50%\r" then "\n": the bar's last state stays, as on a terminal
+                self._last_transient = transient
+                self.last_at = time.monotonic()
+                return
             self._size -= self._lines.pop()[1]
         self._lines.append((text, len(raw)))
         self._size += len(raw)

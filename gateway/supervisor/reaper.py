@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import resource
 import signal
 import sys
 import time
@@ -171,8 +170,10 @@ def main(args: list[str]) -> None:
     st = status[0]
     if os.WIFSIGNALED(st):
         sig = os.WTERMSIG(st)
+        import resource   # only here: every import is start-up time
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))   # a SIGSEGV passed on must not dump this process
-        signal.signal(sig, signal.SIG_DFL)
+        if sig != signal.SIGKILL:           # SIGKILL's action cannot be set (and is to die already)
+            signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
         os.kill(os.getpid(), sig)
     sys.exit(os.waitstatus_to_exitcode(st))
