@@ -100,6 +100,8 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
             await monitor.stop()
             if gw.supervisor is not None:
                 await gw.supervisor.shutdown()
+            if gw.gatekeeper is not None:
+                await gw.gatekeeper.close()
             await gw.upstream.close()
 
     # With keys, a team endpoint: no interactive console or schema for anonymous callers (README "Security").

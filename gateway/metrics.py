@@ -123,6 +123,12 @@ class Metrics:
         self.stop_duration = Histogram("llm_gateway_backend_stop_seconds",
                                        "From SIGTERM to every process of a launched backend gone.",
                                        ["backend"], buckets=SHORT_BUCKETS, registry=r)
+        # Team keys (gateway/auth): the key label is a configured key name, never a key.
+        self.limited = Counter("llm_gateway_key_limited", "Requests refused by a key's or team's limit.",
+                               ["key", "limit"], registry=r)
+        self.state_failures = Counter("llm_gateway_state_failures",
+                                      "Calls to the shared state (Redis) that failed: limits or usage.",
+                                      ["component"], registry=r)
         self._cache: dict[tuple[Any, ...], Any] = {}
         self.engine = EngineMetrics(r)  # the engines' own figures, set by the health probes
 
@@ -189,6 +195,12 @@ class Metrics:
         self._child(self.sup_events[event], backend).inc()
         if event == "start" and seconds is not None:
             self._child(self.startup, backend).observe(seconds)
+
+    def observe_limited(self, key: str, limit: str) -> None:
+        self._child(self.limited, key, limit).inc()
+
+    def observe_state_failure(self, component: str) -> None:
+        self._child(self.state_failures, component).inc()
 
     def in_flight_child(self, backend: str) -> Any:
         return self._child(self.in_flight, backend)

@@ -44,6 +44,13 @@ class Gateway:
         except ValueError as exc:  # a hashed key without its secret, or one key listed twice
             raise ConfigError(str(exc)) from None
         self.api_keys = self.keys.client  # true: inference needs a key
+        self.gatekeeper = None  # per-key limits, only when some key or team has them
+        if any(i.limits or i.team_limits for i in self.keys.by_digest.values()):
+            from gateway.auth.enforce import Gatekeeper
+
+            self.gatekeeper = Gatekeeper(settings, self.metrics)
+            for ident in self.keys.by_digest.values():
+                ident.subjects = Gatekeeper.subjects(ident)
         self.backends: dict[str, BackendRuntime] = {}
         for b in settings.backends:
             self.add_backend(b, rebuild=False)

@@ -114,6 +114,9 @@ class AuthSettings(Strict):
     secret_env: str = Field("GATEWAY_KEY_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     keys: list[KeySettings] = []
     teams: list[TeamSettings] = []
+    # Limits reserve a request's tokens before it runs: the prompt (body bytes / 4) plus its max_tokens,
+    # or this many completion tokens when it sets none.
+    estimate_completion_tokens: int = Field(1024, ge=1)
 
     @field_validator("api_keys", "admin_keys")
     @classmethod

@@ -55,13 +55,15 @@ class Reply:
     response has started (headers and keepalive comments only: no answer byte yet, so a failed
     attempt may still be retried, but a final error must now be an error event, not a status)."""
 
-    __slots__ = ("committed", "rid", "rid_header", "raw", "backend", "own", "read_at")
+    __slots__ = ("committed", "rid", "rid_header", "head", "raw", "backend", "own", "read_at", "used")
 
     def __init__(self) -> None:
         self.committed = False
         self.backend = ""  # the backend of the latest attempt: the metrics label of a failed request too
         self.rid = new_request_id()
         self.rid_header = (b"x-request-id", self.rid)
+        self.head = [self.rid_header]  # headers of every answer: the id, and a limited key's x-ratelimit-*
+        self.used: int | None = None   # tokens the backend reported (prompt + completion)
         self.raw = b""
         # The gateway's own time (llm_gateway_overhead_seconds): before the first upstream send
         # (limiter wait excluded), then, non-stream, from the upstream answer read (read_at) to the end.
@@ -74,7 +76,7 @@ async def start_sse(send: Send, reply: Reply, backend: str | None) -> None:
     comments while waiting), so the header cannot say who serves; a retry may still go elsewhere."""
     if not reply.committed:
         reply.committed = True
-        headers = [*SSE_HEADERS, reply.rid_header]
+        headers = [*SSE_HEADERS, *reply.head]
         if backend is not None:
             headers.append((b"x-llm-gateway-backend", backend.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -97,6 +99,7 @@ class ProxyEndpoint:
         status = 500
         watch: DisconnectWatch | None = None
         reply = Reply()
+        adm = None
         try:
             ident = None
             if gw.api_keys:
@@ -120,8 +123,12 @@ class ProxyEndpoint:
             name, stream, needs = routing_fields(self.endpoint, body)
             route = gw.table.resolve(name)
             model = route.name
-            if ident is not None and not ident.allows(model):
-                raise model_not_allowed(model)
+            if ident is not None:
+                if not ident.allows(model):
+                    raise model_not_allowed(model)
+                if ident.subjects:  # limits: reserve before, settle in `finally`
+                    adm = await gw.gatekeeper.admit(ident, body, len(raw), reply.rid.decode())
+                    reply.head = [reply.rid_header, *adm.headers()]
             session = None
             if gw.affinity:
                 sid = header(scope, b"x-session-id")
@@ -138,7 +145,7 @@ class ProxyEndpoint:
             if reply.committed:  # the SSE response had started (keepalives only): end it with the error
                 await send({"type": "http.response.body", "body": err.sse_event() + DONE_EVENT, "more_body": False})
             else:
-                await send_error(send, err, [reply.rid_header])
+                await send_error(send, err, reply.head)
         except ClientGone:
             status = CLIENT_CLOSED
         except asyncio.CancelledError:
@@ -150,7 +157,7 @@ class ProxyEndpoint:
             log.exception("unhandled error serving %s (request id %s)", self.label, reply.rid.decode())
             try:
                 await send_error(send, GatewayError("The gateway hit an internal error; it has been logged (request "
-                                                    f"id {reply.rid.decode()})."), [reply.rid_header])
+                                                    f"id {reply.rid.decode()})."), reply.head)
             except RuntimeError:
                 pass
         finally:
@@ -161,6 +168,8 @@ class ProxyEndpoint:
             m.observe_request(self.label, model, backend or reply.backend, status, end - t0)
             if reply.own >= 0:
                 m.observe_overhead(self.label, reply.own + (end - reply.read_at if reply.read_at else 0.0))
+            if adm is not None:
+                await gw.gatekeeper.done(adm, reply.used, answered=status < 400 or reply.committed)
 
     async def serve(self, route: Route, body: dict[str, Any], stream: bool, needs: int, send: Send,
                     t0: float, watch: DisconnectWatch, session: str | None, reply: Reply) -> tuple[int, str]:
@@ -331,9 +340,10 @@ class ProxyEndpoint:
                     usage = extract(doc) if type(doc) is dict else None
                     if usage is not None:
                         m.observe_usage(model, b.name, *usage)
+                        reply.used = usage[0] + usage[1]
                 watch.finished = True
                 await send_json(send, resp.status, data,
-                                [(b"x-llm-gateway-backend", b.name.encode()), reply.rid_header])
+                                [(b"x-llm-gateway-backend", b.name.encode()), *reply.head])
                 ok = True
                 return resp.status, b.name
             source = resp.iter_chunks()
@@ -378,6 +388,8 @@ class ProxyEndpoint:
                 if ok:  # a cut stream's pace is not the backend's
                     m.observe_tpot(model, b.name, tap.first_at, ended, tap.completion_tokens)
             m.observe_usage(model, b.name, tap.prompt_tokens, tap.completion_tokens)
+            if tap.prompt_tokens or tap.completion_tokens:  # else no usage report: the estimate stays charged
+                reply.used = tap.prompt_tokens + tap.completion_tokens
             return 200, b.name
         finally:
             # release() returns a fully read connection to the pool; close() aborts one we

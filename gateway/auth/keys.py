@@ -74,6 +74,7 @@ class Identity:
     patterns: tuple[str, ...] = ("*",)
     limits: Limits | None = None
     team_limits: Limits | None = None
+    subjects: list = field(default_factory=list)  # type: ignore[type-arg]  # its limits (gateway/auth/enforce.py)
     _allowed: dict[str, bool] = field(default_factory=dict)
 
     def allows(self, model: str) -> bool:

@@ -1,0 +1,107 @@
+"""Per-key and per-team limits on the request path: reserve before, settle after (gateway/auth/limits.py).
+
+Built only when some named key or team has limits; a request whose key has none never reaches it. Before
+the request is dispatched its tokens are reserved from an estimate (the body's length / 4 for the prompt,
+an upper bound for any tokenizer's ~4 bytes per token on JSON, plus `max_tokens` or
+`auth.estimate_completion_tokens`), and the request is refused with 429 and Retry-After when any limit of
+its key or its team would be exceeded. After it, the reservation is replaced by the backend's reported
+usage (or kept as charged when the backend reported none; refunded when no backend answered).
+Every answer to a limited key carries OpenAI's x-ratelimit-* headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from gateway.auth.keys import Identity
+from gateway.auth.limits import LEASE_TTL, Admission, LimitStore, Limits, MemoryLimitStore, Subject
+from gateway.errors import GatewayError
+from gateway.settings import GatewaySettings
+from gateway.settings import Limits as LimitSettings
+
+log = logging.getLogger("gateway.limits")
+MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+def _limits(s: LimitSettings) -> Limits:
+    return Limits(s.rpm, s.tpm, s.concurrency, s.tokens_per_day, s.tokens_per_month)
+
+
+class Gatekeeper:
+    def __init__(self, settings: GatewaySettings, metrics: Any) -> None:
+        st = settings.state
+        self.metrics = metrics
+        self.default_completion = settings.auth.estimate_completion_tokens
+        self.store: LimitStore
+        if st.redis:
+            from gateway.auth.limits_redis import RedisLimitStore  # only when configured
+
+            self.store = RedisLimitStore(st.redis, fail_mode=st.redis_failure,
+                                         on_failure=lambda exc: metrics.observe_state_failure("limits"))
+        else:
+            self.store = MemoryLimitStore()
+        self._leases: dict[int, asyncio.Task[None]] = {}
+
+    @staticmethod
+    def subjects(ident: Identity) -> list[Subject]:
+        out = []
+        if ident.limits is not None:
+            out.append(Subject("key:" + ident.name, _limits(ident.limits)))
+        if ident.team_limits is not None and ident.team is not None:
+            out.append(Subject("team:" + ident.team, _limits(ident.team_limits)))
+        return out
+
+    def estimate(self, body: dict[str, Any], raw_len: int) -> int:
+        completion = next((v for f in MAX_TOKEN_FIELDS if type(v := body.get(f)) is int and v > 0), None)
+        n = body.get("n")
+        choices = n if type(n) is int and n > 1 else 1
+        return raw_len // 4 + (completion or self.default_completion) * choices
+
+    async def admit(self, ident: Identity, body: dict[str, Any], raw_len: int, rid: str) -> Admission:
+        adm = await self.store.acquire(ident.subjects, self.estimate(body, raw_len), rid)
+        if adm.allowed and any(s.limits.concurrency for s in ident.subjects):
+            # A stream may outlive the lease's TTL: keep it alive while the request lives.
+            self._leases[id(adm)] = asyncio.get_running_loop().create_task(self._keep(adm))
+        if not adm.allowed:
+            who = (adm.subject_id or "").replace("key:", "key ").replace("team:", "team ")
+            if adm.limit_name == "unavailable":
+                err = RateLimited("The limits store is unavailable and this gateway refuses requests meanwhile "
+                                  "(state.redis_failure: closed); try again shortly.", status=503,
+                                  code="limits_unavailable")
+            elif adm.exceeds_limit:
+                err = RateLimited(f"This request alone exceeds the {adm.limit_name} limit of {who} "
+                                  f"(estimated {adm.estimate} tokens): lower max_tokens or the prompt.",
+                                  code="rate_limit_exceeded")
+            else:
+                err = RateLimited(f"Rate limit reached: {adm.limit_name} of {who}. Retry after "
+                                  f"{adm.retry_after:.0f}s.")
+            err.headers = {k.decode(): v.decode() for k, v in adm.headers()}
+            self.metrics.observe_limited(ident.name, adm.limit_name or "unavailable")
+            raise err
+        return adm
+
+    async def done(self, adm: Admission, used: int | None, answered: bool) -> None:
+        """Settle to real usage; without a usage report keep the estimate charged if a backend answered."""
+        keeper = self._leases.pop(id(adm), None)
+        if keeper is not None:
+            keeper.cancel()
+        try:
+            await self.store.finish(adm, used if used is not None else (adm.estimate if answered else 0))
+        except Exception:  # the stores never raise by contract; a bug here must not fail the request's end
+            log.exception("limits: settling request %s failed", adm.request_id)
+
+    async def _keep(self, adm: Admission) -> None:
+        while True:
+            await asyncio.sleep(LEASE_TTL / 3)
+            await self.store.refresh(adm)
+
+    async def close(self) -> None:
+        await self.store.close()
