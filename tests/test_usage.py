@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth.usage import UsageRecorder, UsageRow, UsageStore, UsageTotals
+from gateway.auth.usage import Aggregate, Batch, UsageRecorder, UsageRow, UsageStore, UsageTotals
 from gateway.auth.usage_sqlite import SCHEMA_VERSION, SQLiteUsageStore, UsageSchemaError
 from tests.procs import ROOT, Spawner
 
@@ -196,6 +196,24 @@ async def check_rollover(store: UsageStore) -> None:
 
 def test_utc_midnight_rollover(tmp_path: Path) -> None:
     asyncio.run(check_rollover(SQLiteUsageStore(tmp_path / "u.db")))
+
+
+async def check_batch_applied_once(s: UsageStore) -> None:
+    """A write whose reply was lost is retried as the same batch: counted once. A new batch counts again."""
+    await s.open()
+    batch = Batch("writer1", 1, [Aggregate(D1, "alice", "m1", None, 1, 10, 20, 0, 0.5)])
+    await s.write(batch)
+    await s.write(batch)
+    assert await s.totals() == UsageTotals(1, 10, 20, 0, 0.5)
+    await s.write(Batch("writer1", 2, batch.entries))
+    await s.write(Batch("writer2", 1, batch.entries))      # another process's first batch
+    await s.write(Batch("writer1", 1, batch.entries))      # older than writer1's last: already applied
+    assert await s.totals() == UsageTotals(3, 30, 60, 0, 1.5)
+    await s.close()
+
+
+def test_a_retried_batch_is_applied_once(tmp_path: Path) -> None:
+    asyncio.run(check_batch_applied_once(SQLiteUsageStore(tmp_path / "u.db")))
 
 
 def test_flushes_add_to_the_stored_row(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from redis import Redis as SyncRedis
 from gateway.auth.usage import Aggregate, Batch, UsageRecorder, UsageRow
 from gateway.auth.usage_redis import RedisUsageStore
 from tests.procs import Proc, Spawner, free_port
-from tests.test_usage import D1, D2, at, check_queries, check_rollover, concurrent_writers
+from tests.test_usage import D1, D2, at, check_batch_applied_once, check_queries, check_rollover, concurrent_writers
 
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -89,19 +89,7 @@ def test_names_with_colons_stay_apart(redis_server: RedisServer) -> None:
 
 
 def test_a_retried_batch_is_applied_once(redis_server: RedisServer) -> None:
-    """A write whose reply was lost is retried as the same batch: counted once. A new batch counts again."""
-    async def go() -> None:
-        s = store(redis_server)
-        await s.open()
-        batch = Batch("writer1", 1, [Aggregate(D1, "alice", "m1", None, 1, 10, 20, 0, 0.5)])
-        await s.write(batch)
-        await s.write(batch)
-        assert await s.totals() == await s.totals(key="alice") and (await s.totals()).prompt_tokens == 10
-        await s.write(Batch("writer1", 2, batch.entries))
-        await s.write(Batch("writer2", 1, batch.entries))      # another replica's first batch
-        assert (await s.totals()).requests == 3
-        await s.close()
-    asyncio.run(go())
+    asyncio.run(check_batch_applied_once(store(redis_server)))
 
 
 def test_ttl_index_and_no_keyspace_scan(redis_server: RedisServer) -> None:

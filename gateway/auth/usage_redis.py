@@ -61,7 +61,7 @@ def _escape(name: str) -> str:
 
 
 class RedisUsageStore(UsageStore):
-    def __init__(self, url: str | None = None, *, client: Redis | None = None, prefix: str = "llm-gateway:",
+    def __init__(self, url: str | None = None, *, client: Redis | None = None, prefix: str = "llmgw:",
                  ttl_days: int = 400, timeout: float = 2.0) -> None:
         if (url is None) == (client is None):
             raise ValueError("give a Redis url or a client")

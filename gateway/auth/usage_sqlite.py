@@ -5,6 +5,8 @@ Why this shape:
   never block the writer, and writers wait for each other instead of failing.
 - A batch is ONE `BEGIN IMMEDIATE` transaction of UPSERTs that ADD to the row (`requests = requests +
   excluded.requests`): concurrent writers never overwrite each other's counts, and a crash keeps whole batches.
+  The same transaction records the writer's batch number, so a batch retried after all (a COMMIT that raised but
+  landed, a flush cancelled while its thread finished) is applied once.
 - sqlite3 is blocking, so every call runs in a thread (asyncio.to_thread); the event loop never waits on the disk.
 - `schema_version` says which layout the file holds; a file from a newer gateway is refused, not misread.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -39,7 +42,18 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (day, key, model)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_by_team ON usage (team, day);
+CREATE TABLE IF NOT EXISTS usage_writers (      -- each recorder's last applied batch: a retry is applied once
+    writer TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    updated REAL NOT NULL                       -- epoch seconds (writers gone for a week are deleted)
+) WITHOUT ROWID;
 """
+
+_WRITER = """
+INSERT INTO usage_writers (writer, seq, updated) VALUES (?, ?, ?)
+ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq, updated = excluded.updated
+"""
+WRITER_TTL_S = 7 * 86400
 
 _UPSERT = """
 INSERT INTO usage (day, key, model, team, requests, prompt_tokens, completion_tokens, errors, latency_s)
@@ -74,7 +88,7 @@ class SQLiteUsageStore(UsageStore):
     async def write(self, batch: Batch) -> None:
         rows = [(a.day.isoformat(), a.key, a.model, a.team, a.requests, a.prompt_tokens, a.completion_tokens,
                  a.errors, a.latency_s) for a in batch.entries]
-        await asyncio.to_thread(self._write, rows)
+        await asyncio.to_thread(self._write, batch.writer, batch.seq, rows)
 
     async def read(self, q: UsageQuery) -> list[UsageRow]:
         return await asyncio.to_thread(self._read, q)
@@ -90,7 +104,7 @@ class SQLiteUsageStore(UsageStore):
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")   # WAL: a process crash loses nothing committed
             with _transaction(con):
-                for statement in _SCHEMA.split(";"):
+                for statement in _SCHEMA.split(";"):     # (no ';' in the schema's comments)
                     if statement.strip():
                         con.execute(statement)
                 found = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
@@ -104,9 +118,15 @@ class SQLiteUsageStore(UsageStore):
             raise
         self._con = con
 
-    def _write(self, rows: list[tuple[object, ...]]) -> None:
+    def _write(self, writer: str, seq: int, rows: list[tuple[object, ...]]) -> None:
         with self._mutex, _transaction(self._connection()) as con:
+            done = con.execute("SELECT seq FROM usage_writers WHERE writer = ?", (writer,)).fetchone()
+            if done is not None and done[0] >= seq:
+                return
             con.executemany(_UPSERT, rows)
+            now = time.time()
+            con.execute(_WRITER, (writer, seq, now))
+            con.execute("DELETE FROM usage_writers WHERE updated < ?", (now - WRITER_TTL_S,))
 
     def _read(self, q: UsageQuery) -> list[UsageRow]:
         where, args = [], []
