@@ -159,7 +159,7 @@ class UsageRecorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._drop_logged = False
+        self._drop_logged = self._key_logged = False
 
     async def start(self) -> None:
         await self.store.open()
@@ -267,7 +267,9 @@ class UsageRecorder:
     def _drop(self, key: str) -> None:
         self.stats.dropped += 1
         if _KEY_LIKE.fullmatch(key):
-            log.error("usage: refused a record whose key name looks like a key (sk-...): record names, not keys")
+            if not self._key_logged:      # once per process: this is a wiring bug, not an event
+                self._key_logged = True
+                log.error("usage: refused a record whose key name looks like a key (sk-...): record names, not keys")
         elif not self._drop_logged:
             self._drop_logged = True
             log.error("usage: %d aggregates pending (max_pending): dropping new ones until the store takes them",
