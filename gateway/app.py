@@ -79,6 +79,8 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gw.upstream.start()
+        if gw.usage is not None:
+            await gw.usage.start()
         if gw.supervisor is not None:
             gw.supervisor.probe = monitor.probe
             await gw.supervisor.start()
@@ -102,6 +104,8 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
                 await gw.supervisor.shutdown()
             if gw.gatekeeper is not None:
                 await gw.gatekeeper.close()
+            if gw.usage is not None:
+                await gw.usage.close()
             await gw.upstream.close()
 
     # With keys, a team endpoint: no interactive console or schema for anonymous callers (README "Security").

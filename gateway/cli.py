@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
                     "set $GATEWAY_ADMIN_KEY to an admin key instead")
     st.add_argument("--logs", metavar="BACKEND", help="print the last output lines of a backend the gateway runs")
     st.add_argument("--lines", type=int, default=50, help="with --logs: how many lines (default 50)")
+    us = sub.add_parser("usage", help="usage per key x model x day from a running gateway (GET /admin/usage)")
+    us.add_argument("--url", default="http://127.0.0.1:4000", help="the gateway's base URL")
+    for flag in ("key", "team", "model"):
+        us.add_argument(f"--{flag}", help=f"only this {flag}")
+    us.add_argument("--since", help="first UTC day, YYYY-MM-DD")
+    us.add_argument("--until", help="last UTC day, YYYY-MM-DD")
     sz = sub.add_parser("size", help="estimate GPU memory for a model: weights, KV cache, overhead, fits or not")
     from gateway.recipes.size_cli import add_arguments as add_size_arguments
     add_size_arguments(sz)
@@ -52,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compose":
             from gateway.recipes.compose_file import run as run_compose
             return run_compose(args)
+        if args.command == "usage":
+            from gateway.status import show_usage
+            return show_usage(args.url, {"key": args.key, "team": args.team, "model": args.model,
+                                         "start": args.since, "end": args.until})
         if args.command == "keys":
             from gateway.auth.keygen import run as run_keys
             return run_keys(args)

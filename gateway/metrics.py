@@ -126,6 +126,10 @@ class Metrics:
         # Team keys (gateway/auth): the key label is a configured key name, never a key.
         self.limited = Counter("llm_gateway_key_limited", "Requests refused by a key's or team's limit.",
                                ["key", "limit"], registry=r)
+        self.key_requests = Counter("llm_gateway_key_requests", "Requests per key name, by status class.",
+                                    ["key", "status"], registry=r)
+        self.key_tokens = Counter("llm_gateway_key_tokens", "Tokens per key name, from backends' usage reports.",
+                                  ["key", "kind"], registry=r)
         self.state_failures = Counter("llm_gateway_state_failures",
                                       "Calls to the shared state (Redis) that failed: limits or usage.",
                                       ["component"], registry=r)
@@ -195,6 +199,13 @@ class Metrics:
         self._child(self.sup_events[event], backend).inc()
         if event == "start" and seconds is not None:
             self._child(self.startup, backend).observe(seconds)
+
+    def observe_key(self, key: str, status: int, prompt: int, completion: int) -> None:
+        self._child(self.key_requests, key, f"{status // 100}xx").inc()
+        if prompt:
+            self._child(self.key_tokens, key, "prompt").inc(prompt)
+        if completion:
+            self._child(self.key_tokens, key, "completion").inc(completion)
 
     def observe_limited(self, key: str, limit: str) -> None:
         self._child(self.limited, key, limit).inc()

@@ -51,6 +51,17 @@ class Gateway:
             self.gatekeeper = Gatekeeper(settings, self.metrics)
             for ident in self.keys.by_digest.values():
                 ident.subjects = Gatekeeper.subjects(ident)
+        self.usage = None  # usage per key name x model x day, when requests carry keys (gateway/auth/usage.py)
+        if self.keys.client:
+            from gateway.auth.usage import UsageRecorder
+            st = settings.state
+            if st.redis:
+                from gateway.auth.usage_redis import RedisUsageStore
+                store = RedisUsageStore(st.redis)
+            else:
+                from gateway.auth.usage_sqlite import SQLiteUsageStore
+                store = SQLiteUsageStore(st.sqlite)
+            self.usage = UsageRecorder(store)
         self.backends: dict[str, BackendRuntime] = {}
         for b in settings.backends:
             self.add_backend(b, rebuild=False)

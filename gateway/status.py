@@ -39,6 +39,26 @@ def show_logs(url: str, backend: str, lines: int) -> int:
     return 0
 
 
+def show_usage(url: str, filters: dict[str, str | None]) -> int:
+    """`llm-gateway usage`: GET /admin/usage as a table (per key x model x day) and its totals."""
+    query = urllib.parse.urlencode({k: v for k, v in filters.items() if v})
+    doc = _get(url, "/admin/usage" + (f"?{query}" if query else ""), _key())
+    if doc is None:
+        return 1
+    rows = [("DAY", "KEY", "TEAM", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "ERRORS", "MEAN S")]
+    for r in doc["rows"]:
+        rows.append((r["day"], r["key"], r["team"] or "-", r["model"], str(r["requests"]), str(r["prompt_tokens"]),
+                     str(r["completion_tokens"]), str(r["errors"]),
+                     f"{r['latency_s'] / r['requests']:.2f}" if r["requests"] else "-"))
+    t = doc["totals"]
+    rows.append(("TOTAL", "", "", "", str(t["requests"]), str(t["prompt_tokens"]), str(t["completion_tokens"]),
+                 str(t["errors"]), f"{t['latency_s'] / t['requests']:.2f}" if t["requests"] else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
 def show(url: str, api_key: str | None) -> int:
     if api_key:
         print("llm-gateway status: --api-key is deprecated (visible in the process list); set GATEWAY_ADMIN_KEY",

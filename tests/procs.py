@@ -118,6 +118,9 @@ class Spawner:
             path = self.tmp / f"gateway-{port}.yaml"
             path.write_text(yaml.safe_dump(config))
             args += ["--config", str(path)]
+        if not ((config or {}).get("state") or {}).get("sqlite"):
+            # usage of keyed requests goes to a file of this test's own, not ./llm-gateway-usage.db in the checkout
+            env = {"GATEWAY_STATE__SQLITE": str(self.tmp / f"usage-{port}.db"), **(env or {})}
         p = self.proc(args, f"gateway-{port}", env)
         g = Gateway(p, port)
         if wait:

@@ -6,11 +6,15 @@ callers with a key when keys are set. /admin/* follows gateway/auth/admin.py.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from datetime import date
+
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from adapters.base import State
 from gateway.api.deps import credential, get_gateway, require_admin
+from gateway.auth.usage import sum_rows
 from gateway.backends import BackendRuntime
 from gateway.errors import GatewayError
 from gateway.runtime import Gateway
@@ -83,6 +87,20 @@ async def logs(name: str, lines: int = Query(200, ge=1, le=100_000),
                gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
     m = _managed(gw, name)
     return {"backend": name, "state": m.b.state.value, "lines": m.logs.tail(lines)}
+
+
+@router.get("/admin/usage", dependencies=[Depends(require_admin)],
+            summary="Usage per key name x model x UTC day, filtered; with totals")
+async def usage(key: str | None = None, team: str | None = None, model: str | None = None,
+                start: date | None = None, end: date | None = None,
+                gw: Gateway = Depends(get_gateway)) -> dict[str, object]:
+    if gw.usage is None:
+        raise GatewayError("Usage is recorded per key: this gateway has no keys (auth.keys / auth.api_keys).",
+                           status=409, type="invalid_request_error", code="usage_not_recorded")
+    rows = await gw.usage.query(key, team, model, start, end)
+    t = sum_rows(rows)
+    return {"rows": [{**asdict(r), "day": r.day.isoformat()} for r in rows],
+            "totals": {**asdict(t), "total_tokens": t.total_tokens}}
 
 
 def _managed(gw: Gateway, name: str):  # type: ignore[no-untyped-def]

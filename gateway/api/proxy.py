@@ -55,7 +55,7 @@ class Reply:
     response has started (headers and keepalive comments only: no answer byte yet, so a failed
     attempt may still be retried, but a final error must now be an error event, not a status)."""
 
-    __slots__ = ("committed", "rid", "rid_header", "head", "raw", "backend", "own", "read_at", "used")
+    __slots__ = ("committed", "rid", "rid_header", "head", "raw", "backend", "own", "read_at", "usage")
 
     def __init__(self) -> None:
         self.committed = False
@@ -63,7 +63,7 @@ class Reply:
         self.rid = new_request_id()
         self.rid_header = (b"x-request-id", self.rid)
         self.head = [self.rid_header]  # headers of every answer: the id, and a limited key's x-ratelimit-*
-        self.used: int | None = None   # tokens the backend reported (prompt + completion)
+        self.usage: tuple[int, int] | None = None   # (prompt, completion) tokens the backend reported
         self.raw = b""
         # The gateway's own time (llm_gateway_overhead_seconds): before the first upstream send
         # (limiter wait excluded), then, non-stream, from the upstream answer read (read_at) to the end.
@@ -99,9 +99,8 @@ class ProxyEndpoint:
         status = 500
         watch: DisconnectWatch | None = None
         reply = Reply()
-        adm = None
+        adm = ident = None
         try:
-            ident = None
             if gw.api_keys:
                 ident = gw.keys.identify(header(scope, b"authorization") or header(scope, b"x-api-key"))
                 if ident is None:
@@ -168,8 +167,15 @@ class ProxyEndpoint:
             m.observe_request(self.label, model, backend or reply.backend, status, end - t0)
             if reply.own >= 0:
                 m.observe_overhead(self.label, reply.own + (end - reply.read_at if reply.read_at else 0.0))
-            if adm is not None:
-                await gw.gatekeeper.done(adm, reply.used, answered=status < 400 or reply.committed)
+            if ident is not None:   # a key: its usage (names only), then its limits settled
+                p, c = reply.usage or (0, 0)
+                m.observe_key(ident.name, status, p, c)
+                if gw.usage is not None:
+                    gw.usage.record(ident.name, model, team=ident.team, prompt_tokens=p, completion_tokens=c,
+                                    status=status, latency=end - t0)
+                if adm is not None:
+                    await gw.gatekeeper.done(adm, None if reply.usage is None else p + c,
+                                             answered=status < 400 or reply.committed)
 
     async def serve(self, route: Route, body: dict[str, Any], stream: bool, needs: int, send: Send,
                     t0: float, watch: DisconnectWatch, session: str | None, reply: Reply) -> tuple[int, str]:
@@ -340,7 +346,7 @@ class ProxyEndpoint:
                     usage = extract(doc) if type(doc) is dict else None
                     if usage is not None:
                         m.observe_usage(model, b.name, *usage)
-                        reply.used = usage[0] + usage[1]
+                        reply.usage = usage
                 watch.finished = True
                 await send_json(send, resp.status, data,
                                 [(b"x-llm-gateway-backend", b.name.encode()), *reply.head])
@@ -389,7 +395,7 @@ class ProxyEndpoint:
                     m.observe_tpot(model, b.name, tap.first_at, ended, tap.completion_tokens)
             m.observe_usage(model, b.name, tap.prompt_tokens, tap.completion_tokens)
             if tap.prompt_tokens or tap.completion_tokens:  # else no usage report: the estimate stays charged
-                reply.used = tap.prompt_tokens + tap.completion_tokens
+                reply.usage = (tap.prompt_tokens, tap.completion_tokens)
             return 200, b.name
         finally:
             # release() returns a fully read connection to the pool; close() aborts one we
