@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth.usage import Aggregate, Batch, UsageRecorder, UsageRow, UsageStore, UsageTotals
-from gateway.auth.usage_sqlite import SCHEMA_VERSION, SQLiteUsageStore, UsageSchemaError
+from gateway.auth.usage import Aggregate, Batch, UsageRecorder, UsageRow, UsageStore, UsageTotals, usage_store
+from gateway.auth.usage_sqlite import DEFAULT_SQLITE, SCHEMA_VERSION, SQLiteUsageStore, UsageSchemaError
 from tests.procs import ROOT, Spawner
 
 D1, D2, D3 = date(2026, 12, 3), date(2026, 12, 4), date(2026, 12, 5)
@@ -194,8 +194,25 @@ async def check_rollover(store: UsageStore) -> None:
     await rec.close()
 
 
-def test_utc_midnight_rollover(tmp_path: Path) -> None:
-    asyncio.run(check_rollover(SQLiteUsageStore(tmp_path / "u.db")))
+def test_utc_midnight_rollover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")          # UTC+14: local midnight is not UTC midnight
+    time.tzset()
+    try:
+        asyncio.run(check_rollover(SQLiteUsageStore(tmp_path / "u.db")))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_store_from_state_settings(tmp_path: Path) -> None:
+    from gateway.settings import StateSettings
+    state = StateSettings(sqlite=str(tmp_path / "x.db"))
+    s = usage_store(state.sqlite, state.redis)
+    assert isinstance(s, SQLiteUsageStore) and s.path == tmp_path / "x.db"
+    assert StateSettings().sqlite == DEFAULT_SQLITE
+    from gateway.auth.usage_redis import RedisUsageStore
+    r = usage_store(state.sqlite, "redis://:secret@127.0.0.1:1/0")
+    assert isinstance(r, RedisUsageStore) and "secret" not in repr(r)
 
 
 async def check_batch_applied_once(s: UsageStore) -> None:

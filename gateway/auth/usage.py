@@ -275,3 +275,12 @@ class UsageRecorder:
             log.error("usage: %d aggregates pending (max_pending): dropping new ones until the store takes them",
                       self.pending)
 
+
+def usage_store(sqlite: str, redis: str | None = None) -> UsageStore:
+    """The store `state:` asks for: Redis when `state.redis` is set (replicas share usage), else the SQLite file.
+    Redis is imported only then."""
+    if redis:
+        from gateway.auth.usage_redis import RedisUsageStore
+        return RedisUsageStore(redis)
+    from gateway.auth.usage_sqlite import SQLiteUsageStore
+    return SQLiteUsageStore(sqlite)
