@@ -107,6 +107,11 @@ def test_tpm_counts_reservations_then_usage_in_a_sliding_window(limit: int, ops:
         assert a.allowed == (in_window + est <= limit)
         if not a.allowed:
             assert a.limit_name == "tpm" and a.exceeds_limit == (est > limit)
+            if est <= limit:  # the retry time is when enough of the oldest have left the window
+                freed, live = 0, [r for r in model if r[0] > clock.t - window]
+                retry = next(t + window - clock.t for t, amount in live
+                             if (freed := freed + amount) and in_window - freed + est <= limit)
+                assert a.retry_after == pytest.approx(retry)
             continue
         row = [clock.t, est]
         model.append(row)

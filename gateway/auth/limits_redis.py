@@ -75,7 +75,8 @@ if nm == 13 then ny, nm = y + 1, 1 end
 local day_end, month_end = (day + 1) * DAYUS, days_from_civil(ny, nm, 1) * DAYUS
 local bad_i, bad_name, bad_retry, bad_ex = 0, '', -1, 0
 local function refuse(i, name, retry, ex)
-  if ex > bad_ex or (ex == bad_ex and retry > bad_retry) then
+  retry = math.max(0, retry)  -- any refusal counts, whatever its retry time
+  if bad_i == 0 or ex > bad_ex or (ex == bad_ex and retry > bad_retry) then
     bad_i, bad_name, bad_retry, bad_ex = i, name, retry, ex
   end
 end
