@@ -345,12 +345,15 @@ def test_schema_version_and_wal(tmp_path: Path) -> None:
         con = sqlite3.connect(path)
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert con.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        await SQLiteUsageStore(path).open()                  # a second open does not add a version row
+        again = SQLiteUsageStore(path)
+        await again.open()                                   # a second open does not add a version row
+        await again.close()
         assert con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
         con.execute("UPDATE schema_version SET version = 99")
         con.commit()
+        con.close()
         with pytest.raises(UsageSchemaError, match="version 99"):
-            await SQLiteUsageStore(path).open()
+            await SQLiteUsageStore(path).open()             # refused, and its connection closed
     asyncio.run(go())
 
 
