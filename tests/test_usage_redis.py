@@ -163,3 +163,22 @@ def test_unreachable_at_start_does_not_fail_open() -> None:
         await rec.close(timeout=0.3)
         assert rec.stats.lost_at_close == 1
     asyncio.run(go())
+
+
+def test_a_restart_between_flushes_costs_no_failed_flush(spawn: Spawner) -> None:
+    """The pooled connection went stale across a Redis restart: the write is retried at once on a new one."""
+    server = RedisServer(spawn, free_port())
+    server.start()
+
+    async def go() -> None:
+        rec = UsageRecorder(store(server), flush_interval=3600, clock=lambda: at(D1))
+        await rec.start()
+        rec.record("alice", "m1")
+        assert await rec.flush()
+        server.kill()
+        server.start()
+        rec.record("alice", "m1", prompt_tokens=7)
+        assert await rec.flush() and rec.stats.failures == 0
+        assert await rec.query() == [UsageRow(D1, "alice", "m1", None, 1, 7, 0, 0, 0.0)]
+        await rec.close()
+    asyncio.run(go())

@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gateway.auth.usage import Batch, UsageQuery, UsageRow, UsageStore, day_number
 
@@ -87,8 +89,10 @@ class RedisUsageStore(UsageStore):
         """Makes the client; does not connect (a Redis that is down at start must not stop the gateway)."""
         if self._client is None:
             assert self.url is not None
+            # one immediate retry (a pooled connection gone stale across a Redis restart), no backoff: the
+            # recorder paces retries, and a flush must not sit in client backoff while close() waits
             self._client = Redis.from_url(self.url, decode_responses=True, socket_timeout=self.timeout,
-                                          socket_connect_timeout=self.timeout)
+                                          socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 1))
         self._script = self._client.register_script(_WRITE)
 
     async def write(self, batch: Batch) -> None:
