@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.auth.limits import Limits, Subject
+from gateway.auth.limits import Admission, Limits, MemoryLimitStore, Subject
 from gateway.auth.limits_redis import CALENDAR, RedisLimitStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,6 +266,56 @@ def test_every_key_expires(redis_url: str, prefix: str) -> None:
     # a day counter lives to two days after its UTC day ends (a late settle still lands), not forever
     assert ttls[f"{prefix}key:alice:q:d:{day}"] == pytest.approx(((day + 3) * 86400 - time.time()) * 1000, abs=2000)
     assert 0 < ttls[f"{prefix}key:alice:w"] <= 61_000 and 0 < ttls[f"{prefix}key:alice:t"] <= 61_000
+
+
+def _random_limits(rng: random.Random) -> Limits:
+    def maybe(lo: int, hi: int) -> int | None:
+        return rng.randint(lo, hi) if rng.random() < 0.6 else None
+
+    return Limits(rpm=maybe(1, 8), tpm=maybe(20, 200), concurrency=maybe(1, 4), tokens_per_day=maybe(50, 400),
+                  tokens_per_month=maybe(100, 600))
+
+
+def test_redis_decides_exactly_like_the_memory_store(redis_url: str, prefix: str) -> None:
+    """Random acquire/settle/release/finish sequences for a key and a team, played on both stores: the same
+    admissions, the same refusing limit and subject, the same remaining counts (within one 60 s window)."""
+
+    async def go() -> int:
+        red = RedisLimitStore(redis_url, prefix=prefix)
+        compared = 0
+        for seed in range(25):
+            rng = random.Random(seed)
+            subjects = [Subject(f"key:k{seed}", _random_limits(rng)), Subject(f"team:t{seed}", _random_limits(rng))]
+            mem = MemoryLimitStore()
+            live: list[tuple[Admission, Admission]] = []
+            for step in range(40):
+                op = rng.random()
+                if op < 0.6 or not live:
+                    est = rng.randint(0, 60)
+                    a, b = mem.acquire_now(subjects, est, f"{step}"), await red.acquire(subjects, est, f"{step}")
+                    assert (a.allowed, a.limit_name, a.subject_id, a.exceeds_limit) == (
+                        b.allowed, b.limit_name, b.subject_id, b.exceeds_limit), (seed, step)
+                    assert [h for h in a.headers() if b"remaining" in h[0]] == [
+                        h for h in b.headers() if b"remaining" in h[0]], (seed, step)
+                    compared += 1
+                    if a.allowed:
+                        live.append((a, b))
+                    continue
+                a, b = live.pop(rng.randrange(len(live)))
+                used = rng.randint(0, 80)
+                if op < 0.85:
+                    await mem.finish(a, used)
+                    await red.finish(b, used)
+                elif op < 0.9:  # settled, lease kept to the end
+                    await mem.settle(a, used)
+                    await red.settle(b, used)
+                else:  # released without a settle: the estimate stays charged
+                    await mem.release(a)
+                    await red.release(b)
+        await red.close()
+        return compared
+
+    assert run(go()) > 500
 
 
 def test_redis_outage_fail_open_and_closed_then_recovery(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

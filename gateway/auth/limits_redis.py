@@ -145,7 +145,7 @@ for i = 1, ns do
   local qd, qm = tonumber(ARGV[o+4]), tonumber(ARGV[o+5])
   if rpm >= 0 or tpm >= 0 then
     redis.call('ZADD', kw, n(now), member)
-    if tpm >= 0 and est > 0 then
+    if tpm >= 0 then  -- even for 0: settle charges usage only to members it finds here
       redis.call('HSET', ka, member, n(est))
       redis.call('INCRBY', kt, n(est))
     end
