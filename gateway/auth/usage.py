@@ -79,10 +79,10 @@ class UsageQuery:
     start: date | None = None
     end: date | None = None
 
-    def matches(self, r: UsageRow) -> bool:
+    def matches_names(self, r: UsageRow) -> bool:
+        """The key, team and model filters (a store selects the date range itself: SQL, the Redis days set)."""
         return ((self.key is None or r.key == self.key) and (self.team is None or r.team == self.team)
-                and (self.model is None or r.model == self.model)
-                and (self.start is None or r.day >= self.start) and (self.end is None or r.day <= self.end))
+                and (self.model is None or r.model == self.model))
 
 
 @dataclass(slots=True)

@@ -120,7 +120,7 @@ class RedisUsageStore(UsageStore):
                 p.hgetall(n)
             found = await p.execute()
         rows = [_row(h) for h in found if h]   # an expired hash can linger in its index for a while
-        return [row for row in rows if q.matches(row)]
+        return [row for row in rows if q.matches_names(row)]
 
     async def close(self) -> None:
         if self._client is not None and self._own:
