@@ -14,6 +14,7 @@ Why this shape:
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -23,6 +24,8 @@ from datetime import date
 from pathlib import Path
 
 from gateway.auth.usage import Batch, UsageQuery, UsageRow, UsageStore
+
+log = logging.getLogger("gateway.usage")
 
 DEFAULT_SQLITE = "./llm-gateway-usage.db"
 SCHEMA_VERSION = 1
@@ -101,7 +104,8 @@ class SQLiteUsageStore(UsageStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
         try:
-            con.execute("PRAGMA journal_mode=WAL")
+            if con.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":   # e.g. a network file system
+                log.warning("usage: %s cannot use WAL; readers may wait for writers", self.path)
             con.execute("PRAGMA synchronous=NORMAL")   # WAL: a process crash loses nothing committed
             with _transaction(con):
                 for statement in _SCHEMA.split(";"):     # (no ';' in the schema's comments)
