@@ -365,6 +365,40 @@ def test_redis_outage_fail_open_and_closed_then_recovery(tmp_path: Path, caplog:
     assert password not in caplog.text and not any(password in repr(e) for e in seen)
 
 
+def test_a_lease_taken_by_a_timed_out_acquire_is_released_when_redis_answers(tmp_path: Path) -> None:
+    """Redis stalls (SIGSTOP): the acquire times out and fails open, but its script runs when Redis resumes.
+    That lease has no owner; the store releases it on its first call that succeeds, not at the 300 s TTL."""
+    from tests.procs import free_port
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    proc = start_redis(port, tmp_path / "redis.log")
+    subj = [Subject("key:bob", Limits(concurrency=2))]
+
+    async def go() -> None:
+        s = RedisLimitStore(url, prefix="s:", timeout=0.3)
+        await s.acquire([], 0, "warm-up")
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            stalled = await s.acquire(subj, 0, "stalled")
+            assert stalled.allowed and stalled.degraded
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        with redis.Redis.from_url(url) as r:
+            assert r.zcard("s:key:bob:c") == 1  # the stalled script ran after all: an orphan lease
+            after = await s.acquire(subj, 0, "after")
+            assert after.allowed and not after.degraded
+            await asyncio.sleep(0.2)
+            assert r.zcard("s:key:bob:c") == 1  # only `after`'s
+            assert (await s.acquire(subj, 0, "second")).allowed  # the orphan's slot is free again
+        await s.close()
+
+    try:
+        run(go())
+    finally:
+        stop(proc)
+
+
 # -- the worker: `python -m tests.test_limits_redis '<json>'` -------------------------------------------
 async def _worker(cfg: dict) -> dict:
     import redis.asyncio as aioredis

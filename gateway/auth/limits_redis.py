@@ -12,7 +12,9 @@ P S:t running sum of S:a, P S:c zset lease member->expiry (us), P S:q:d:<day> / 
 Redis unavailable: acquire admits unchecked (fail_mode "open", `Admission.degraded`) or refuses with
 limit_name "unavailable" ("closed"); it never raises. Each failure counts in `.failures` and calls
 `on_failure(exc)`; one warning per outage (no URL, no key material), one info line on recovery; the client
-reconnects by itself on the next call.
+reconnects by itself on the next call. An acquire that timed out may still run when a stalled Redis resumes:
+its lease is released on the first call that succeeds afterwards (not left to the TTL).
+Single Redis (or a primary with replicas), not Redis Cluster: a script computes its day/month key names.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth.limits import LEASE_TTL, WINDOW, Admission, RateInfo, Subject, tightest
 
@@ -233,6 +236,10 @@ class RedisLimitStore:
         self._refresh = self._redis.register_script(REFRESH)
         self.failures = 0
         self._down = False
+        # Acquires that timed out may still run when a stalled Redis resumes; their leases are released
+        # (release only: whether tokens were reserved is unknown, so none are refunded) once it answers again.
+        self._orphans: list[Admission] = []
+        self._sweeper: asyncio.Task[None] | None = None
 
     def _keys(self, subjects: tuple[Subject, ...] | list[Subject]) -> list[str]:
         keys = []
@@ -255,6 +262,15 @@ class RedisLimitStore:
         if self._down:
             self._down = False
             log.info("limits: Redis is back; limits enforced again")
+        if self._orphans and self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        try:
+            while self._orphans and not self._down:
+                await self._end(self._orphans.pop(), None, True)
+        finally:
+            self._sweeper = None
 
     async def acquire(self, subjects: list[Subject], estimate_tokens: int, request_id: str) -> Admission:
         est, subs = max(0, estimate_tokens), tuple(subjects)
@@ -268,6 +284,8 @@ class RedisLimitStore:
             r = await self._acquire(keys=self._keys(subs), args=args)
         except FAILURES as exc:
             self._failed(exc, "acquire")
+            if isinstance(exc, (RedisTimeoutError, asyncio.TimeoutError)) and len(self._orphans) < 10_000:
+                self._orphans.append(Admission(allowed=True, subjects=subs, token=member))
             if self.fail_mode == "open":
                 return Admission(allowed=True, degraded=True, request_id=request_id, estimate=est, subjects=subs)
             return Admission(allowed=False, limit_name="unavailable", retry_after=1.0, request_id=request_id,
@@ -340,5 +358,7 @@ class RedisLimitStore:
         return bool(ok)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            await self._sweeper
         await self._redis.aclose()
 
