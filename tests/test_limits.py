@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.auth.limits import Limits, MemoryLimitStore, Subject, openai_duration, periods
+from gateway.auth.limits import Limits, MemoryLimitStore, Subject, keep_alive, openai_duration, periods
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC).timestamp()
 
@@ -292,5 +292,27 @@ def test_async_protocol_finish_refunds_and_releases() -> None:
         b = await s.acquire([subj], 80, "b")
         assert b.allowed and b.tokens is not None and b.tokens.remaining == 0
         await s.close()
+
+    asyncio.run(run())
+
+
+def test_a_subject_named_twice_is_charged_once() -> None:
+    s = store(Clock())
+    k = key(rpm=2)
+    assert s.acquire_now([k, k], 0, "1").allowed and s.acquire_now([k, k], 0, "2").allowed
+    assert not s.acquire_now([k], 0, "3").allowed
+
+
+def test_keep_alive_holds_a_long_request_past_the_ttl() -> None:
+    async def run() -> None:
+        s = MemoryLimitStore(lease_ttl=0.2)
+        subj = key(concurrency=1)
+        long = await s.acquire([subj], 0, "long")
+        task = asyncio.create_task(keep_alive(s, long, every=0.05))
+        await asyncio.sleep(0.5)  # 2.5 TTLs
+        assert not (await s.acquire([subj], 0, "other")).allowed
+        await s.finish(long, 0)
+        await asyncio.wait_for(task, 1)  # stops by itself once the lease is released
+        assert (await s.acquire([subj], 0, "other")).allowed
 
     asyncio.run(run())

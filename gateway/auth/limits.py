@@ -32,6 +32,7 @@ the whole usage of every request in flight.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 import time
@@ -151,6 +152,23 @@ def worst(a: Refusal | None, b: Refusal) -> Refusal:
     return a
 
 
+def distinct(subjects: list[Subject]) -> list[Subject]:
+    """One entry per subject id (the first): a key that is also named as its team is charged once."""
+    seen: dict[str, Subject] = {}
+    for s in subjects:
+        seen.setdefault(s.id, s)
+    return list(seen.values())
+
+
+async def keep_alive(store: LimitStore, admission: Admission, every: float = LEASE_TTL / 3) -> None:
+    """Refresh the admission's concurrency leases every `every` seconds while the request lives (run it as a
+    task and cancel it at the end). Stops by itself once a lease is gone (released or expired)."""
+    while True:
+        await asyncio.sleep(every)
+        if admission.released or not await store.refresh(admission):
+            return
+
+
 def tightest(infos: list[RateInfo]) -> RateInfo | None:
     return min(infos, key=lambda i: i.remaining) if infos else None
 
@@ -225,7 +243,7 @@ class MemoryLimitStore:
         return bad
 
     def acquire_now(self, subjects: list[Subject], estimate_tokens: int, request_id: str) -> Admission:
-        now, est = self.clock(), max(0, estimate_tokens)
+        now, est, subjects = self.clock(), max(0, estimate_tokens), distinct(subjects)
         day, month, to_midnight, to_month = periods(now)
         states = [self._states.setdefault(s.id, _State()) for s in subjects]
         bad: Refusal | None = None

@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.auth.limits import LEASE_TTL, WINDOW, Admission, RateInfo, Subject, tightest
+from gateway.auth.limits import LEASE_TTL, WINDOW, Admission, RateInfo, Subject, distinct, tightest
 
 log = logging.getLogger("gateway.auth.limits")
 
@@ -273,7 +273,7 @@ class RedisLimitStore:
             self._sweeper = None
 
     async def acquire(self, subjects: list[Subject], estimate_tokens: int, request_id: str) -> Admission:
-        est, subs = max(0, estimate_tokens), tuple(subjects)
+        est, subs = max(0, estimate_tokens), tuple(distinct(subjects))
         member = f"{request_id}#{secrets.token_hex(6)}"
         args: list[int | str] = [member, est, self.window_us, self.ttl_us, len(subs)]
         for s in subs:
