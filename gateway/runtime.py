@@ -51,6 +51,7 @@ class Gateway:
             self.gatekeeper = Gatekeeper(settings, self.metrics)
             for ident in self.keys.by_digest.values():
                 ident.subjects = Gatekeeper.subjects(ident)
+                ident.leased = any(s.limits.concurrency for s in ident.subjects)
         self.usage = None  # usage per key name x model x day, when requests carry keys (gateway/auth/usage.py)
         if self.keys.client:
             from gateway.auth.usage import UsageRecorder

@@ -256,3 +256,26 @@ def test_an_at_boot_backend_that_crashes_is_restarted_at_once(spawn: Spawner, ll
     assert 'llm_gateway_backend_crashes_total{backend="a"} 1.0' in text
     assert 'llm_gateway_backend_restarts_total{backend="a"} 1.0' in text
     assert chat(gw, "tiny-a").status_code == 200
+
+
+def test_requests_wait_behind_a_start_in_one_bounded_queue(spawn: Spawner, llama_binary: Path,
+                                                            tmp_path: Path) -> None:
+    """A model that loads for ~4 s: the first request starts it, the next ones wait behind it up to
+    supervisor.max_waiting, and one more gets 429 queue_full at once; the waiting ones all get answers."""
+    import concurrent.futures
+
+    from tests.backends.llamacpp import write_tiny_gguf
+    slow = write_tiny_gguf(tmp_path / "slow.gguf", size="loading", name="slow")
+    a = backend("a", slow, llama_binary, start="on_demand")
+    gw = spawn.gateway(config(a, max_waiting=3))
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        waiting = [pool.submit(chat, gw, "tiny-a") for _ in range(3)]
+        wait_until(lambda: state(gw, "a")["supervisor"]["waiting"] == 3, 10, "three requests wait")
+        assert state(gw, "a")["state"] in ("starting", "loading")
+        t0 = time.monotonic()
+        over = chat(gw, "tiny-a")
+        assert time.monotonic() - t0 < 1
+        assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "max_waiting" in over.json()["error"]["message"] and over.headers["retry-after"] == "5"
+        assert [f.result().status_code for f in waiting] == [200, 200, 200]
+    assert state(gw, "a")["supervisor"]["starts"] == 1      # one start served them all

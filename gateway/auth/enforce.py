@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from gateway.auth.keys import Identity
@@ -48,7 +49,8 @@ class Gatekeeper:
                                          on_failure=lambda exc: metrics.observe_state_failure("limits"))
         else:
             self.store = MemoryLimitStore()
-        self._leases: dict[int, asyncio.Task[None]] = {}
+        self._leases: dict[int, tuple[Admission, float]] = {}   # requests holding a concurrency lease
+        self._keeper: asyncio.Task[None] | None = None
 
     @staticmethod
     def subjects(ident: Identity) -> list[Subject]:
@@ -67,9 +69,11 @@ class Gatekeeper:
 
     async def admit(self, ident: Identity, body: dict[str, Any], raw_len: int, rid: str) -> Admission:
         adm = await self.store.acquire(ident.subjects, self.estimate(body, raw_len), rid)
-        if adm.allowed and any(s.limits.concurrency for s in ident.subjects):
-            # A stream may outlive the lease's TTL: keep it alive while the request lives.
-            self._leases[id(adm)] = asyncio.get_running_loop().create_task(self._keep(adm))
+        if adm.allowed and ident.leased:
+            # A stream may outlive its concurrency lease's TTL: one task refreshes the long-lived ones.
+            self._leases[id(adm)] = (adm, time.monotonic())
+            if self._keeper is None:
+                self._keeper = asyncio.get_running_loop().create_task(self._keep(), name="limits:leases")
         if not adm.allowed:
             who = (adm.subject_id or "").replace("key:", "key ").replace("team:", "team ")
             if adm.limit_name == "unavailable":
@@ -90,18 +94,21 @@ class Gatekeeper:
 
     async def done(self, adm: Admission, used: int | None, answered: bool) -> None:
         """Settle to real usage; without a usage report keep the estimate charged if a backend answered."""
-        keeper = self._leases.pop(id(adm), None)
-        if keeper is not None:
-            keeper.cancel()
+        self._leases.pop(id(adm), None)
         try:
             await self.store.finish(adm, used if used is not None else (adm.estimate if answered else 0))
         except Exception:  # the stores never raise by contract; a bug here must not fail the request's end
             log.exception("limits: settling request %s failed", adm.request_id)
 
-    async def _keep(self, adm: Admission) -> None:
+    async def _keep(self) -> None:
         while True:
             await asyncio.sleep(LEASE_TTL / 3)
-            await self.store.refresh(adm)
+            old = time.monotonic() - LEASE_TTL / 3
+            for adm, since in list(self._leases.values()):
+                if since < old and id(adm) in self._leases:
+                    await self.store.refresh(adm)
 
     async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
         await self.store.close()

@@ -75,6 +75,7 @@ class Identity:
     limits: Limits | None = None
     team_limits: Limits | None = None
     subjects: list = field(default_factory=list)  # type: ignore[type-arg]  # its limits (gateway/auth/enforce.py)
+    leased: bool = False                          # some subject has a concurrency limit
     _allowed: dict[str, bool] = field(default_factory=dict)
 
     def allows(self, model: str) -> bool:
