@@ -139,6 +139,20 @@ def test_chatty_child_outlives_stall_timeout() -> None:
     assert sum("still loading" in line for line in logs.tail()) >= 10
 
 
+def test_partial_lines_count_as_progress() -> None:
+    port, logs = free_port(), LogRing()
+
+    async def run() -> float:
+        t0 = time.monotonic()
+        children = await bring_up(launch_of(fake_plan(port, "--dots", "2.5")), logs, stall_timeout=1.0)
+        took = time.monotonic() - t0
+        await stop_all(children)
+        return took
+
+    assert asyncio.run(run()) >= 2.5
+    assert logs.tail()[0].startswith("..........")     # one line of dots, ended by the next print
+
+
 def test_503_answers_count_as_progress() -> None:
     port, phases = free_port(), []
 

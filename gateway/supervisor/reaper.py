@@ -27,11 +27,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 HANDLED = {*STOP_SIGNALS, signal.SIGUSR1, signal.SIGCHLD}
 
 
-def _prctl(option: int, arg: int) -> None:
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(option, arg, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), f"prctl({option})")
+def _prctl(option: int, arg: int) -> bool:
+    """True when applied (Linux); elsewhere there is no parent-death signal and main() polls getppid()."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, arg, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option})")
+    return True
 
 
 def _children() -> list[int]:
@@ -139,7 +142,7 @@ def main(args: list[str]) -> None:
     if not argv:
         sys.exit("usage: reaper.py [--grace S] [--parent PID] -- program [args...]")
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)   # taken synchronously by sigtimedwait below
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    told = _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)   # the kernel signals us when the gateway dies
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     if os.getppid() != parent:          # the gateway died before the prctl: never start the program
         sys.exit(137)
@@ -149,7 +152,10 @@ def main(args: list[str]) -> None:
     termed = False                      # the group has had its SIGTERM (never send it twice: a second one
                                         # means "quit at once" to llama-server, uvicorn, vLLM)
     while not status:
-        info = signal.sigtimedwait(list(HANDLED), 0.5 if deadline is None else 0.05)
+        if deadline is None and told:   # nothing to time: sleep until a signal (the parent's death is one)
+            info = signal.sigwaitinfo(HANDLED)
+        else:
+            info = signal.sigtimedwait(HANDLED, 0.05 if deadline is not None else 0.5)
         _reap(program, status)
         if status:
             break
@@ -160,7 +166,7 @@ def main(args: list[str]) -> None:
             termed = True
         elif info is not None and info.si_signo == signal.SIGUSR1:
             deadline = time.monotonic()
-        elif os.getppid() != parent and deadline is None:   # belt and braces for a lost signal
+        elif not told and os.getppid() != parent and deadline is None:   # no parent-death signal here
             _signal(program, signal.SIGTERM, group=True)
             deadline, termed = time.monotonic() + grace, True
         if deadline is not None and time.monotonic() >= deadline:

@@ -4,6 +4,7 @@
                                        [--record FILE] [--needs URL]
 
 --chatter S: print a line every 0.2 s for S seconds before listening (progress by output);
+--dots S: print a dot (no newline) every 0.2 s for S seconds before listening, as llama.cpp does while loading;
 --answer-503 S: listen at once and answer 503 to everything for S seconds, printing nothing (progress by answers);
 --never-ready: keep printing forever, never listen; --record FILE: append each POST's path and body to FILE;
 --needs URL: exit 1 at once unless URL answers (the second process of a launch needs the first one up).
@@ -23,6 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--chatter", type=float, default=0.0)
+    ap.add_argument("--dots", type=float, default=0.0)
     ap.add_argument("--answer-503", type=float, default=0.0)
     ap.add_argument("--never-ready", action="store_true")
     ap.add_argument("--record")
@@ -37,6 +39,9 @@ def main() -> None:
     t0 = time.monotonic()
     while a.never_ready or time.monotonic() - t0 < a.chatter:
         print(f"still loading ({time.monotonic() - t0:.1f}s)", flush=True)
+        time.sleep(0.2)
+    while time.monotonic() - t0 < a.dots:
+        print(".", end="", flush=True)
         time.sleep(0.2)
     ready_at = time.monotonic() + a.answer_503
 
