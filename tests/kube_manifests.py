@@ -1,17 +1,21 @@
 """Reading deploy/kubernetes/ for tests/test_kubernetes.py: the manifests, the kustomization rendered the way
-kustomize renders it (for the fields it uses), and the gateway's pod as the kubelet would build it."""
+kustomize renders it (for the fields it uses), the gateway's pod environment as the kubelet would build it, and
+the pods' processes (the gateway, redis-server) started on loopback with the containers' arguments."""
 
 from __future__ import annotations
 
 import copy
 import json
 import secrets
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
-from tests.procs import ROOT
+from tests.procs import ROOT, Gateway, Spawner, free_port
 
 KDIR = ROOT / "deploy" / "kubernetes"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -114,3 +118,44 @@ def real_secret() -> dict[str, str]:
         out[key] = json.dumps([secrets.token_hex(24) for _ in json.loads(value)]) if value.startswith("[") \
             else secrets.token_hex(32)
     return out
+
+
+# -- processes as the pods run them ----------------------------------------------------------------------
+def pod_gateway(spawn: Spawner, config: dict[str, Any], env: dict[str, str]) -> Gateway:
+    """The container's args (the config path and port aside) in a fresh working directory, as in the pod."""
+    port, workdir = free_port(), spawn.tmp / f"workdir-{len(spawn.procs)}"
+    workdir.mkdir()
+    args = list(gateway_container()["args"])
+    args[args.index("--config") + 1] = str(write(spawn.tmp, yaml.safe_dump(config), f"gateway-{port}.yaml"))
+    args[args.index("--port") + 1] = str(port)
+    p = spawn.proc(["env", "-C", str(workdir), sys.executable, "-m", "gateway", *args], f"gateway-{port}",
+                   {**env, "PYTHONPATH": str(ROOT)})  # this checkout's gateway, whatever the working directory
+    gw = Gateway(p, port)
+    p.wait_http(gw.url + "/healthz")
+    return gw
+
+
+def wait_status(url: str, want: int, timeout: float = 20.0) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(url, timeout=5)
+        if r.status_code == want or time.monotonic() > deadline:
+            return r
+        time.sleep(0.2)
+
+
+def start_redis(spawn: Spawner, args: list[str], port: int, password: str | None = None) -> Any:
+    """Start redis-server with `args`; its client once it answers."""
+    import redis
+
+    p = spawn.proc(args, f"redis-{port}")
+    client = redis.Redis(port=port, password=password)
+    deadline = time.monotonic() + 10
+    while True:
+        assert p.popen.poll() is None, p.output()
+        try:
+            client.ping()
+            return client
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, p.output()
+            time.sleep(0.05)

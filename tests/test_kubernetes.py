@@ -26,7 +26,7 @@ import yaml
 from gateway.config_loader import ConfigError, load_settings
 from tests.kube_manifests import (CLUSTER_SCOPED, DOCKERFILE, KDIR, all_objects, containers, dockerfile_cmd, find,
                                   flag, gateway_config, gateway_container, kustomization, labels_match, pod_env,
-                                  real_secret, render, secret_data, write)
+                                  pod_gateway, real_secret, render, secret_data, start_redis, wait_status, write)
 from tests.procs import ROOT, Gateway, Spawner, free_port
 
 # The oldest Kubernetes release the manifests claim to fit, and a recent one (APIs removed since would fail).
@@ -236,8 +236,6 @@ def redis_server(module_spawn: Spawner) -> dict[str, Any]:
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server not installed (.ci/run installs it): the Redis arguments were not run")
-    import redis
-
     c = containers(find(all_objects(), "StatefulSet", "llm-gateway-redis"))[0]
     args, port, data = list(c["args"]), free_port(), module_spawn.tmp / "redis-data"
     data.mkdir()
@@ -245,17 +243,7 @@ def redis_server(module_spawn: Spawner) -> dict[str, Any]:
     args[0] = server
     args[args.index("--port") + 1] = str(port)
     args[args.index("--dir") + 1] = str(data)
-    p = module_spawn.proc(args, "redis")
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        assert p.popen.poll() is None, p.output()
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, p.output()
-            time.sleep(0.05)
+    client = start_redis(module_spawn, args, port)
     return {"client": client, "port": port, "data": data, "container": c}
 
 
@@ -280,29 +268,6 @@ def served(module_spawn: Spawner, redis_server: dict[str, Any]) -> dict[str, Any
     return {"gw": pod_gateway(module_spawn, config, env), "dead": pod_gateway(module_spawn, dead, env),
             "key": json.loads(secret["api-keys"])[0], "model": config["models"][0], "first": first,
             "config": config, "env": env, "admin_keys": secret["admin-keys"]}
-
-
-def pod_gateway(spawn: Spawner, config: dict[str, Any], env: dict[str, str]) -> Gateway:
-    """The container's args (the config path and port aside) in a fresh working directory, as in the pod."""
-    port, workdir = free_port(), spawn.tmp / f"workdir-{len(spawn.procs)}"
-    workdir.mkdir()
-    args = list(gateway_container()["args"])
-    args[args.index("--config") + 1] = str(write(spawn.tmp, yaml.safe_dump(config), f"gateway-{port}.yaml"))
-    args[args.index("--port") + 1] = str(port)
-    p = spawn.proc(["env", "-C", str(workdir), sys.executable, "-m", "gateway", *args], f"gateway-{port}",
-                   {**env, "PYTHONPATH": str(ROOT)})  # this checkout's gateway, whatever the working directory
-    gw = Gateway(p, port)
-    p.wait_http(gw.url + "/healthz")
-    return gw
-
-
-def wait_status(url: str, want: int, timeout: float = 20.0) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while True:
-        r = httpx.get(url, timeout=5)
-        if r.status_code == want or time.monotonic() > deadline:
-            return r
-        time.sleep(0.2)
 
 
 def probe(kind: str) -> str:
@@ -354,18 +319,24 @@ def test_idle_gateway_fits_its_memory_request(served: dict[str, Any]) -> None:
 
 
 # -- Redis's arguments, run by a real redis-server -----------------------------------------------------------
-def test_redis_container_args_start_a_real_redis_server(redis_server: dict[str, Any]) -> None:
+def test_redis_container_args_start_a_real_redis_server(redis_server: dict[str, Any], spawn: Spawner) -> None:
     client, c = redis_server["client"], redis_server["container"]
     conf = {k: client.config_get(k)[k] for k in ("appendonly", "maxmemory-policy", "protected-mode", "save")}
     assert conf == {"appendonly": "yes", "maxmemory-policy": "noeviction", "protected-mode": "no", "save": ""}
     assert int(client.config_get("maxmemory")["maxmemory"]) == 192 * 1024 * 1024
     client.incr("k8s-test")
     assert any(redis_server["data"].rglob("*.aof")), "no append-only file in --dir"
-    probe_cmd = c["readinessProbe"]["exec"]["command"]
-    probe_cmd = [shutil.which(probe_cmd[0]) or probe_cmd[0], *probe_cmd[1:]]
-    probe_cmd[probe_cmd.index("-p") + 1] = str(redis_server["port"])
-    out = subprocess.run(probe_cmd, capture_output=True, text=True, timeout=10)
-    assert out.returncode == 0 and out.stdout.strip() == "PONG", out
+    cmd = c["readinessProbe"]["exec"]["command"]
+    assert cmd[:2] == ["sh", "-c"] and " -p 6379 " in cmd[2]
+    ok = subprocess.run([*cmd[:2], cmd[2].replace(" 6379 ", f" {redis_server['port']} ")], timeout=10)
+    assert ok.returncode == 0
+    # a Redis answering PING with an error (NOAUTH here, LOADING while it replays its file) is not ready
+    port = free_port()
+    start_redis(spawn, [str(shutil.which("redis-server")), "--port", str(port), "--requirepass", "k8s" * 6,
+                        "--save", ""], port, password="k8s" * 6)
+    denied = subprocess.run([*cmd[:2], cmd[2].replace(" 6379 ", f" {port} ")], timeout=10, capture_output=True)
+    assert denied.returncode != 0 and b"NOAUTH" in subprocess.run(
+        ["redis-cli", "-p", str(port), "ping"], capture_output=True, timeout=10).stdout
 
 
 # -- two replicas, one limit ---------------------------------------------------------------------------------
