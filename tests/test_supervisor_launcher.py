@@ -277,3 +277,43 @@ def test_env_for_literals_and_secrets_from_the_environment(monkeypatch: pytest.M
     assert "MY_KEY" in env and env["PATH"] == os.environ["PATH"]
     assert "ABSENT_KEY" not in env.values()        # never rendered as a literal
     assert env["PYTHONUNBUFFERED"] == "1"
+
+
+# -- a real two-process launch: FastChat's controller, then its worker (ready by POST) ----------------------
+@pytest.mark.fastchat
+def test_fastchat_controller_then_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.backends import fastchat_env
+    from tests.backends.availability import unavailable
+    from tests.backends.hf_model import write_tiny_llama
+    try:
+        venv = fastchat_env.ensure_fastchat_venv()
+    except fastchat_env.FastChatUnavailable as exc:
+        unavailable("FastChat", exc)
+    for k, v in fastchat_env.controller_args(venv, 1)[1].items():   # CPU, one thread: through os.environ
+        monkeypatch.setenv(k, v)
+    port = free_port()
+    launch = build("fastchat", LaunchParams(model=str(write_tiny_llama(tmp_path / "tiny-llama")), host="127.0.0.1",
+                                            port=port, gpus=[], dtype="fp32", served_name="tiny-sup",
+                                            binary=str(venv / "bin" / "python"),
+                                            args=["--conv-template", "vicuna_v1.1"]))
+    assert [p.ready_method for p in launch.plans] == ["GET", "POST"]
+    logs, phases = LogRing(), []
+
+    async def run() -> tuple[list[Child], list[int], float, bytes]:
+        t0 = time.monotonic()
+        children = await bring_up(launch, logs, stall_timeout=60, on_progress=phases.append)
+        took = time.monotonic() - t0
+        try:
+            models = await http_call("POST", launch.backend_url + "/list_models")
+            assert models is not None and models[0] == 200
+            pids = [p for c in children for p in (c.pid, c.program_pid) if p is not None]
+        finally:
+            await stop_all(children)
+        return children, pids, took, models[1]
+
+    children, pids, took, models = asyncio.run(run())
+    assert [c.name for c in children] == ["fastchat-controller", "fastchat-worker"]
+    assert b"tiny-sup" in models                       # the worker registered with the controller started first
+    assert phases == ["starting", "starting", "ready"]
+    assert len(pids) == 4 and all(gone(p) for p in pids) and port_free(port) and port_free(port + 1)
+    sys.stderr.write(f"\nFastChat controller + worker (tiny llama, CPU) via bring_up: ready in {took:.1f}s\n")

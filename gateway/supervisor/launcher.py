@@ -36,9 +36,6 @@ class StartFailed(Exception):
         super().__init__(reason)
         self.reason, self.log_tail = reason, log_tail
 
-    def __str__(self) -> str:
-        return "\n".join([self.reason, *self.log_tail])
-
 
 def _env(variables: list[EnvVar]) -> dict[str, str]:
     """The caller's environment with these variables: literals as given, from_env copied from the
