@@ -15,7 +15,8 @@ Semantics (the same in `MemoryLimitStore` and `gateway.auth.limits_redis.RedisLi
 - tokens_per_day / tokens_per_month: UTC calendar day / month of admission. The estimate is reserved at
   admission; settle replaces it by real usage in the period it was reserved in (a refund or a charge).
 
-Overshoot bound (stated for a quota Q; a tpm limit obeys the same bound within any one window). Let
+Overshoot bound (stated for a quota Q; for a tpm limit Q the same holds for the requests admitted in any
+one window, since all of them are still in the window when the last of them is admitted). Let
 request i reserve its estimate E_i and really use U_i, with excess X_i = max(0, U_i - E_i). A request is
 admitted only if (settled usage + outstanding reservations + E_i) <= Q, so when the last request L is
 admitted, with F the requests admitted before L and not yet settled (in flight):
@@ -28,6 +29,13 @@ admitted, with F the requests admitted before L and not yet settled (in flight):
   `concurrency` x (largest excess), and with one request at a time at most that request's excess.
 Refused requests charge nothing. Compare one-api/Envoy, which charge after the fact: there the overshoot is
 the whole usage of every request in flight.
+
+Use (the request path):
+    adm = await store.acquire([Subject("key:alice", key_limits), Subject("team:research", team_limits)],
+                              prompt_tokens + max_tokens, request_id)
+    if not adm.allowed: 429 with adm.headers() (Retry-After included); adm.exceeds_limit: waiting won't help
+    else: adm.headers() on the answer; keep_alive(store, adm) as a task for a long stream;
+          finally `await store.finish(adm, real_total_tokens)` (also on error or client disconnect)
 """
 
 from __future__ import annotations
