@@ -1,8 +1,9 @@
-"""A stand-in for the gateway in the no-orphan tests (tests/test_supervisor_child.py): it brings up a
-llama-server through its recipe and starts the given commands as supervisor Children, says "UP" and then
-waits to be killed. Its whole process tree is what must be gone after it dies.
+"""A stand-in for the gateway in the no-orphan tests (tests/test_supervisor_child.py): it brings up a launch
+through its recipe (e.g. llama-server) and starts the given commands as supervisor Children, says "UP" and
+then waits to be killed. Its whole process tree is what must be gone after it dies.
 
-    python -m tests.supervisor_parent '{"llama": [BINARY, MODEL, PORT] | null, "commands": [[argv], ...]}'
+    python -m tests.supervisor_parent '{"launch": {"kind": K, "params": {LaunchParams}} | null,
+                                        "commands": [[argv], ...], "grace": S}'
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from gateway.supervisor.logs import LogRing
 
 async def main(spec: dict) -> None:  # type: ignore[type-arg]
     logs = LogRing()
-    if spec.get("llama"):
-        binary, model, port = spec["llama"]
-        await bring_up(build("llamacpp", LaunchParams(model=model, host="127.0.0.1", port=port, gpus=[],
-                                                      context=256, binary=binary)), logs, stall_timeout=20)
+    if spec.get("launch"):
+        launch = build(spec["launch"]["kind"], LaunchParams(**spec["launch"]["params"]))
+        await bring_up(launch, logs, stall_timeout=60, orphan_grace=float(spec.get("grace", 3)))
     said = LogRing()
     for i, argv in enumerate(spec["commands"]):
         child = Child(f"cmd{i}", argv, dict(os.environ), said, orphan_grace=float(spec.get("grace", 3)))

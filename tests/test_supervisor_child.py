@@ -272,7 +272,9 @@ COMMANDS = [
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_no_orphan_when_the_gateway_dies(sig: int, llama_binary: Path, tiny_gguf: Path) -> None:
     port = free_port()
-    spec = {"llama": [str(llama_binary), str(tiny_gguf), port], "commands": COMMANDS, "grace": 2}
+    params = {"model": str(tiny_gguf), "host": "127.0.0.1", "port": port, "gpus": [], "context": 256,
+              "binary": str(llama_binary)}
+    spec = {"launch": {"kind": "llamacpp", "params": params}, "commands": COMMANDS, "grace": 2}
     procs: dict[int, str] = {}
     with subprocess.Popen([PY, "-m", "tests.supervisor_parent", json.dumps(spec)], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as parent:
