@@ -178,6 +178,16 @@ def test_budget_bounds_a_child_that_keeps_talking() -> None:
     assert info.value.log_tail[-1].startswith("still loading")
 
 
+def test_a_port_already_in_use_is_refused_before_starting() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(StartFailed) as info:
+            asyncio.run(bring_up(launch_of(fake_plan(port)), LogRing(), stall_timeout=5))
+    assert info.value.reason == f"127.0.0.1:{port} is already in use by another process; fake was not started"
+
+
 def test_injected_probe_is_used() -> None:
     calls: list[tuple[str, str]] = []
 

@@ -100,6 +100,19 @@ def _exit_text(rc: int) -> str:
     return f"exited with code {rc}" + (" (command not found or not executable)" if rc == 127 else "")
 
 
+async def _port_taken(host: str, port: int) -> bool:
+    """Something already listens there: the probe would find it ready, and the gateway would talk to it."""
+    try:
+        async with asyncio.timeout(2.0):
+            _, writer = await asyncio.open_connection("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True
+
+
 async def _ready(child: Child, plan: Plan, logs: LogRing, stall_timeout: float, http_probe: Probe,
                  on_progress: Callable[[str], None]) -> None:
     """Until the plan's ready URL answers 2xx, judged by progress (see the module's docstring)."""
@@ -110,7 +123,7 @@ async def _ready(child: Child, plan: Plan, logs: LogRing, stall_timeout: float, 
         while True:
             status = await http_probe(plan.ready_method, plan.ready_url)
             now = time.monotonic()
-            if status is not None and 200 <= status < 300:
+            if status is not None and 200 <= status < 300 and child.running:
                 return
             if status is not None:            # it answers: listening, still loading
                 last_progress = now
@@ -183,6 +196,9 @@ async def bring_up(launch: Launch, logs: LogRing, *, stall_timeout: float = 60.0
     try:
         for plan in launch.plans:
             report("starting")
+            if await _port_taken(plan.host, plan.port):
+                raise StartFailed(f"{plan.host}:{plan.port} is already in use by another process; {plan.service} "
+                                  "was not started", logs.tail(TAIL_LINES))
             child = Child(plan.service, plan.argv, env_for(plan), logs, orphan_grace=orphan_grace)
             children.append(child)
             await child.start()
