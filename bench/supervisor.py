@@ -8,7 +8,8 @@ A real gateway (uvicorn) runs real llama-servers (the test suite's build, tiny G
   supervisor's own start-up figure (process started to the adapter's probe saying ready);
 - stop: POST /admin/backends/{name}/stop until the process is gone (SIGTERM; SIGKILL after stop_grace);
 - idle stop: the last request until the process is gone, minus idle_timeout (how late the idle check is);
-- swap (llama-server): a request for member b of a swap group while member a is ready and idle.
+- swap: a request for member b of a swap group while member a is ready and idle (two llama-servers; with
+  --vllm also vLLM -> llama-server and back, the same group).
 Prints one markdown table (medians over the rounds).
 """
 
@@ -61,7 +62,7 @@ def _ok(r: httpx.Response) -> None:
 
 def bench_llama(sp: Spawner, tmp: Path, rounds: int) -> dict[str, list[float]]:
     binary = ensure_llama_server()
-    ma, mb = write_tiny_gguf(tmp / "a.gguf", seed=1), write_tiny_gguf(tmp / "b.gguf", seed=2)
+    ma, mb = tmp / "a.gguf", tmp / "b.gguf"
     out: dict[str, list[float]] = {k: [] for k in ("cold", "startup", "stop", "idle_late", "swap")}
     gw = sp.gateway({"supervisor": {"min_turn": 0, "idle_grace": 0.5, "stop_grace": 10},
                      "backends": [llama("a", ma, binary, idle_timeout=IDLE, group="g"),
@@ -83,7 +84,7 @@ def bench_llama(sp: Spawner, tmp: Path, rounds: int) -> dict[str, list[float]]:
     return out
 
 
-def bench_vllm(sp: Spawner, tmp: Path, rounds: int) -> dict[str, list[float]]:
+def bench_vllm(sp: Spawner, tmp: Path, rounds: int, binary: Path, gguf: Path) -> dict[str, list[float]]:
     from tests.backends import vllm_cpu
     from tests.backends.hf_model import write_tiny_llama
     from tests.test_recipes_real import _vllm_shim
@@ -91,12 +92,15 @@ def bench_vllm(sp: Spawner, tmp: Path, rounds: int) -> dict[str, list[float]]:
     _, env = vllm_cpu.server_args(venv, tmp, 1)
     model = write_tiny_llama(tmp / "tiny-llama")
     port = free_port()
-    gw = sp.gateway({"supervisor": {"stop_grace": 30, "stall_timeout": 300}, "backends": [{
+    # vLLM and a llama-server share a swap group: the swaps go both ways.
+    gw = sp.gateway({"supervisor": {"stop_grace": 30, "stall_timeout": 300, "min_turn": 0, "idle_grace": 0.5},
+                     "backends": [{
         "name": "v", "kind": "vllm", "url": f"http://127.0.0.1:{port}", "launch": {
             "model": str(model), "binary": str(_vllm_shim(venv, tmp)), "gpus": [], "context": 256, "slots": 2,
-            "dtype": "fp32", "served_name": "tiny-v", "start": "on_demand",
-            "args": ["--enforce-eager", "--kv-cache-memory-bytes", str(32 << 20), "--seed", "0"]}}]}, env=env)
-    out: dict[str, list[float]] = {k: [] for k in ("cold", "startup", "stop")}
+            "dtype": "fp32", "served_name": "tiny-v", "start": "on_demand", "idle_timeout": IDLE, "group": "g",
+            "args": ["--enforce-eager", "--kv-cache-memory-bytes", str(32 << 20), "--seed", "0"]}},
+        llama("l", gguf, binary, group="g")]}, env=env)
+    out: dict[str, list[float]] = {k: [] for k in ("cold", "startup", "stop", "idle_late", "swap", "swap_back")}
 
     def gone() -> bool:
         return state(gw, "v")["state"] == "stopped"
@@ -106,6 +110,17 @@ def bench_vllm(sp: Spawner, tmp: Path, rounds: int) -> dict[str, list[float]]:
         out["cold"].append(cold)
         out["startup"].append(startup)
         out["stop"].append(stop)
+        _ok(chat(gw, "tiny-v"))
+        last = time.monotonic()
+        wait_until(gone, 60, "vLLM idle stop")
+        out["idle_late"].append(time.monotonic() - last - IDLE)
+        _ok(chat(gw, "tiny-v"))
+        time.sleep(0.6)                        # vLLM idle past idle_grace: the llama request swaps at once
+        out["swap"].append(timed(lambda: _ok(chat(gw, "tiny-l"))))
+        time.sleep(0.6)
+        out["swap_back"].append(timed(lambda: _ok(chat(gw, "tiny-v"))))
+        httpx.post(gw.url + "/admin/backends/v/stop")
+        wait_until(gone, 60, "vLLM stops")
     return out
 
 
@@ -118,14 +133,18 @@ def main() -> None:
         tmp = Path(d)
         sp = Spawner(tmp)
         try:
+            binary = ensure_llama_server()
+            write_tiny_gguf(tmp / "a.gguf", seed=1)
+            write_tiny_gguf(tmp / "b.gguf", seed=2)
             results = {"llama-server": bench_llama(sp, tmp, args.rounds)}
             if args.vllm:
-                results["vLLM-CPU"] = bench_vllm(sp, tmp, args.rounds)
+                results["vLLM-CPU"] = bench_vllm(sp, tmp, args.rounds, binary, tmp / "a.gguf")
         finally:
             sp.stop_all()
     names = {"cold": "first request, stopped -> answer", "startup": "start-up (process -> ready)",
              "stop": "admin stop -> process gone", "idle_late": "idle stop, after idle_timeout",
-             "swap": "swap: request for b while a is idle -> answer"}
+             "swap": "swap: request for b while a is idle -> answer",
+             "swap_back": "swap back: request for vLLM while the llama-server is idle -> answer"}
     print(f"| backend | measure | median (s) | min | max |  ({args.rounds} rounds, {os.cpu_count()} cores)")
     print("|---|---|---|---|---|")
     for backend, figures in results.items():

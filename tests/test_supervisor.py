@@ -124,7 +124,7 @@ def test_on_demand_start_streams_then_idle_stop_and_probes_never_wake_it(
     wait_until(lambda: state(gw, "a")["state"] == "stopped", 15, "the idle backend stops")
     stopped_after = time.monotonic() - t_idle
     assert not pids_serving(models["a"]) and not port_open(a["url"])
-    assert 1.5 <= stopped_after <= 6, stopped_after
+    assert 1.5 <= stopped_after <= 20, stopped_after   # not before idle_timeout; how late: bench/supervisor.py
     assert [m["id"] for m in httpx.get(gw.url + "/v1/models").json()["data"]] == ["tiny-a"]   # still listed
     text = httpx.get(gw.url + "/metrics").text
     assert 'llm_gateway_backend_starts_total{backend="a"} 1.0' in text

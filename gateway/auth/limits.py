@@ -41,7 +41,6 @@ Use (the request path):
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
 import time
 from collections import deque
@@ -191,20 +190,23 @@ class _Entry:
 
 
 class _State:
-    __slots__ = ("window", "tokens", "leases", "heap", "quota")
+    __slots__ = ("window", "tokens", "leases", "next_expiry", "quota")
 
     def __init__(self) -> None:
         self.window: deque[_Entry] = deque()  # admission order == time order
         self.tokens = 0  # sum of `amount` over `window`
         self.leases: dict[str, float] = {}  # lease token -> expiry
-        self.heap: list[tuple[float, str]] = []  # (expiry, token), lazily deleted
+        # The earliest expiry among the leases (a lower bound once leases were released): the leases are
+        # scanned only when it has passed, not kept in a heap whose released items would linger for a TTL.
+        self.next_expiry = math.inf
         self.quota: dict[tuple[str, int], int] = {}  # ("d", day) / ("m", month) -> tokens charged
 
 
 class MemoryLimitStore:
     """One process: every call runs to completion on the event loop, so it is atomic without locks.
 
-    Per call: amortised O(1) per subject for rpm/tpm (pruning pops each entry once), O(log n) for leases;
+    Per call: amortised O(1) per subject for rpm/tpm (pruning pops each entry once) and for leases (a release
+    drops its lease; expired ones, i.e. lost, are swept when the earliest expiry has passed);
     a refusal's retry time walks the window (O(n), refusals only).
     """
 
@@ -221,10 +223,9 @@ class MemoryLimitStore:
             e = w.popleft()
             e.alive = False
             st.tokens -= e.amount
-        while st.heap and st.heap[0][0] <= now:
-            expiry, token = heapq.heappop(st.heap)
-            if st.leases.get(token) == expiry:
-                del st.leases[token]
+        if st.leases and st.next_expiry <= now:   # leases are released at once; only a lost one expires here
+            st.leases = {t: e for t, e in st.leases.items() if e > now}
+            st.next_expiry = min(st.leases.values(), default=math.inf)
 
     def _check(self, sub: Subject, st: _State, est: int, now: float, day: int, month: int,
                to_midnight: float, to_month: float) -> Refusal | None:
@@ -279,7 +280,7 @@ class MemoryLimitStore:
                     st.tokens += entry.amount
                 if lim.concurrency is not None:
                     st.leases[adm.token] = now + self.lease_ttl
-                    heapq.heappush(st.heap, (now + self.lease_ttl, adm.token))
+                    st.next_expiry = min(st.next_expiry, now + self.lease_ttl)
                 for key, q in ((("d", day), lim.tokens_per_day), (("m", month), lim.tokens_per_month)):
                     if q is not None:
                         for old in [k for k in st.quota if k[0] == key[0] and k[1] < key[1] - 1]:
@@ -312,7 +313,7 @@ class MemoryLimitStore:
             return
         adm.released = True
         for _sub, st, _entry in adm.handle:
-            st.leases.pop(adm.token, None)  # its heap item goes stale and is dropped when it surfaces
+            st.leases.pop(adm.token, None)
 
     def refresh_now(self, adm: Admission) -> bool:
         """Extend the admission's leases by a TTL; False if one had already expired (it is not revived)."""
@@ -324,7 +325,7 @@ class MemoryLimitStore:
                 continue
             if st.leases.get(adm.token, now) > now:
                 st.leases[adm.token] = now + self.lease_ttl
-                heapq.heappush(st.heap, (now + self.lease_ttl, adm.token))
+                # next_expiry stays a lower bound: at worst one early scan finds nothing expired
             else:
                 st.leases.pop(adm.token, None)
                 ok = False
