@@ -146,3 +146,18 @@ def test_without_cors_config_no_cors_headers(spawn: Spawner) -> None:
     pre = httpx.options(gw.url + "/v1/chat/completions", headers={"Origin": ORIGIN,
                                                                   "Access-Control-Request-Method": "POST"})
     assert pre.status_code == 405 and "access-control-allow-origin" not in pre.headers
+
+
+def test_the_key_ring_remembers_only_verified_headers_and_stays_bounded() -> None:
+    from gateway.auth import keys as keymod
+    from gateway.settings import AuthSettings
+    ring = keymod.KeyRing(AuthSettings(keys=[{"name": "bob", "key": BOB}]), environ={})
+    for i in range(10_000):                                  # guesses: refused, never remembered
+        assert ring.identify(f"Bearer guess-{i:06d}-0123456789".encode()) is None
+    assert len(ring._seen) == 0
+    assert ring.identify(f"Bearer {BOB}".encode()).name == "bob"
+    assert ring.identify(f"bearer {BOB}".encode()).name == "bob"      # another spelling of the same key
+    assert len(ring._seen) == 2
+    for i in range(keymod.SEEN_MAX + 10):                    # many spellings: cleared when full, never above
+        ring.identify(f"Bearer {BOB}{' ' * (i % 50)}".encode() + b" " * (i // 50))
+        assert len(ring._seen) <= keymod.SEEN_MAX

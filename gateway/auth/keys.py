@@ -28,6 +28,9 @@ from gateway.errors import GatewayError
 from gateway.settings import AuthSettings, Limits
 
 
+SEEN_MAX = 4096  # verified header values remembered (cleared when full)
+
+
 class Role(enum.IntEnum):
     NONE = 0
     CLIENT = 1
@@ -94,6 +97,8 @@ class KeyRing:
                                    f"secret `llm-gateway keys new` hashed them with")
         self.secret = text.encode() if text else secrets.token_bytes(32)
         self.by_digest: dict[bytes, Identity] = {}
+        # Authorization values already verified -> their identity: a key costs its HMAC once, not per request.
+        self._seen: dict[bytes, Identity] = {}
         teams = {t.name: t.limits for t in auth.teams}
         for i, k in enumerate(auth.api_keys):
             self._add(k.get_secret_value().encode(), Identity(f"api_keys[{i}]"), f"api_keys[{i}]")
@@ -122,10 +127,20 @@ class KeyRing:
         return bool(self.by_digest)
 
     def identify(self, header: bytes | None) -> Identity | None:
+        if header is None:
+            return None
+        ident = self._seen.get(header)
+        if ident is not None:
+            return ident
         tok = token(header)
         if not tok:
             return None
-        return self.by_digest.get(digest(self.secret, tok))
+        ident = self.by_digest.get(digest(self.secret, tok))
+        if ident is not None:  # only verified headers are remembered: a guess never grows the map
+            if len(self._seen) >= SEEN_MAX:
+                self._seen.clear()
+            self._seen[header] = ident
+        return ident
 
     def role(self, header: bytes | None) -> Role:
         ident = self.identify(header)
