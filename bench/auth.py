@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -51,13 +50,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    bench.WORK.mkdir(exist_ok=True)
-    bench.ensure_tools()
-    conf = (HERE / "nginx.conf.template").read_text().replace("{WORK}", str(bench.WORK)).replace(
-        "{PORT}", str(bench.PORTS["nginx"]))
-    (bench.WORK / "nginx.conf").write_text(conf)
-    procs = [bench.spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(bench.WORK / "nginx.conf")],
-                         bench.LOAD_CORE, "nginx"),
+    procs = [bench.start_nginx_upstream(),
              bench.spawn(["redis-server", "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no"],
                          bench.LOAD_CORE, "redis")]
     names = ["no auth", "keys only", "keys + limits (memory)", "keys + limits (Redis)"]

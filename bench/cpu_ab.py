@@ -37,12 +37,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--conc", type=int, default=16)
     args = ap.parse_args()
-    bench.WORK.mkdir(exist_ok=True)
-    bench.ensure_tools()
-    conf = (HERE / "nginx.conf.template").read_text().replace("{WORK}", str(bench.WORK)).replace(
-        "{PORT}", str(bench.PORTS["nginx"]))
-    (bench.WORK / "nginx.conf").write_text(conf)
-    nginx = bench.spawn(["/usr/sbin/nginx", "-c", str(bench.WORK / "nginx.conf")], bench.LOAD_CORE, "nginx")
+    nginx = bench.start_nginx_upstream()
     procs = {}
     try:
         bench.wait_ready(f"http://127.0.0.1:{bench.PORTS['nginx']}/v1/models", nginx)

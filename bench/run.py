@@ -114,6 +114,16 @@ def streams(targets: dict[str, str], n: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+def start_nginx_upstream() -> subprocess.Popen[bytes]:
+    """nginx with a fixed answer on the load core: the upstream of the non-stream runs."""
+    WORK.mkdir(exist_ok=True)
+    ensure_tools()
+    conf = (HERE / "nginx.conf.template").read_text().replace("{WORK}", str(WORK)).replace(
+        "{PORT}", str(PORTS["nginx"]))
+    (WORK / "nginx.conf").write_text(conf)
+    return spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(WORK / "nginx.conf")], LOAD_CORE, "nginx")
+
+
 def start_reference_hop() -> subprocess.Popen[bytes]:
     """nginx as a non-buffering reverse proxy to the paced upstream, on the proxy core."""
     conf = (HERE / "nginx-proxy.conf.template").read_text().replace("{WORK}", str(WORK)).replace(
@@ -138,12 +148,7 @@ def gateway_config() -> Path:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     secs = 3 if args.quick else 10
-    WORK.mkdir(exist_ok=True)
-    ensure_tools()
-    conf = (HERE / "nginx.conf.template").read_text().replace("{WORK}", str(WORK)).replace(
-        "{PORT}", str(PORTS["nginx"]))
-    (WORK / "nginx.conf").write_text(conf)
-    nginx = spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(WORK / "nginx.conf")], LOAD_CORE, "nginx")
+    nginx = start_nginx_upstream()
     paced = spawn([sys.executable, str(HERE / "paced_upstream.py"), str(PORTS["paced"])], LOAD_CORE, "paced")
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     try:

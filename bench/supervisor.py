@@ -143,7 +143,7 @@ def main() -> None:
             sp.stop_all()
     names = {"cold": "first request, stopped -> answer", "startup": "start-up (process -> ready)",
              "stop": "admin stop -> process gone", "idle_late": "idle stop, after idle_timeout",
-             "swap": "swap: request for b while a is idle -> answer",
+             "swap": "swap: request for the other member while this one is idle -> answer",
              "swap_back": "swap back: request for vLLM while the llama-server is idle -> answer"}
     print(f"| backend | measure | median (s) | min | max |  ({args.rounds} rounds, {os.cpu_count()} cores)")
     print("|---|---|---|---|---|")

@@ -22,15 +22,7 @@ from gateway.supervisor.child import Child
 from gateway.supervisor.launcher import StartFailed, bring_up, env_for, http_call
 from gateway.supervisor.logs import LogRing
 from tests.procs import ROOT, free_port
-
-
-def gone(pid: int) -> bool:
-    """No such process, or only a zombie waiting for a parent that is not us."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError):   # gone, or going while we read
-        return True
+from tests.test_supervisor_child import gone
 
 
 def port_free(port: int) -> bool:
