@@ -319,3 +319,23 @@ def test_fastchat_controller_then_worker(tmp_path: Path, monkeypatch: pytest.Mon
     assert phases == ["starting", "starting", "ready"]
     assert len(pids) == 4 and all(gone(p) for p in pids) and port_free(port) and port_free(port + 1)
     sys.stderr.write(f"\nFastChat controller + worker (tiny llama, CPU) via bring_up: ready in {took:.1f}s\n")
+
+
+def test_http_call_reads_a_body_sent_after_its_headers() -> None:
+    """A server that writes its headers, then (later) its body: http_call returns the body, not b""."""
+    async def run() -> tuple[int, bytes] | None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(b'{"models": ["m"]}')
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await http_call("POST", f"http://127.0.0.1:{port}/list_models")
+
+    assert asyncio.run(run()) == (200, b'{"models": ["m"]}')

@@ -76,7 +76,11 @@ async def http_call(method: str, url: str, body: dict[str, Any] | None = None,
             writer.write(head + data)
             await writer.drain()
             status = int((await reader.readline()).split()[1])
-            rest = await reader.read(65536)
+            # Up to EOF (Connection: close): one read returns what has arrived, which may be the headers only
+            # (a server writes its headers and its body separately).
+            rest = b""
+            while len(rest) < 65536 and (chunk := await reader.read(65536 - len(rest))):
+                rest += chunk
             return status, rest.split(b"\r\n\r\n", 1)[-1][:4096]
     except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError):
         return None
