@@ -7,26 +7,27 @@ Environment variables override the file, nested with `__`: `GATEWAY_SERVER__PORT
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from adapters import ADAPTERS
 from adapters.fastchat import parse_host_port
+from gateway.settings_base import Strict
+# The parts of the schema kept in their own modules, importable from here as before.
+from gateway.settings_launch import LaunchSettings, SupervisorSettings, SwapGroupSettings, service_name
+from gateway.settings_team import (MIN_KEY_CHARS, PLACEHOLDER_KEYS, AuthSettings, CorsSettings, KeySettings, Limits,
+                                   StateSettings, TeamSettings)
 
-if TYPE_CHECKING:
-    from gateway.recipes.plan import LaunchParams
+__all__ = ["MIN_KEY_CHARS", "PLACEHOLDER_KEYS", "AuthSettings", "CorsSettings", "KeySettings", "LaunchSettings",
+           "Limits", "StateSettings", "Strict", "SupervisorSettings", "SwapGroupSettings", "TeamSettings",
+           "service_name"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
-# Placeholder secrets copied from examples must not reach production.
-PLACEHOLDER_KEYS = frozenset({"changeme", "changethis", "change-me", "secret", "sk-xxx", "your-api-key"})
-MIN_KEY_CHARS = 16  # a guessable key is no key
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ServerSettings(Strict):
@@ -50,98 +51,6 @@ class ServerSettings(Strict):
     log_level: str = "info"
     # On SIGTERM: stop accepting, let in-flight requests (streams too) finish for up to this long.
     drain_timeout: float = Field(30.0, ge=0)
-
-
-def _real_secret(k: SecretStr) -> None:
-    v = k.get_secret_value()  # messages never echo the key: they end up in logs and terminals
-    if not v.strip():
-        raise ValueError("an API key may not be empty")
-    if v.lower() in PLACEHOLDER_KEYS:
-        raise ValueError("an API key is a placeholder value; set a real secret")
-    if len(v) < MIN_KEY_CHARS:
-        raise ValueError(f"a key must be at least {MIN_KEY_CHARS} characters (e.g. `openssl rand -hex 24`)")
-    if v != v.strip() or any(ord(c) < 32 or ord(c) == 127 for c in v):
-        # HTTP strips spaces around a header value and cannot carry control characters
-        raise ValueError("a key may not contain control characters or start or end with spaces")
-
-
-class Limits(Strict):
-    """Per key or per team (README "Team keys"); None: no limit of that kind."""
-
-    rpm: int | None = Field(None, ge=1)               # requests per minute (sliding 60 s)
-    tpm: int | None = Field(None, ge=1)               # prompt + completion tokens per minute (sliding 60 s)
-    concurrency: int | None = Field(None, ge=1)       # requests in flight
-    tokens_per_day: int | None = Field(None, ge=1)    # UTC calendar day
-    tokens_per_month: int | None = Field(None, ge=1)  # UTC calendar month
-
-    def any(self) -> bool:
-        return any(v is not None for v in self.model_dump().values())
-
-
-HASH_RE = re.compile(r"^hmac-sha256:[0-9a-f]{64}$")
-
-
-class KeySettings(Strict):
-    """One person's or service's key: stored as an HMAC (`llm-gateway keys new` prints it), or plaintext."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")   # in usage, metrics and logs
-    hash: str | None = Field(None, pattern=HASH_RE.pattern)
-    key: SecretStr | None = None
-    team: str | None = None
-    models: list[str] = ["*"]          # public model names or patterns (fnmatch: `qwen*`, `*`)
-    admin: bool = False                # may use /admin/* too
-    limits: Limits = Limits()
-
-    @model_validator(mode="after")
-    def _one_secret(self) -> KeySettings:
-        if (self.hash is None) == (self.key is None):
-            raise ValueError(f"key {self.name!r}: give exactly one of `hash` (from `llm-gateway keys new`) or `key`")
-        if self.key is not None:
-            _real_secret(self.key)
-        return self
-
-
-class TeamSettings(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-    limits: Limits = Limits()
-
-
-class AuthSettings(Strict):
-    # Client keys: inference and /v1/models. Admin keys: /admin/* (and whatever a client key may do).
-    api_keys: list[SecretStr] = []
-    admin_keys: list[SecretStr] = []
-    # Named keys (README "Team keys"): hashed with the secret in this environment variable.
-    secret_env: str = Field("GATEWAY_KEY_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    keys: list[KeySettings] = []
-    teams: list[TeamSettings] = []
-    # Limits reserve a request's tokens before it runs: the prompt (body bytes / 4) plus its max_tokens,
-    # or this many completion tokens when it sets none.
-    estimate_completion_tokens: int = Field(1024, ge=1)
-
-    @field_validator("api_keys", "admin_keys")
-    @classmethod
-    def _real_secrets(cls, keys: list[SecretStr]) -> list[SecretStr]:
-        for k in keys:
-            _real_secret(k)
-        return keys
-
-    @model_validator(mode="after")
-    def _named_keys(self) -> AuthSettings:
-        names: set[str] = set()
-        for i, k in enumerate(self.keys):
-            if k.name in names:
-                raise ValueError(f"keys[{i}].name: duplicate key name {k.name!r}")
-            names.add(k.name)
-        if len({t.name for t in self.teams}) != len(self.teams):   # a key's team needs no entry (no limits)
-            raise ValueError("teams: duplicate team name")
-        return self
-
-    @model_validator(mode="after")
-    def _admin_keys_are_not_client_keys(self) -> AuthSettings:
-        client = {k.get_secret_value() for k in self.api_keys}
-        if any(k.get_secret_value() in client for k in self.admin_keys):
-            raise ValueError("admin_keys: a key is also in api_keys; an admin key must not be a client key")
-        return self
 
 
 class UpstreamSettings(Strict):
@@ -176,51 +85,6 @@ class HealthSettings(Strict):
     timeout: float = Field(5.0, gt=0)
     # Connections for probes and discovery, a pool apart from requests' so busy streams cannot starve them.
     max_connections: int = Field(64, ge=1)
-
-
-class SwapGroupSettings(Strict):
-    """VRAM-aware placement for a swap group: its GPUs, checked before a member starts (gateway/supervisor)."""
-
-    gpus: list[int] = Field(min_length=1)
-    gpu_memory: str | None = None     # each GPU's size (24GiB) when NVML cannot tell what is free
-
-
-class CorsSettings(Strict):
-    """Browser clients calling /v1/* directly (web chat UIs): the origins allowed; none: no CORS headers."""
-
-    allow_origins: list[str] = []      # exact origins (`https://chat.example.org`), or ["*"]
-    max_age: int = Field(600, ge=0)    # seconds a browser may cache a preflight answer
-
-    @field_validator("allow_origins")
-    @classmethod
-    def _origins(cls, v: list[str]) -> list[str]:
-        for o in v:
-            if o != "*" and not re.match(r"^https?://[^/\s]+$", o):
-                raise ValueError(f"{o!r} is not an origin (scheme://host[:port], no path), or '*'")
-        return v
-
-
-class StateSettings(Strict):
-    """Where limits and usage live (README "Team keys"): this process and a SQLite file, or Redis."""
-
-    sqlite: str = "./llm-gateway-usage.db"
-    redis: str | None = Field(None, pattern=r"^rediss?://")
-    redis_failure: Literal["open", "closed"] = "open"   # Redis unreachable: admit (open) or refuse (closed)
-
-
-class SupervisorSettings(Strict):
-    """Running the backends that have a `launch:` block as child processes (gateway/supervisor)."""
-
-    enabled: bool = True              # false: launch blocks only describe (compose runs them as containers)
-    log_lines: int = Field(2000, ge=10)         # each child's output kept (ring buffer), for /admin/.../logs
-    stop_grace: float = Field(10.0, gt=0)       # SIGTERM, then SIGKILL after this many seconds
-    stall_timeout: float = Field(120.0, gt=0)   # start-up fails when nothing progressed for this long
-    min_turn: float = Field(30.0, ge=0)         # swap groups: a started member keeps the GPUs at least this long
-    idle_grace: float = Field(2.0, ge=0)        # ... unless it has had no request for this long
-    max_waiting: int = Field(100, ge=1)         # requests waiting for one backend to start; beyond it, 429
-    restart_backoff: float = Field(1.0, gt=0)   # first delay before restarting a crashed child; doubles
-    restart_backoff_max: float = Field(60.0, gt=0)
-    groups: dict[str, SwapGroupSettings] = {}  # optional: a swap group's GPUs, for placement checks
 
 
 class RoutingSettings(Strict):
@@ -267,53 +131,6 @@ class RWKVLoad(Strict):
     tokenizer: str | None = None
     customCuda: bool = False  # noqa: N815 (RWKV-Runner's own field name)
     deploy: bool = False
-
-
-class LaunchSettings(Strict):
-    """How this backend is launched (README "Configuration", `launch`): its recipe's parameters
-    (gateway/recipes, deploy/recipes/<kind>.yaml). The backend's `url` gives the host and port it listens
-    on. `llm-gateway compose` renders it as compose services; the process supervisor (a later issue) will
-    run the same block on this host."""
-
-    model: str = Field(min_length=1)                 # path or hub id, as the kind takes it
-    binary: str | None = None                        # executable on a host (default: the kind's usual name)
-    context: int | None = Field(None, ge=2)
-    gpus: list[int] | None = None                    # None: the recipe's default ([0]); []: CPU only
-    slots: int | None = Field(None, ge=1)
-    served_name: str | None = None
-    dtype: str | None = None
-    quantization: str | None = None
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    gpu_layers: int | None = Field(None, ge=0)
-    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the variable, never the key
-    args: list[str] = []                             # passed through after the rendered flags
-    profiles: list[str] = []                         # compose profiles of its services ([]: always started)
-    # For the process supervisor (gateway/supervisor, README "Running backends"), when `supervisor.enabled`.
-    start: Literal["at_boot", "on_demand"] = "at_boot"
-    idle_timeout: float | None = Field(None, gt=0)   # seconds without a request before it is stopped; None: never
-    group: str | None = Field(None, min_length=1)    # swap group: members share GPUs, one runs at a time
-
-    @field_validator("gpus")
-    @classmethod
-    def _gpus(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (any(g < 0 for g in v) or len(set(v)) != len(v)):
-            raise ValueError("GPU indices must be distinct and not negative")
-        return v
-
-    def params(self, backend: str, url: str, target: Literal["host", "container"]) -> LaunchParams:
-        """The recipe's LaunchParams (gateway.recipes.plan) for `backend` listening at `url`."""
-        from gateway.recipes.plan import LaunchParams
-
-        parts = urlsplit(url)
-        keys = ("model", "binary", "context", "gpus", "slots", "served_name", "dtype", "quantization",
-                "gpu_memory_utilization", "gpu_layers", "api_key_env", "args")
-        return LaunchParams(host=parts.hostname if target == "host" else None, port=parts.port,
-                            name=service_name(backend), **{k: getattr(self, k) for k in keys})
-
-
-def service_name(backend: str) -> str:
-    """A backend's compose service name: its name with what compose refuses ([^A-Za-z0-9._-]) as '-'."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", backend)
 
 
 class BackendSettings(Strict):

@@ -34,19 +34,37 @@ def parse_gpus(spec: str) -> list[int]:
     return sizes
 
 
-def _nvml_sizes(indices: list[int], spec: str) -> list[int]:
+class NvmlUnavailable(Exception):
+    """nvidia-ml-py is missing (`missing`), or NVML cannot read the devices (the message says why)."""
+
+    def __init__(self, why: str, missing: bool = False) -> None:
+        super().__init__(why)
+        self.missing = missing
+
+
+def nvml_memory(indices: list[int], field: str = "total") -> list[int]:
+    """Bytes per device as NVML reports them: `total` or `free` (what other processes leave)."""
     try:
         import pynvml  # nvidia-ml-py
     except ImportError:
-        raise SizingError(f"--gpus {spec}: reading GPU sizes needs nvidia-ml-py (pip install nvidia-ml-py); "
-                          f"or give the sizes, e.g. --gpus {len(indices)}x24GiB") from None
+        raise NvmlUnavailable("nvidia-ml-py is not installed", missing=True) from None
     try:
         pynvml.nvmlInit()
         try:
-            return [int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total)
+            return [int(getattr(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)), field))
                     for i in indices]
         finally:
             pynvml.nvmlShutdown()
     except pynvml.NVMLError as exc:
+        raise NvmlUnavailable(str(exc)) from None
+
+
+def _nvml_sizes(indices: list[int], spec: str) -> list[int]:
+    try:
+        return nvml_memory(indices)
+    except NvmlUnavailable as exc:
+        if exc.missing:
+            raise SizingError(f"--gpus {spec}: reading GPU sizes needs nvidia-ml-py (pip install nvidia-ml-py); "
+                              f"or give the sizes, e.g. --gpus {len(indices)}x24GiB") from None
         raise SizingError(f"--gpus {spec}: NVML cannot read the GPUs ({exc}); give the sizes, e.g. "
                           f"--gpus {len(indices)}x24GiB") from None

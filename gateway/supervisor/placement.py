@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from gateway.recipes.fit import check_sizes
-from gateway.recipes.gpus import parse_gpus
+from gateway.recipes.gpus import NvmlUnavailable, nvml_memory, parse_gpus
 from gateway.recipes.plan import LaunchParams
 from gateway.settings import SwapGroupSettings
 
@@ -18,17 +18,10 @@ log = logging.getLogger("gateway.supervisor")
 def free_bytes(gpus: list[int]) -> list[int] | None:
     """Free memory per GPU as NVML reports it; None without nvidia-ml-py or a readable GPU."""
     try:
-        import pynvml  # nvidia-ml-py
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        try:
-            return [int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free) for i in gpus]
-        finally:
-            pynvml.nvmlShutdown()
-    except pynvml.NVMLError as exc:
-        log.warning("NVML cannot read GPUs %s (%s): placement uses the configured sizes", gpus, exc)
+        return nvml_memory(gpus, "free")
+    except NvmlUnavailable as exc:
+        if not exc.missing:
+            log.warning("NVML cannot read GPUs %s (%s): placement uses the configured sizes", gpus, exc)
         return None
 
 
