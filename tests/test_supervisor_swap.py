@@ -89,17 +89,22 @@ def test_a_held_stream_is_never_cut_by_a_swap(spawn: Spawner, llama_binary: Path
     gw = spawn.gateway(config(a, b, min_turn=0.0, idle_grace=0.0))
     assert chat(gw, "tiny-a").status_code == 200
     got: dict[str, Any] = {}
+    streaming = threading.Event()
 
     def long_stream() -> None:
         with httpx.stream("POST", gw.url + "/v1/chat/completions", timeout=120,
                           json={"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}],
                                 "max_tokens": 200, "stream": True, "ignore_eos": True}) as r:
-            got["body"] = "".join(r.iter_text())
+            parts = []
+            for part in r.iter_text():
+                parts.append(part)
+                streaming.set()     # its first bytes arrived: the stream is under way (a poll could miss it)
+            got["body"] = "".join(parts)
             got["ended"] = time.monotonic()
 
     t = threading.Thread(target=long_stream)
     t.start()
-    wait_until(lambda: state(gw, "a")["in_flight"] == 1, 10, "the stream is in flight")
+    assert streaming.wait(30), "the stream started"
     r = chat(gw, "tiny-b")
     b_answered = time.monotonic()
     t.join(60)
