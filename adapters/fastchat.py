@@ -3,7 +3,8 @@
 
 - The backend's URL is a controller (`GET /test_connection` says "success") or one worker.
   Workers are found through the controller (`/list_models`, then `/get_worker_address` per
-  model, asked again only every 60 s or for a model with no live worker: each call skews the
+  model until as many addresses are known as the controller's `/worker_get_status` counts
+  workers; asked again only every 60 s or for a model with no live worker: each call skews the
   controller's queue estimates); from then on the gateway's own probes of each worker (`/worker_get_status`) decide
   whether it is alive: the controller keeps listing a dead worker for 90-180 s.
 - Requests go to the least busy live worker of the model: its reported `queue_length` plus what
@@ -19,19 +20,17 @@
 - Embeddings via `/worker_get_embeddings` (HF model workers have it; vLLM workers do not).
 - A controller's word is not trusted blindly (it could point the gateway, and clients' prompts, at
   any URL): a worker address must be a bare http(s) base URL on an allowed host (`worker_hosts`,
-  default the controller's own host), else it is skipped and logged once.
+  default the controller's own host), else it is skipped and logged once (adapters/fastchat_hosts.py).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -40,18 +39,13 @@ from adapters.base import (Adapter, BackendTarget, Capabilities, EngineStats, En
                            State, UpstreamRequest, client_asked_usage, single_prompt)
 from adapters.chunks import DONE, ChunkWriter
 from adapters.fastchat_conv import render, stop_params
+from adapters.fastchat_hosts import WorkerHosts
 from adapters.openai_compatible import parse_error_body
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamUnavailable, status_error
 from gateway.jsonio import dumps, loads_or_none
 
 log = logging.getLogger("gateway.fastchat")
 HEADERS = {"Content-Type": "application/json"}
-# A base URL and nothing else: no user info, path, query or fragment (a `?x=` suffix would turn
-# the gateway's `addr + "/worker_get_status"` into any path on that host).
-BASE_URL_RE = re.compile(r"((?-i:https?))://(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::([0-9]{1,5}))?/?", re.I | re.A)
-HOST_PORT_RE = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::([0-9]{1,5}))?", re.I | re.A)
-LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})  # one machine: a controller on one, workers on another
-MAX_LOGGED = 256  # distinct rejected addresses remembered (each is logged once)
 MAX_DISCOVERY_CALLS = 16
 REDISCOVER = 60.0  # seconds between asking the controller again for a served model's workers
 CODE_STATUS = {40001: 400, 40302: 400, 40303: 400, 40301: 404, 50001: 502, 50002: 503, 50003: 502, 50004: 502,
@@ -80,8 +74,7 @@ class FastChatAdapter(Adapter):
         super().__init__(target)
         self.mode: str | None = None  # "controller" or "worker"
         self.workers: dict[str, Worker] = {}
-        self.allowed = allowed_worker_hosts(target.url, getattr(target, "worker_hosts", None))
-        self.rejected: set[str] = set()
+        self.worker_allowed = WorkerHosts(target.name, target.url, getattr(target, "worker_hosts", None)).allowed
         self.discovered: dict[str, float] = {}  # model -> when its workers were last asked for
 
     # -- discovery and health --------------------------------------------------------------------
@@ -100,28 +93,15 @@ class FastChatAdapter(Adapter):
             if listed.status != 200:
                 return Probe(State.DOWN, detail=f"controller /list_models answered HTTP {listed.status}")
             now = time.monotonic()
-            for name in names:
-                if not isinstance(name, str):
-                    continue
-                # The controller hands out one worker per call (shortest queue or lottery) and
-                # has no route that lists them: ask until an address repeats. Each call adds 1 to
-                # a worker's queue estimate in the controller until its next heartbeat (FC
-                # controller.py get_worker_address), which skews its dispatch for other clients:
-                # so ask only for a new model, one with no live worker, or every REDISCOVER s.
-                if now - self.discovered.get(name, -REDISCOVER) < REDISCOVER and any(
-                        w.alive and name in w.models for w in self.workers.values()):
-                    continue
-                self.discovered[name] = now
-                seen: set[str] = set()
-                for _ in range(MAX_DISCOVERY_CALLS):
-                    res = await fetch("POST", url + "/get_worker_address", headers=HEADERS,
-                                      body=orjson.dumps({"model": name}))
-                    addr = (loads_or_none(res.body) or {}).get("address") if res.status == 200 else None
-                    if not isinstance(addr, str) or not addr or addr.rstrip("/") in seen:
-                        break
-                    seen.add(addr.rstrip("/"))
-                    if self.worker_allowed(addr):
-                        self.workers.setdefault(addr.rstrip("/"), Worker(addr.rstrip("/")))
+            # Discovery asks only for a new model, one with no live worker, or every REDISCOVER s:
+            # each /get_worker_address adds 1 to a worker's queue estimate in the controller until
+            # its next heartbeat (FC controller.py get_worker_address), skewing its dispatch.
+            due = [n for n in names if isinstance(n, str) and not (
+                now - self.discovered.get(n, -REDISCOVER) < REDISCOVER
+                and any(w.alive and n in w.models for w in self.workers.values()))]
+            if due:
+                await self._discover(fetch, due, [n for n in names if isinstance(n, str) and n not in due])
+                self.discovered.update(dict.fromkeys(due, now))
             self.discovered = {k: v for k, v in self.discovered.items() if k in names}
         for w in list(self.workers.values()):
             await self._probe_worker(fetch, w)
@@ -141,23 +121,48 @@ class FastChatAdapter(Adapter):
                      detail=f"{len(alive)} live worker(s)",
                      engine=EngineStats(running=load, models_loaded=len(alive)))
 
-    def worker_allowed(self, addr: str) -> bool:
-        """Is this controller-reported address a base URL on an allowed host? A refused one is
-        never contacted, and logged once, by scheme, host and port only (no user info or query)."""
-        m = BASE_URL_RE.fullmatch(addr)
-        port = (int(m[3]) if m[3] else 443 if m[1] == "https" else 80) if m is not None else 0
-        if m is not None and 0 < port < 65536:
-            host = m[2].strip("[]").lower()
-            if (host, None) in self.allowed or (host, port) in self.allowed:
-                return True
-            why = "its host (or port) is not in worker_hosts"
-        else:
-            why = "it is not a bare http(s) base URL (user info, path, query or fragment)"
-        if addr not in self.rejected and len(self.rejected) < MAX_LOGGED:
-            self.rejected.add(addr)
-            log.warning("backend %s: controller reported worker address %r; skipped: %s", self.target.name,
-                        _safe(addr), why)
-        return False
+    async def _discover(self, fetch: Fetch, due: list[str], kept: list[str]) -> None:
+        """Find the workers of the `due` models. The controller hands out one worker per call and
+        has no route that lists them: ask each model until an address repeats. Under its default
+        shortest_queue dispatch a repeat does not mean the last worker was found (with estimates
+        0 and 5, the first worker comes back five times), so the controller's /worker_get_status
+        is asked how many workers answer it (its `speed` sums theirs, 1 each: FC
+        base_model_worker.py get_status) and the models are asked again in turn until that many
+        addresses are known or each had MAX_DISCOVERY_CALLS."""
+        url = self.target.url
+        status = await _try(fetch, "POST", url + "/worker_get_status", headers=HEADERS)
+        doc = loads_or_none(status.body) if status is not None and status.status == 200 else None
+        speed = doc.get("speed") if isinstance(doc, dict) else None
+        expected = int(speed) if isinstance(speed, (int, float)) and not isinstance(speed, bool) else 0
+        known = {w.url for w in self.workers.values() if w.alive and any(m in w.models for m in kept)}
+        calls = dict.fromkeys(due, 0)
+        asking = list(due)
+        first_pass = True
+        while asking:
+            for name in list(asking):
+                repeated = False
+                while calls[name] < MAX_DISCOVERY_CALLS:
+                    calls[name] += 1
+                    res = await fetch("POST", url + "/get_worker_address", headers=HEADERS,
+                                      body=orjson.dumps({"model": name}))
+                    addr = (loads_or_none(res.body) or {}).get("address") if res.status == 200 else None
+                    if not isinstance(addr, str) or not addr:
+                        asking.remove(name)  # no worker serves it (any more)
+                        break
+                    addr = addr.rstrip("/")
+                    if addr in known:
+                        repeated = True
+                    else:
+                        known.add(addr)
+                        if self.worker_allowed(addr):
+                            self.workers.setdefault(addr, Worker(addr))
+                    if repeated or not first_pass:
+                        break  # after the first pass: one call per model per turn spreads the skew
+                if name in asking and (calls[name] >= MAX_DISCOVERY_CALLS or len(known) >= expected):
+                    asking.remove(name)
+            first_pass = False
+            if len(known) >= expected:
+                break
 
     async def _probe_worker(self, fetch: Fetch, w: Worker) -> None:
         res = await _try(fetch, "POST", w.url + "/worker_get_status", headers=HEADERS)
@@ -304,32 +309,6 @@ class FastChatAdapter(Adapter):
         if isinstance(doc, dict) and doc.get("error_code"):
             return worker_error(doc)
         return status_error(status, parse_error_body(body)[0] or f"backend {self.target.name} answered HTTP {status}")
-
-
-def parse_host_port(entry: str) -> tuple[str, int | None]:
-    """A `worker_hosts` entry (`host`, `host:port`, `[v6]:port`) as (lowercase host, port or None)."""
-    m = HOST_PORT_RE.fullmatch(entry.strip())
-    if m is None or (m[2] is not None and not 0 < int(m[2]) < 65536):
-        raise ValueError(f"{entry!r} is not a host or host:port")
-    return m[1].strip("[]").lower(), int(m[2]) if m[2] else None
-
-
-def allowed_worker_hosts(controller_url: str, entries: Any) -> frozenset[tuple[str, int | None]]:
-    """Configured entries, or by default the controller's own host (any port; the loopback names
-    stand for each other: FastChat workers advertise `localhost` by default)."""
-    if entries is not None:
-        return frozenset(parse_host_port(e) for e in entries)
-    host = (urlsplit(controller_url).hostname or "").lower()
-    return frozenset((h, None) for h in (LOOPBACK if host in LOOPBACK else {host}))
-
-
-def _safe(addr: str) -> str:
-    """Scheme, host and port of an address, for the log: never its user info, path or query."""
-    try:
-        u = urlsplit(addr[:1000])
-        return f"{u.scheme}://{u.hostname or ''}" + (f":{u.port}" if u.port else "")
-    except ValueError:
-        return "(unparseable)"
 
 
 async def _cumulative_to_sse(endpoint: Endpoint, chunks: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:

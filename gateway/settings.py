@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from adapters import ADAPTERS
-from adapters.fastchat import parse_host_port
+from adapters.fastchat_hosts import parse_host_port
 from gateway.settings_base import Strict
 # The parts of the schema kept in their own modules, importable from here as before.
 from gateway.settings_launch import LaunchSettings, SupervisorSettings, SwapGroupSettings, service_name

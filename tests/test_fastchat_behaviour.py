@@ -128,3 +128,21 @@ def test_load_is_the_sum_of_queues_and_the_least_busy_worker_serves(fc, quiet, b
         stop.set()
         for t in threads:
             t.join(300)
+
+
+def test_every_worker_is_found_when_the_controller_favours_one(fastchat_cluster: dict, spawn: Spawner) -> None:  # type: ignore[type-arg]
+    """The controller's default dispatch (shortest_queue) hands out the worker with the lowest queue
+    estimate and adds 1 to it: with estimates 0 and 8 the first worker comes back 8 times, so "ask until
+    an address repeats" found one worker of two (a full CI run saw this: load 1 for 60 s, "1 live
+    worker(s)"). A heartbeat in the second worker's name sets its estimate to 8 (its own next heartbeat,
+    up to 45 s later, resets it); the gateway must still know both workers from its first ready probe."""
+    controller, workers = fastchat_cluster["controller"], fastchat_cluster["workers"]
+    for w, estimate in zip(workers, (0, 8)):
+        r = httpx.post(controller + "/receive_heart_beat", json={"worker_name": w["url"], "queue_length": estimate})
+        assert r.json() == {"exist": True}
+    gw = spawn.gateway({"health": {"interval": 0.2, "timeout": 30},
+                        "backends": [{"name": "fc", "kind": "fastchat", "url": controller}]})
+    seen: list[dict] = []  # type: ignore[type-arg]
+    wait_for(lambda: seen.append(httpx.get(gw.url + "/admin/backends").json()["backends"][0])
+             or seen[-1]["state"] == "ready", lambda: f"the backend never became ready: {seen[-1]}")
+    assert seen[-1]["detail"] == "2 live worker(s)", seen[-1]

@@ -79,6 +79,9 @@ def controller(host: str, addresses: dict[str, str]) -> FakeServer:
         ("GET", "/test_connection"): lambda _: "success",
         ("POST", "/list_models"): lambda _: {"models": list(addresses)},
         ("POST", "/get_worker_address"): lambda body: {"address": addresses.get(body.get("model"), "")},
+        # the sum over its registered workers' own status (each says speed 1; FC controller.py)
+        ("POST", "/worker_get_status"): lambda _: {"model_names": sorted(addresses), "speed": len(set(
+            addresses.values())), "queue_length": 0},
     })
 
 
