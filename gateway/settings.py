@@ -6,6 +6,7 @@ Environment variables override the file, nested with `__`: `GATEWAY_SERVER__PORT
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -138,6 +139,8 @@ class BackendSettings(Strict):
     kind: str
     url: str
     api_key: SecretStr | None = None
+    # Or the name of the environment variable holding it (a Kubernetes Secret, a compose env file): read at start.
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     discover: bool = True  # serve the models the backend reports, even if not in `models:`
     weight: float = Field(1.0, gt=0)
     stream_usage: bool | None = None  # override: does it honour stream_options.include_usage?
@@ -165,6 +168,18 @@ class BackendSettings(Strict):
     media_urls: Literal["allow", "data_only"] = "allow"
     # How it is launched (recipe parameters); None: started by someone else.
     launch: LaunchSettings | None = None
+
+    @model_validator(mode="after")
+    def _key_from_env(self) -> BackendSettings:
+        if self.api_key_env is None:
+            return self
+        if self.api_key is not None:
+            raise ValueError("set api_key or api_key_env, not both")
+        value = os.environ.get(self.api_key_env)
+        if not value:  # the message names the variable, never a value
+            raise ValueError(f"api_key_env: the environment variable {self.api_key_env} is not set or empty")
+        self.api_key = type(self)._api_key(SecretStr(value))
+        return self
 
     @model_validator(mode="after")
     def _launch(self) -> BackendSettings:

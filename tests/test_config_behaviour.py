@@ -7,21 +7,27 @@ nothing but the requests themselves changes a backend's state during the module.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.procs import Double, Gateway, Spawner
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 SECRET = "upstream-secret-1234"
+ENV_SECRET = "upstream-secret-from-env-5678"
 
 
 def chat(gw: Gateway, model: str, **kw: Any) -> httpx.Response:
@@ -58,6 +64,7 @@ def env(module_spawn: Spawner) -> Iterator[dict[str, Any]]:
         "health": {"interval": 60},
         "backends": [
             {**backend, "name": "keyed", "url": s, "api_key": SECRET},
+            {**backend, "name": "keyed-env", "url": s, "api_key_env": "UPSTREAM_TEST_KEY"},
             {**backend, "name": "plain", "url": s},
             {**backend, "name": "nousage", "url": s, "stream_usage": False},
             {**backend, "name": "wa", "url": s}, {**backend, "name": "wb", "url": s},
@@ -69,6 +76,7 @@ def env(module_spawn: Spawner) -> Iterator[dict[str, Any]]:
         ],
         "models": [
             {"name": "via-key", "backends": [pinned("s1", "keyed")]},
+            {"name": "via-env-key", "backends": [pinned("s1", "keyed-env")]},
             {"name": "via-plain", "backends": [pinned("s1", "plain")]},
             {"name": "no-usage", "backends": [pinned("s1", "nousage")]},
             {"name": "lim", "backends": [pinned("s1", "limited")]},
@@ -82,7 +90,7 @@ def env(module_spawn: Spawner) -> Iterator[dict[str, Any]]:
             {"name": "doom-pool", "backends": [pinned("s1", "doomed", 100), pinned("s1", "plain")]},
         ],
     }
-    gw = module_spawn.gateway(cfg)
+    gw = module_spawn.gateway(cfg, env={"UPSTREAM_TEST_KEY": ENV_SECRET})
     yield {"gw": gw, **d}
 
 
@@ -93,6 +101,21 @@ def test_backend_api_key_is_sent_upstream_as_bearer(env: dict[str, Any]) -> None
     assert chat(gw, "via-plain").status_code == 200
     assert shared.requests()[-1]["authorization"] is None  # only the backend that has a key sends one
     assert SECRET not in gw.proc.output()
+
+
+def test_backend_api_key_env_reads_the_key_from_the_environment(env: dict[str, Any], tmp_path: Path) -> None:
+    gw, shared = env["gw"], env["shared"]
+    assert chat(gw, "via-env-key").status_code == 200
+    assert shared.requests()[-1]["authorization"] == f"Bearer {ENV_SECRET}"
+    assert ENV_SECRET not in gw.proc.output() and ENV_SECRET not in httpx.get(gw.url + "/admin/backends").text
+    # a variable that is not set stops the start with a message naming it (no key to leak)
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump({"backends": [{"name": "k", "kind": "vllm", "url": "http://127.0.0.1:9",
+                                                  "api_key_env": "UPSTREAM_TEST_KEY_UNSET"}]}))
+    r = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)], capture_output=True, text=True,
+                       timeout=60, env={k: v for k, v in os.environ.items() if k != "UPSTREAM_TEST_KEY_UNSET"})
+    assert r.returncode == 2 and "the environment variable UPSTREAM_TEST_KEY_UNSET is not set" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_discover_false_serves_only_mapped_models(env: dict[str, Any]) -> None:

@@ -187,7 +187,9 @@ def test_pods_are_non_root_and_meet_the_restricted_standard() -> None:
     assert c["workingDir"] in writable and "/tmp" in writable
 
 
-def test_gateway_scheduling_and_shutdown(tmp_path: Path) -> None:
+def test_gateway_scheduling_and_shutdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in pod_env(real_secret()).items():  # the config reads a backend's key from the pod's env
+        monkeypatch.setenv(name, value)
     dep = find(all_objects(), "Deployment", "llm-gateway")
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
     assert spec["replicas"] >= 2 and spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
@@ -202,8 +204,18 @@ def test_gateway_scheduling_and_shutdown(tmp_path: Path) -> None:
 
 
 # -- the config --------------------------------------------------------------------------------------------
-def test_configmap_config_loads_with_the_gateways_loader(tmp_path: Path) -> None:
-    settings = load_settings(write(tmp_path, gateway_config()))
+def test_configmap_config_loads_with_the_gateways_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, gateway_config())
+    secret = real_secret()
+    with pytest.raises(ConfigError, match="UPSTREAM_API_KEY is not set"):  # outside a pod: no Secret
+        load_settings(path)
+    for name, value in pod_env(secret).items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(path)
+    # a backend's key reaches it from the Secret, through the variable its api_key_env names
+    keyed = [b for b in settings.backends if b.api_key_env]
+    assert keyed and all(b.api_key is not None and b.api_key.get_secret_value() == secret["upstream-api-key"]
+                         for b in keyed)
     assert settings.server.host == "0.0.0.0" and settings.backends and settings.models
     for b in settings.backends:  # in-cluster Service names, not loopback
         host = httpx.URL(b.url).host
