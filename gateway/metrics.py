@@ -73,6 +73,25 @@ class KeyCounters:
         yield toks
 
 
+class StateTrips:
+    """llm_gateway_state_round_trips_total / llm_gateway_state_calls_total: read at scrape from the stores that
+    batch their calls to Redis (`round_trips`, `calls` attributes), by component."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Any] = {}
+
+    def collect(self) -> Any:
+        trips = CounterMetricFamily("llm_gateway_state_round_trips", "Round trips to the shared state (Redis).",
+                                    labels=["component"])
+        calls = CounterMetricFamily("llm_gateway_state_calls", "Calls sent to the shared state (Redis); "
+                                    "calls per round trip is the batching.", labels=["component"])
+        for name, src in list(self.sources.items()):
+            trips.add_metric([name], src.round_trips)
+            calls.add_metric([name], src.calls)
+        yield trips
+        yield calls
+
+
 class Metrics:
     """One instance per app (tests build several apps in one process: no global registry)."""
 
@@ -156,6 +175,8 @@ class Metrics:
         self.state_failures = Counter("llm_gateway_state_failures",
                                       "Calls to the shared state (Redis) that failed: limits or usage.",
                                       ["component"], registry=r)
+        self.state = StateTrips()
+        r.register(self.state)
         self._cache: dict[tuple[Any, ...], Any] = {}
         self.engine = EngineMetrics(r)  # the engines' own figures, set by the health probes
 

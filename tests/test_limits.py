@@ -277,7 +277,7 @@ def test_old_entries_are_pruned() -> None:
         if i % 2:
             s.release_now(a)
     state = s._states["key:alice"]
-    assert len(state.window) == 480 and state.tokens == 2400  # the last 60 s only
+    assert len(state.times) == len(state.amounts) == 480 and state.tokens == 2400  # the last 60 s only
     assert len(state.leases) == 20  # the last 5 s only (released ones leave at once, lost ones at their TTL)
 
 

@@ -342,6 +342,7 @@ def test_redis_outage_fail_open_and_closed_then_recovery(tmp_path: Path, caplog:
             b = await closed.acquire(subj, 0, f"c{i}")
             assert (b.allowed, b.limit_name) == (False, "unavailable") and dict(b.headers())[b"retry-after"] == b"1"
         await opened.finish(before, 5)  # its release is lost: counted, not raised
+        await opened.flush()  # finishes are sent lazily (with the next acquire, or after 10 ms)
         assert time.monotonic() - t0 < 5
         assert opened.failures == 4 and closed.failures == 3 and len(seen) == 4
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "gateway.auth.limits"]

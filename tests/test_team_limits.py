@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,11 @@ def test_a_team_limit_holds_across_its_keys(spawn: Spawner) -> None:
     assert r.status_code == 429 and "rpm of team t" in r.json()["error"]["message"]
 
 
+def metric(text: str, series: str) -> float:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(series + " ")]
+    return float(line.split()[-1])
+
+
 def _hammer(gws: list[Gateway], n: int, **body: Any) -> list[int]:
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         return list(pool.map(lambda i: chat(gws[i % len(gws)], **body).status_code, range(n)))
@@ -75,6 +81,14 @@ def test_two_replicas_share_one_rpm_and_one_concurrency_limit_through_redis(spaw
         gws = [spawn.gateway(cfg(dbl.url, {"rpm": 10}, state)) for _ in range(2)]
         codes = _hammer(gws, 40)
         assert codes.count(200) == 10 and codes.count(429) == 30, codes
+        # the Redis calls the replicas made, in llm_gateway_state_*: 40 acquires and a finish per admitted request
+        # (10), each sent once, in at most as many round trips plus one per replica to load the scripts (how far
+        # batching brings them below that is tests/test_limits_redis_batch.py's subject)
+        time.sleep(0.2)  # the last finishes wait up to 10 ms for an acquire to carry them
+        texts = [httpx.get(gw.url + "/metrics").text for gw in gws]
+        trips, calls = (sum(metric(t, f'llm_gateway_state_{m}_total{{component="limits"}}') for t in texts)
+                        for m in ("round_trips", "calls"))
+        assert calls == 40 + 10 and 2 <= trips <= 2 + calls, (trips, calls)
         dbl.reset()
         # concurrency: a fresh key on the same Redis, through both replicas at once
         c = cfg(dbl.url, {"concurrency": 2}, state)

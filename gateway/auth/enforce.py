@@ -47,6 +47,7 @@ class Gatekeeper:
 
             self.store = RedisLimitStore(st.redis, fail_mode=st.redis_failure,
                                          on_failure=lambda exc: metrics.observe_state_failure("limits"))
+            metrics.state.sources["limits"] = self.store
         else:
             self.store = MemoryLimitStore()
         self._leases: dict[int, tuple[Admission, float]] = {}   # requests holding a concurrency lease

@@ -1,7 +1,10 @@
 """The limits of gateway/auth/limits.py shared by every replica through Redis, with the same exact semantics.
 
 One Lua script per acquire (check every subject, then charge every subject, or nothing) and one per
-finish (settle + release), so a request costs one round trip each way, atomically. Times come from the
+finish (settle + release), each atomic. They travel in pipelines (gateway/auth/redis_batch.py): an acquire
+goes at once with whatever else is queued, a finish does not hold up its request and rides with the next
+acquire (or goes alone after 10 ms when none follows): a request waits for one round trip, a steady
+stream costs one per request, and under load far fewer (`round_trips`, `calls`). Times come from the
 Redis server's TIME inside the script, so replicas with skewed clocks agree. Every key has a TTL: window
 keys one window past their last write, lease sets one TTL past theirs, day/month counters two days past
 the end of their period (a late settle still lands), so nothing grows forever.
@@ -33,6 +36,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth.limits import LEASE_TTL, WINDOW, Admission, RateInfo, Subject, distinct, tightest
+from gateway.auth.redis_batch import ScriptBatcher
 
 log = logging.getLogger("gateway.auth.limits")
 
@@ -221,7 +225,7 @@ def _lim(v: int | None) -> int:
 class RedisLimitStore:
     def __init__(self, url: str, *, fail_mode: Literal["open", "closed"] = "open", prefix: str = "llmgw:",
                  window: float = WINDOW, lease_ttl: float = LEASE_TTL, timeout: float = 0.5,
-                 on_failure: Callable[[BaseException], None] | None = None) -> None:
+                 on_failure: Callable[[BaseException], None] | None = None, linger: float = 0.01) -> None:
         if fail_mode not in ("open", "closed"):
             raise ValueError("fail_mode must be 'open' or 'closed'")
         self.fail_mode, self.prefix, self.on_failure = fail_mode, prefix, on_failure
@@ -231,15 +235,13 @@ class RedisLimitStore:
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
-        self._acquire = self._redis.register_script(ACQUIRE)
-        self._finish = self._redis.register_script(FINISH)
-        self._refresh = self._redis.register_script(REFRESH)
+        self._batch = ScriptBatcher(self._redis, {"acquire": ACQUIRE, "finish": FINISH, "refresh": REFRESH},
+                                    linger=linger)
         self.failures = 0
         self._down = False
         # Acquires that timed out may still run when a stalled Redis resumes; their leases are released
         # (release only: whether tokens were reserved is unknown, so none are refunded) once it answers again.
         self._orphans: list[Admission] = []
-        self._sweeper: asyncio.Task[None] | None = None
 
     def _keys(self, subjects: tuple[Subject, ...] | list[Subject]) -> list[str]:
         keys = []
@@ -262,15 +264,9 @@ class RedisLimitStore:
         if self._down:
             self._down = False
             log.info("limits: Redis is back; limits enforced again")
-        if self._orphans and self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-
-    async def _sweep(self) -> None:
-        try:
-            while self._orphans and not self._down:
-                await self._end(self._orphans.pop(), None, True)
-        finally:
-            self._sweeper = None
+        orphans, self._orphans = self._orphans, []
+        for adm in orphans:  # queued, they go in the next round trip
+            self._end(adm, None, True)
 
     async def acquire(self, subjects: list[Subject], estimate_tokens: int, request_id: str) -> Admission:
         est, subs = max(0, estimate_tokens), tuple(distinct(subjects))
@@ -280,8 +276,15 @@ class RedisLimitStore:
             lim = s.limits
             args += [_lim(lim.rpm), _lim(lim.tpm), _lim(lim.concurrency),
                      _lim(lim.tokens_per_day), _lim(lim.tokens_per_month)]
+        keys = self._keys(subs)
+        pending = self._batch.submit("acquire", keys, args)
         try:
-            r = await self._acquire(keys=self._keys(subs), args=args)
+            r = await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # The client left while the script was on its way: if it admitted, give back the lease and the
+            # reservation at once (otherwise the slot would stay taken for a lease TTL).
+            pending.add_done_callback(lambda f: self._undo(f, subs, member, est))
+            raise
         except FAILURES as exc:
             self._failed(exc, "acquire")
             if isinstance(exc, (RedisTimeoutError, asyncio.TimeoutError)) and len(self._orphans) < 10_000:
@@ -310,7 +313,7 @@ class RedisLimitStore:
         adm.requests, adm.tokens = tightest(reqs), tightest(toks)
         return adm
 
-    async def _end(self, adm: Admission, used: int | None, release: bool) -> None:
+    def _end(self, adm: Admission, used: int | None, release: bool) -> None:
         if not adm.allowed or adm.degraded:
             return
         settle = used is not None and not adm.settled
@@ -323,24 +326,39 @@ class RedisLimitStore:
             lim = s.limits
             args += [int(lim.tpm is not None), int(lim.concurrency is not None),
                      int(lim.tokens_per_day is not None), int(lim.tokens_per_month is not None)]
-        try:
-            await self._finish(keys=self._keys(adm.subjects), args=args)
-        except FAILURES as exc:
-            # Not retried: a lost release frees itself at the lease TTL; a lost settle leaves the estimate charged.
-            self._failed(exc, "finish")
-            return
-        self._ok()
         adm.settled = adm.settled or settle
         adm.released = adm.released or release
+        self._batch.defer("finish", self._keys(adm.subjects), args).add_done_callback(self._finished)
+
+    def _finished(self, fut: asyncio.Future[object]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self._ok()
+        elif isinstance(exc, FAILURES):
+            # Not retried: a lost release frees itself at the lease TTL; a lost settle leaves the estimate charged.
+            self._failed(exc, "finish")
+        else:
+            log.error("limits: a finish failed", exc_info=exc)
+
+    def _undo(self, fut: asyncio.Future[list[object]], subs: tuple[Subject, ...], member: str, est: int) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        r = fut.result()
+        if r[0]:
+            adm = Admission(allowed=True, estimate=est, subjects=subs, token=member, day=int(r[6]),  # type: ignore[call-overload]
+                            month=int(r[7]))  # type: ignore[call-overload]
+            self._end(adm, 0, True)
 
     async def settle(self, admission: Admission, used_tokens: int) -> None:
-        await self._end(admission, used_tokens, False)
+        self._end(admission, used_tokens, False)
 
     async def release(self, admission: Admission) -> None:
-        await self._end(admission, None, True)
+        self._end(admission, None, True)
 
     async def finish(self, admission: Admission, used_tokens: int) -> None:
-        await self._end(admission, used_tokens, True)
+        self._end(admission, used_tokens, True)
 
     async def refresh(self, admission: Admission) -> bool:
         """Extend the admission's leases by a TTL; False if one had expired (not revived) or Redis failed."""
@@ -350,15 +368,26 @@ class RedisLimitStore:
         if not keys:
             return True
         try:
-            ok = await self._refresh(keys=keys, args=[admission.token, self.ttl_us])
+            ok = await self._batch.call("refresh", keys, [admission.token, self.ttl_us])
         except FAILURES as exc:
             self._failed(exc, "refresh")
             return False
         self._ok()
         return bool(ok)
 
+    @property
+    def round_trips(self) -> int:
+        return self._batch.round_trips
+
+    @property
+    def calls(self) -> int:
+        return self._batch.calls
+
+    async def flush(self) -> None:
+        """Wait until the finishes queued so far reached Redis (or failed): they are sent lazily."""
+        await self._batch.flush()
+
     async def close(self) -> None:
-        if self._sweeper is not None:
-            await self._sweeper
+        await self._batch.close()
         await self._redis.aclose()
 
