@@ -50,29 +50,38 @@ class Gatekeeper:
             metrics.state.sources["limits"] = self.store
         else:
             self.store = MemoryLimitStore()
-        self._leases: dict[int, tuple[Admission, float]] = {}   # requests holding a concurrency lease
+        self.local = isinstance(self.store, MemoryLimitStore)
+        self._leases: dict[int, Admission] = {}   # requests holding a concurrency lease
         self._keeper: asyncio.Task[None] | None = None
 
     @staticmethod
-    def subjects(ident: Identity) -> list[Subject]:
+    def subjects(ident: Identity) -> tuple[Subject, ...]:
         out = []
         if ident.limits is not None:
             out.append(Subject("key:" + ident.name, _limits(ident.limits)))
         if ident.team_limits is not None and ident.team is not None:
             out.append(Subject("team:" + ident.team, _limits(ident.team_limits)))
-        return out
+        return tuple(out)  # passed on as is to every admission
 
     def estimate(self, body: dict[str, Any], raw_len: int) -> int:
-        completion = next((v for f in MAX_TOKEN_FIELDS if type(v := body.get(f)) is int and v > 0), None)
+        completion = self.default_completion
+        for f in MAX_TOKEN_FIELDS:
+            v = body.get(f)
+            if type(v) is int and v > 0:
+                completion = v
+                break
         n = body.get("n")
-        choices = n if type(n) is int and n > 1 else 1
-        return raw_len // 4 + (completion or self.default_completion) * choices
+        return raw_len // 4 + completion * (n if type(n) is int and n > 1 else 1)
 
     async def admit(self, ident: Identity, body: dict[str, Any], raw_len: int, rid: str) -> Admission:
-        adm = await self.store.acquire(ident.subjects, self.estimate(body, raw_len), rid)
+        if self.local:  # the in-memory store answers at once: no coroutine of its own on the request path
+            adm = self.store.acquire_now(ident.subjects, self.estimate(body, raw_len), rid)  # type: ignore[attr-defined]
+        else:
+            adm = await self.store.acquire(ident.subjects, self.estimate(body, raw_len), rid)
         if adm.allowed and ident.leased:
             # A stream may outlive its concurrency lease's TTL: one task refreshes the long-lived ones.
-            self._leases[id(adm)] = (adm, time.monotonic())
+            adm.started = time.monotonic()
+            self._leases[id(adm)] = adm
             if self._keeper is None:
                 self._keeper = asyncio.get_running_loop().create_task(self._keep(), name="limits:leases")
         if not adm.allowed:
@@ -96,8 +105,13 @@ class Gatekeeper:
     async def done(self, adm: Admission, used: int | None, answered: bool) -> None:
         """Settle to real usage; without a usage report keep the estimate charged if a backend answered."""
         self._leases.pop(id(adm), None)
+        used = used if used is not None else (adm.estimate if answered else 0)
         try:
-            await self.store.finish(adm, used if used is not None else (adm.estimate if answered else 0))
+            if self.local:
+                self.store.settle_now(adm, used)  # type: ignore[attr-defined]
+                self.store.release_now(adm)  # type: ignore[attr-defined]
+            else:
+                await self.store.finish(adm, used)
         except Exception:  # the stores never raise by contract; a bug here must not fail the request's end
             log.exception("limits: settling request %s failed", adm.request_id)
 
@@ -105,8 +119,8 @@ class Gatekeeper:
         while True:
             await asyncio.sleep(LEASE_TTL / 3)
             old = time.monotonic() - LEASE_TTL / 3
-            for adm, since in list(self._leases.values()):
-                if since < old and id(adm) in self._leases:
+            for adm in list(self._leases.values()):
+                if adm.started < old and id(adm) in self._leases:
                     await self.store.refresh(adm)
 
     async def close(self) -> None:

@@ -77,7 +77,7 @@ class Identity:
     patterns: tuple[str, ...] = ("*",)
     limits: Limits | None = None
     team_limits: Limits | None = None
-    subjects: list = field(default_factory=list)  # type: ignore[type-arg]  # its limits (gateway/auth/enforce.py)
+    subjects: tuple = ()  # type: ignore[type-arg]  # its limits (gateway/auth/enforce.py)
     leased: bool = False                          # some subject has a concurrency limit
     _allowed: dict[str, bool] = field(default_factory=dict)
 

@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 WINDOW = 60.0  # seconds of the rpm/tpm sliding window
 LEASE_TTL = 300.0  # seconds a concurrency lease lives without a refresh
@@ -75,8 +75,7 @@ class Subject:
     limits: Limits
 
 
-@dataclass(frozen=True)
-class RateInfo:
+class RateInfo(NamedTuple):  # a tuple: made for every limited request, and a frozen dataclass is slow to make
     """One OpenAI header trio: the limit, what remains of it, seconds until the window is empty again."""
 
     limit: int
@@ -86,7 +85,11 @@ class RateInfo:
 
 def openai_duration(seconds: float) -> str:
     """Go's time.Duration text, as OpenAI's x-ratelimit-reset-* headers use: "17ms", "1s", "6m0s", "1.5s"."""
-    ms = max(0, math.ceil(seconds * 1000 - 1e-6))
+    return duration_ms(math.ceil(seconds * 1000 - 1e-6))
+
+
+def duration_ms(ms: int) -> str:
+    ms = max(0, ms)
     if ms == 0:
         return "0s"
     if ms < 1000:
@@ -97,7 +100,24 @@ def openai_duration(seconds: float) -> str:
     return f"{h}h{m}m{s}s" if h else f"{m}m{s}s" if m else f"{s}s"
 
 
-@dataclass
+_pairs: dict[bytes, dict[int, tuple[bytes, bytes]]] = {}
+
+
+def _pair(name: bytes, value: int, duration: bool = False) -> tuple[bytes, bytes]:
+    """A header (name, value) remembered per value: a limit is the same on every answer, and so is nearly
+    every reset (an admitted request's is the window: its own admission is the newest)."""
+    known = _pairs.get(name)
+    if known is None:
+        known = _pairs[name] = {}
+    pair = known.get(value)
+    if pair is None:
+        if len(known) >= 4096:
+            known.clear()
+        pair = known[value] = (name, duration_ms(value).encode() if duration else b"%d" % value)
+    return pair
+
+
+@dataclass(slots=True)
 class Admission:
     allowed: bool
     limit_name: str | None = None  # which limit refused; "unavailable" when the store is down (fail-closed)
@@ -115,14 +135,15 @@ class Admission:
     month: int = 0  # year * 12 + month - 1 of admission
     settled: bool = False
     released: bool = False
+    started: float = 0.0  # monotonic time of admission, for the lease refresh of long requests (enforce.py)
     handle: Any = field(default=None, repr=False)  # store-private
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
         for names, info in ((REQUEST_HEADERS, self.requests), (TOKEN_HEADERS, self.tokens)):
             if info is not None:
-                out += [(names[0], b"%d" % info.limit), (names[1], b"%d" % max(0, info.remaining)),
-                        (names[2], openai_duration(info.reset).encode())]
+                out += (_pair(names[0], info.limit), (names[1], b"%d" % max(0, info.remaining)),
+                        _pair(names[2], math.ceil(info.reset * 1000 - 1e-6), True))
         if not self.allowed:
             out.append((b"retry-after", str(max(1, math.ceil(self.retry_after - 1e-6))).encode()))
         return out
@@ -220,6 +241,7 @@ class MemoryLimitStore:
         self.window, self.lease_ttl, self.clock = window, lease_ttl, clock
         self._states: dict[str, _State] = {}
         self._seq = 0
+        self._keys: tuple[tuple[str, int], ...] = (("d", -1), ("m", -1))
 
     def _prune(self, st: _State, now: float) -> None:
         cut = now - self.window
@@ -232,7 +254,7 @@ class MemoryLimitStore:
             st.leases = {t: e for t, e in st.leases.items() if e > now}
             st.next_expiry = min(st.leases.values(), default=math.inf)
 
-    def _check(self, sub: Subject, st: _State, est: int, now: float, day: int, month: int,
+    def _check(self, sub: Subject, st: _State, est: int, now: float, keys: tuple[tuple[str, int], ...],
                to_midnight: float, to_month: float) -> Refusal | None:
         lim, bad = sub.limits, None
         if lim.rpm is not None and len(st.times) >= lim.rpm:
@@ -250,58 +272,89 @@ class MemoryLimitStore:
         if lim.concurrency is not None and len(st.leases) >= lim.concurrency:
             soonest = min(st.leases.values(), default=now + 1.0)
             bad = worst(bad, Refusal("concurrency", sub.id, min(1.0, soonest - now), lim.concurrency == 0))
-        for name, q, key, retry in (("tokens_per_day", lim.tokens_per_day, ("d", day), to_midnight),
-                                    ("tokens_per_month", lim.tokens_per_month, ("m", month), to_month)):
-            if q is not None and st.quota.get(key, 0) + est > q:
-                bad = worst(bad, Refusal(name, sub.id, retry, est > q))
+        q = lim.tokens_per_day
+        if q is not None and st.quota.get(keys[0], 0) + est > q:
+            bad = worst(bad, Refusal("tokens_per_day", sub.id, to_midnight, est > q))
+        q = lim.tokens_per_month
+        if q is not None and st.quota.get(keys[1], 0) + est > q:
+            bad = worst(bad, Refusal("tokens_per_month", sub.id, to_month, est > q))
         return bad
 
-    def acquire_now(self, subjects: list[Subject], estimate_tokens: int, request_id: str) -> Admission:
-        now, est, subjects = self.clock(), max(0, estimate_tokens), distinct(subjects)
+    def acquire_now(self, subjects: list[Subject] | tuple[Subject, ...], estimate_tokens: int,
+                    request_id: str) -> Admission:
+        # The request path's cost (bench/auth.py): no object per subject beyond its handle, nothing built that
+        # an admitted request does not need.
+        now, est = self.clock(), max(0, estimate_tokens)
+        if len(subjects) > 1 and (len(subjects) > 2 or subjects[0].id == subjects[1].id):
+            subjects = tuple(distinct(list(subjects)))
         day, month, to_midnight, to_month = periods(now)
-        states = [self._states.setdefault(s.id, _State()) for s in subjects]
+        keys = self._keys
+        if keys[0][1] != day or keys[1][1] != month:
+            keys = self._keys = (("d", day), ("m", month))  # the quota counters' keys, made once a day
+        states = []
         bad: Refusal | None = None
-        for sub, st in zip(subjects, states):
+        for sub in subjects:
+            st = self._states.get(sub.id)
+            if st is None:
+                st = self._states[sub.id] = _State()
+            states.append(st)
             self._prune(st, now)
-            refusal = self._check(sub, st, est, now, day, month, to_midnight, to_month)
+            refusal = self._check(sub, st, est, now, keys, to_midnight, to_month)
             if refusal is not None:
                 bad = worst(bad, refusal)
         self._seq += 1
-        adm = Admission(allowed=bad is None, request_id=request_id, estimate=est, subjects=tuple(subjects),
+        adm = Admission(bad is None, request_id=request_id, estimate=est,
+                        subjects=subjects if type(subjects) is tuple else tuple(subjects),
                         token=f"{request_id}#{self._seq}", day=day, month=month)
         if bad is not None:
             adm.limit_name, adm.subject_id, adm.retry_after, adm.exceeds_limit = (
                 bad.name, bad.subject_id, max(0.0, bad.retry), bad.exceeds)
-        reqs: list[RateInfo] = []
-        toks: list[RateInfo] = []
+        reqs: RateInfo | None = None
+        toks: RateInfo | None = None
         handle = []
+        window = self.window
         for sub, st in zip(subjects, states):
             lim = sub.limits
             entry = -1  # its admission number in the window
-            if adm.allowed:
-                if lim.windowed():
+            if bad is None:
+                if lim.rpm is not None or lim.tpm is not None:
                     entry = st.base + len(st.times)
                     amount = est if lim.tpm is not None else 0
                     st.times.append(now)
                     st.amounts.append(amount)
                     st.tokens += amount
                 if lim.concurrency is not None:
-                    st.leases[adm.token] = now + self.lease_ttl
-                    st.next_expiry = min(st.next_expiry, now + self.lease_ttl)
-                for key, q in ((("d", day), lim.tokens_per_day), (("m", month), lim.tokens_per_month)):
-                    if q is not None:
-                        if key not in st.quota:  # a new period: one over for a day is no longer settled into
-                            for old in [k for k in st.quota if k[0] == key[0] and k[1] < key[1] - 1]:
-                                del st.quota[old]
-                        st.quota[key] = st.quota.get(key, 0) + est
+                    expiry = now + self.lease_ttl
+                    st.leases[adm.token] = expiry
+                    if expiry < st.next_expiry:
+                        st.next_expiry = expiry
+                if lim.tokens_per_day is not None:
+                    self._charge(st, keys[0], est)
+                if lim.tokens_per_month is not None:
+                    self._charge(st, keys[1], est)
             handle.append((sub, st, entry))
-            reset = st.times[-1] + self.window - now if st.times else 0.0
+            times = st.times
+            reset = times[-1] + window - now if times else 0.0
             if lim.rpm is not None:
-                reqs.append(RateInfo(lim.rpm, lim.rpm - len(st.times), reset))
+                info = RateInfo(lim.rpm, lim.rpm - len(times), reset)
+                if reqs is None or info.remaining < reqs.remaining:
+                    reqs = info
             if lim.tpm is not None:
-                toks.append(RateInfo(lim.tpm, lim.tpm - st.tokens, reset))
-        adm.requests, adm.tokens, adm.handle = tightest(reqs), tightest(toks), handle
+                info = RateInfo(lim.tpm, lim.tpm - st.tokens, reset)
+                if toks is None or info.remaining < toks.remaining:
+                    toks = info
+        adm.requests, adm.tokens, adm.handle = reqs, toks, handle
         return adm
+
+    @staticmethod
+    def _charge(st: _State, key: tuple[str, int], est: int) -> None:
+        quota = st.quota
+        if key not in quota:  # a new period: one over for a day is no longer settled into
+            for old in [k for k in quota if k[0] == key[0] and k[1] < key[1] - 1]:
+                del quota[old]
+            quota[key] = est
+        else:
+            quota[key] += est
 
     def settle_now(self, adm: Admission, used_tokens: int) -> None:
         if not adm.allowed or adm.settled or adm.handle is None:
