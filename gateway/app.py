@@ -3,6 +3,7 @@
     client -> GatewayApp (raw ASGI)
                 ├─ POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses -> api.proxy.ProxyEndpoint
                 │     auth -> body -> routing fields -> route -> balancer -> adapter -> upstream -> relay
+                ├─ /api/version, /api/tags, POST /api/chat (Ollama's API) -> fronts.ollama, onto the chat path
                 └─ everything else -> FastAPI: /v1/models, /healthz, /readyz, /metrics, /admin/backends
     lifespan: upstream client pool, autodiscovery (zero-config), first probe round, health monitor
 """
@@ -29,6 +30,7 @@ from gateway.api.cors import Cors
 from gateway.api.proxy import ProxyEndpoint
 from gateway.autodiscover import Autodiscovery
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.fronts.ollama import OllamaFront
 from gateway.health import HealthMonitor
 from gateway.passive_health import PassiveHealth
 from gateway.runtime import Gateway
@@ -54,6 +56,9 @@ class GatewayApp:
             handler = ProxyEndpoint(gw, ep, slots, health)
             self.hot["/v1" + path] = handler
             self.hot[path] = handler  # clients configured with a base URL lacking /v1
+        # Other clients' protocols, translated onto the chat path (looked up only when no hot path matched).
+        ollama = OllamaFront(gw, self.hot["/v1/chat/completions"])
+        self.fronts: dict[str, Any] = dict.fromkeys(OllamaFront.paths, ollama)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.cors is not None and scope["type"] == "http" and (origin := self.cors.applies(scope)) is not None:
@@ -68,6 +73,9 @@ class GatewayApp:
                 return await send_error(send, GatewayError(
                     f"Method {scope['method']} is not allowed here; use POST.", status=405,
                     type="invalid_request_error", code="method_not_allowed", headers={"Allow": "POST"}))
+            front = self.fronts.get(scope["path"])
+            if front is not None:
+                return await front(scope, receive, send)
         await self.api(scope, receive, send)
 
 

@@ -1,0 +1,190 @@
+"""The Ollama-compatible front: `GET /api/version`, `GET /api/tags`, `POST /api/chat` for every backend
+behind the gateway, so clients that only speak Ollama's API (the `ollama` Python client, editor and desktop
+apps) reach vLLM, llama.cpp, TGI, FastChat and RWKV-Runner backends too.
+
+A chat request is translated (gateway/fronts/ollama_translate.py) and served by the gateway's own chat
+completions handler, with the client's headers: keys, limits, routing, retries, health and metrics are
+the chat path's. Its answer is translated back as it arrives (SSE -> NDJSON); errors keep their status
+and take Ollama's shape, `{"error": "<message>"}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gateway.api.asgi import BodyRead, Receive, Scope, Send, header, is_json_media_type
+from gateway.errors import GatewayError, InvalidRequest, Unauthorized, UnsupportedMediaType
+from gateway.fronts.ollama_translate import ChatStream, chat_answer, chat_request
+from gateway.protocol import parse_body
+from gateway.runtime import Gateway
+
+VERSION = "0.32.15"  # the Ollama release whose API this front follows (deploy/recipes/ollama.yaml)
+NDJSON = b"application/x-ndjson"
+PASSED_HEADERS = (b"x-request-id", b"x-llm-gateway-backend", b"retry-after", b"x-ratelimit-", b"access-control-")
+CHAT_PATH = "/v1/chat/completions"
+
+
+def _error_body(status: int, raw: bytes) -> bytes:
+    doc = parse_json(raw)
+    err = doc.get("error") if isinstance(doc, dict) else None
+    message = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
+    return orjson.dumps({"error": message or f"HTTP {status}"})
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def send_ollama(send: Send, status: int, doc: Any, extra: list[tuple[bytes, bytes]] | None = None,
+                      head: bool = False) -> None:
+    body = orjson.dumps(doc)
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json; charset=utf-8"), (b"content-length", b"%d" % len(body)),
+        *(extra or [])]})
+    await send({"type": "http.response.body", "body": b"" if head else body, "more_body": False})
+
+
+class ChatRelay:
+    """The `send` the chat handler answers into: its answer goes on to the client translated."""
+
+    def __init__(self, send: Send, model: str, started: float) -> None:
+        self.send, self.model, self.started = send, model, started
+        self.status = 200
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.stream: ChatStream | None = None  # set once an SSE answer started
+        self.buffer = bytearray()
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            hdrs = message.get("headers") or []
+            self.headers = [(k, v) for k, v in hdrs if k.lower().startswith(PASSED_HEADERS)]
+            ctype = next((v for k, v in hdrs if k.lower() == b"content-type"), b"")
+            if self.status == 200 and ctype.startswith(b"text/event-stream"):
+                self.stream = ChatStream(self.model, self.started)
+                await self.send({"type": "http.response.start", "status": 200,
+                                 "headers": [(b"content-type", NDJSON), *self.headers]})
+            return
+        if message["type"] != "http.response.body":
+            return
+        self.buffer += message.get("body", b"")
+        more = message.get("more_body", False)
+        if self.stream is None:  # one JSON answer (or error): translated whole
+            if more:
+                return
+            raw = bytes(self.buffer)
+            if self.status >= 400:
+                body = _error_body(self.status, raw)
+            else:
+                doc = parse_json(raw)
+                body = orjson.dumps(chat_answer(doc if isinstance(doc, dict) else {}, self.model, self.started))
+            await self.send({"type": "http.response.start", "status": self.status, "headers": [
+                (b"content-type", b"application/json; charset=utf-8"), (b"content-length", b"%d" % len(body)),
+                *self.headers]})
+            await self.send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        out = self._events(more)
+        if out or not more:
+            await self.send({"type": "http.response.body", "body": out, "more_body": more})
+
+    def _events(self, more: bool) -> bytes:
+        assert self.stream is not None
+        out = b""
+        *lines, rest = bytes(self.buffer).split(b"\n")
+        self.buffer = bytearray(rest if more else b"")
+        if not more and rest:
+            lines.append(rest)
+        for line in lines:
+            if not line.startswith(b"data:") or self.stream.ended:
+                continue  # comments (keepalives), blank separators, `event:` lines
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                out += self.stream.end()
+                continue
+            doc = parse_json(data)
+            if not isinstance(doc, dict):
+                continue
+            if "error" in doc:  # an error after the answer started: Ollama's in-stream error line
+                self.stream.ended = True
+                out += _error_body(500, data) + b"\n"
+                continue
+            out += self.stream.chunk(doc)
+        if not more:
+            out += self.stream.end()
+        return out
+
+
+class OllamaFront:
+    paths = frozenset({"/api/version", "/api/tags", "/api/chat"})
+
+    def __init__(self, gw: Gateway, chat: Any) -> None:
+        self.gw, self.chat_handler = gw, chat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        try:
+            if path == "/api/version":
+                self._method(method, ("GET", "HEAD"))
+                return await send_ollama(send, 200, {"version": VERSION}, head=method == "HEAD")
+            if path == "/api/tags":
+                self._method(method, ("GET", "HEAD"))
+                return await send_ollama(send, 200, self._tags(scope), head=method == "HEAD")
+            self._method(method, ("POST",))
+            await self._chat(scope, receive, send)
+        except GatewayError as err:
+            await send_ollama(send, err.status, {"error": err.message},
+                              [(k.lower().encode(), v.encode()) for k, v in err.headers.items()])
+
+    @staticmethod
+    def _method(method: str, allowed: tuple[str, ...]) -> None:
+        if method not in allowed:
+            raise GatewayError(f"Method {method} is not allowed here; use {' or '.join(allowed)}.", status=405,
+                               code="method_not_allowed", headers={"Allow": ", ".join(allowed)})
+
+    def _tags(self, scope: Scope) -> dict[str, Any]:
+        gw = self.gw
+        ident = None
+        if gw.api_keys:
+            ident = gw.keys.identify(header(scope, b"authorization") or header(scope, b"x-api-key"))
+            if ident is None:
+                raise Unauthorized("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.")
+        since = datetime.fromtimestamp(gw.started_at, UTC).isoformat().replace("+00:00", "Z")
+        details = {"parent_model": "", "format": "", "family": "", "families": None, "parameter_size": "",
+                   "quantization_level": ""}
+        return {"models": [{"name": r.name, "model": r.name, "modified_at": since, "size": 0,
+                            "digest": hashlib.sha256(r.name.encode()).hexdigest(), "details": details}
+                           for r in gw.table.routes if ident is None or ident.allows(r.name)]}
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        ctype = header(scope, b"content-type")
+        if ctype is not None and not is_json_media_type(ctype):
+            # a cross-site page can send a form or text/plain without asking first, never JSON
+            raise UnsupportedMediaType("Send the request body as JSON (with curl: -H 'Content-Type: "
+                                       "application/json', or no Content-Type at all).")
+        raw = await BodyRead(None).read(scope, receive, self.gw.max_body)
+        chat, _ = chat_request(parse_body(raw))
+        body = orjson.dumps(chat)
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        inner = {**scope, "path": CHAT_PATH, "raw_path": CHAT_PATH.encode(), "headers": [
+            *headers, (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]}
+        delivered = False
+
+        async def inner_receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # the client's own: a disconnect still cancels the upstream request
+
+        if not isinstance(chat.get("model"), str):
+            raise InvalidRequest("model is required", param="model")
+        await self.chat_handler(inner, inner_receive, ChatRelay(send, chat["model"], started))
