@@ -3,7 +3,7 @@
     client -> GatewayApp (raw ASGI)
                 ├─ POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses -> api.proxy.ProxyEndpoint
                 │     auth -> body -> routing fields -> route -> balancer -> adapter -> upstream -> relay
-                ├─ /api/version, /api/tags, POST /api/chat (Ollama's API) -> fronts.ollama, onto the chat path
+                ├─ /api/* (Ollama's API: version, tags, show, chat, generate, embed) -> fronts.ollama, onto the above
                 └─ everything else -> FastAPI: /v1/models, /healthz, /readyz, /metrics, /admin/backends
     lifespan: upstream client pool, autodiscovery (zero-config), first probe round, health monitor
 """
@@ -57,7 +57,7 @@ class GatewayApp:
             self.hot["/v1" + path] = handler
             self.hot[path] = handler  # clients configured with a base URL lacking /v1
         # Other clients' protocols, translated onto the chat path (looked up only when no hot path matched).
-        ollama = OllamaFront(gw, self.hot["/v1/chat/completions"])
+        ollama = OllamaFront(gw, self.hot)
         self.fronts: dict[str, Any] = dict.fromkeys(OllamaFront.paths, ollama)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -138,3 +138,42 @@ def test_keys_apply_to_the_front(spawn: Spawner, client: Callable[..., ollama.Cl
     assert [m.model for m in keyed.list().models] == ["m-keyed"]
     assert keyed.chat(model="m-keyed", messages=[{"role": "user", "content": "hi"}]).message.content
     assert KEY not in gw.proc.output()
+
+
+@pytest.mark.parametrize("kind", ["llamacpp", "vllm"])
+def test_generate_one_answer_streamed_and_raw(front: dict[str, Any], kind: str,
+                                              client: Callable[..., ollama.Client]) -> None:
+    model = front["models"][kind]
+    c = client(front["gw"])
+    opts = {"temperature": 0, "num_predict": 6, "seed": 1}
+    whole = c.generate(model=model, prompt="Once upon a time", system="Be brief.", options=opts)
+    assert whole.model == model and whole.done and whole.response and whole.eval_count
+    parts = list(c.generate(model=model, prompt="Once upon a time", system="Be brief.", options=opts, stream=True))
+    assert parts[-1].done and "".join(p.response for p in parts) == whole.response
+    raw = c.generate(model=model, prompt="Once upon a time", raw=True, options=opts)
+    assert raw.done and raw.response
+    if kind == "vllm":  # which path each took, as the backend saw it
+        sent = front["vllm"].requests()
+        assert sent[-1]["path"] == "/v1/completions" and sent[-1]["body"]["prompt"] == "Once upon a time"
+        assert sent[-2]["path"] == "/v1/chat/completions" and sent[-2]["body"]["messages"] == [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Once upon a time"}]
+    # an empty prompt: Ollama's preload, answered at once
+    assert c.generate(model=model).done_reason == "load"
+    with pytest.raises(ollama.ResponseError) as e:
+        c.generate(model=model, prompt="x", template="{{ .Prompt }}")
+    assert e.value.status_code == 400 and "template" in e.value.error
+
+
+def test_embed_and_show(front: dict[str, Any], client: Callable[..., ollama.Client]) -> None:
+    c = client(front["gw"])
+    got = c.embed(model="m-vllm", input=["one", "two"])
+    assert len(got.embeddings) == 2 and all(len(v) > 0 and isinstance(v[0], float) for v in got.embeddings)
+    assert front["vllm"].requests()[-1]["body"] == {"model": "m-vllm", "input": ["one", "two"]}
+    assert c.embed(model="m-vllm", input="").embeddings == []
+    shown = c.show("m-vllm")
+    assert "completion" in (shown.capabilities or []) and "embedding" in (shown.capabilities or [])
+    tgi = c.show(front["models"]["tgi"])
+    assert "embedding" not in (tgi.capabilities or [])  # TGI serves no embeddings
+    with pytest.raises(ollama.ResponseError) as e:
+        c.show("no-such-model")
+    assert e.value.status_code == 404 and "no-such-model" in e.value.error

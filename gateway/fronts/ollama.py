@@ -18,8 +18,10 @@ from typing import Any
 import orjson
 
 from gateway.api.asgi import BodyRead, Receive, Scope, Send, header, is_json_media_type
-from gateway.errors import GatewayError, InvalidRequest, Unauthorized, UnsupportedMediaType
-from gateway.fronts.ollama_translate import ChatStream, chat_answer, chat_request
+from gateway.errors import GatewayError, Unauthorized, UnsupportedMediaType
+from gateway.backends import NEED_CHAT, NEED_EMBEDDINGS, NEED_TOOLS
+from gateway.fronts.ollama_translate import (ChatStream, chat_answer, chat_request, embed_answer, embed_request,
+                                             generate_request, now_rfc3339)
 from gateway.protocol import parse_body
 from gateway.runtime import Gateway
 
@@ -27,6 +29,8 @@ VERSION = "0.32.15"  # the Ollama release whose API this front follows (deploy/r
 NDJSON = b"application/x-ndjson"
 PASSED_HEADERS = (b"x-request-id", b"x-llm-gateway-backend", b"retry-after", b"x-ratelimit-", b"access-control-")
 CHAT_PATH = "/v1/chat/completions"
+DETAILS = {"parent_model": "", "format": "", "family": "", "families": None, "parameter_size": "",
+           "quantization_level": ""}  # what a model's weights are is the backend's business, unknown here
 
 
 def _error_body(status: int, raw: bytes) -> bytes:
@@ -55,8 +59,8 @@ async def send_ollama(send: Send, status: int, doc: Any, extra: list[tuple[bytes
 class ChatRelay:
     """The `send` the chat handler answers into: its answer goes on to the client translated."""
 
-    def __init__(self, send: Send, model: str, started: float) -> None:
-        self.send, self.model, self.started = send, model, started
+    def __init__(self, send: Send, model: str, started: float, mode: str = "chat") -> None:
+        self.send, self.model, self.started, self.mode = send, model, started, mode  # chat, generate, embed
         self.status = 200
         self.headers: list[tuple[bytes, bytes]] = []
         self.stream: ChatStream | None = None  # set once an SSE answer started
@@ -69,7 +73,7 @@ class ChatRelay:
             self.headers = [(k, v) for k, v in hdrs if k.lower().startswith(PASSED_HEADERS)]
             ctype = next((v for k, v in hdrs if k.lower() == b"content-type"), b"")
             if self.status == 200 and ctype.startswith(b"text/event-stream"):
-                self.stream = ChatStream(self.model, self.started)
+                self.stream = ChatStream(self.model, self.started, generate=self.mode == "generate")
                 await self.send({"type": "http.response.start", "status": 200,
                                  "headers": [(b"content-type", NDJSON), *self.headers]})
             return
@@ -85,7 +89,9 @@ class ChatRelay:
                 body = _error_body(self.status, raw)
             else:
                 doc = parse_json(raw)
-                body = orjson.dumps(chat_answer(doc if isinstance(doc, dict) else {}, self.model, self.started))
+                doc = doc if isinstance(doc, dict) else {}
+                body = orjson.dumps(embed_answer(doc, self.model, self.started) if self.mode == "embed" else
+                                    chat_answer(doc, self.model, self.started, generate=self.mode == "generate"))
             await self.send({"type": "http.response.start", "status": self.status, "headers": [
                 (b"content-type", b"application/json; charset=utf-8"), (b"content-length", b"%d" % len(body)),
                 *self.headers]})
@@ -123,10 +129,10 @@ class ChatRelay:
 
 
 class OllamaFront:
-    paths = frozenset({"/api/version", "/api/tags", "/api/chat"})
+    paths = frozenset({"/api/version", "/api/tags", "/api/show", "/api/chat", "/api/generate", "/api/embed"})
 
-    def __init__(self, gw: Gateway, chat: Any) -> None:
-        self.gw, self.chat_handler = gw, chat
+    def __init__(self, gw: Gateway, hot: dict[str, Any]) -> None:
+        self.gw, self.hot = gw, hot  # the chat path's handlers, by path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -138,7 +144,9 @@ class OllamaFront:
                 self._method(method, ("GET", "HEAD"))
                 return await send_ollama(send, 200, self._tags(scope), head=method == "HEAD")
             self._method(method, ("POST",))
-            await self._chat(scope, receive, send)
+            if path == "/api/show":
+                return await send_ollama(send, 200, self._show(await self._body(scope, receive), scope))
+            await self._translated(path, scope, receive, send)
         except GatewayError as err:
             await send_ollama(send, err.status, {"error": err.message},
                               [(k.lower().encode(), v.encode()) for k, v in err.headers.items()])
@@ -149,42 +157,80 @@ class OllamaFront:
             raise GatewayError(f"Method {method} is not allowed here; use {' or '.join(allowed)}.", status=405,
                                code="method_not_allowed", headers={"Allow": ", ".join(allowed)})
 
-    def _tags(self, scope: Scope) -> dict[str, Any]:
+    def _ident(self, scope: Scope) -> Any:
+        """The caller's key identity (None without keys); 401 when keys are set and this is not one."""
         gw = self.gw
-        ident = None
-        if gw.api_keys:
-            ident = gw.keys.identify(header(scope, b"authorization") or header(scope, b"x-api-key"))
-            if ident is None:
-                raise Unauthorized("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.")
+        if not gw.api_keys:
+            return None
+        ident = gw.keys.identify(header(scope, b"authorization") or header(scope, b"x-api-key"))
+        if ident is None:
+            raise Unauthorized("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.")
+        return ident
+
+    def _tags(self, scope: Scope) -> dict[str, Any]:
+        gw, ident = self.gw, self._ident(scope)
         since = datetime.fromtimestamp(gw.started_at, UTC).isoformat().replace("+00:00", "Z")
-        details = {"parent_model": "", "format": "", "family": "", "families": None, "parameter_size": "",
-                   "quantization_level": ""}
         return {"models": [{"name": r.name, "model": r.name, "modified_at": since, "size": 0,
-                            "digest": hashlib.sha256(r.name.encode()).hexdigest(), "details": details}
+                            "digest": hashlib.sha256(r.name.encode()).hexdigest(), "details": DETAILS}
                            for r in gw.table.routes if ident is None or ident.allows(r.name)]}
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
+    def _show(self, body: Any, scope: Scope) -> dict[str, Any]:
+        ident = self._ident(scope)
+        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        route = self.gw.table.by_name.get(name) if isinstance(name, str) else None
+        if route is None or (ident is not None and not ident.allows(route.name)):
+            raise GatewayError(f"model '{name}' not found", status=404, code="model_not_found")
+        mask = 0
+        for d in route.deployments:
+            mask |= d.backend.capmask
+        caps = [c for c, bit in (("completion", NEED_CHAT), ("tools", NEED_TOOLS), ("embedding", NEED_EMBEDDINGS))
+                if mask & bit]
+        info: dict[str, Any] = {"general.architecture": "", "general.basename": route.name}
+        if route.context_length:
+            info["context_length"] = route.context_length
+        return {"modelfile": "", "parameters": "", "template": "", "details": DETAILS, "model_info": info,
+                "capabilities": caps, "modified_at": now_rfc3339()}
+
+    async def _body(self, scope: Scope, receive: Receive) -> Any:
         ctype = header(scope, b"content-type")
         if ctype is not None and not is_json_media_type(ctype):
             # a cross-site page can send a form or text/plain without asking first, never JSON
             raise UnsupportedMediaType("Send the request body as JSON (with curl: -H 'Content-Type: "
                                        "application/json', or no Content-Type at all).")
-        raw = await BodyRead(None).read(scope, receive, self.gw.max_body)
-        chat, _ = chat_request(parse_body(raw))
-        body = orjson.dumps(chat)
+        return parse_body(await BodyRead(None).read(scope, receive, self.gw.max_body))
+
+    async def _translated(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """/api/chat, /api/generate, /api/embed: translated, then served by the chat path's own handler."""
+        started = time.perf_counter()
+        body = await self._body(scope, receive)
+        mode = path.rsplit("/", 1)[1]
+        if mode == "chat":
+            target, out = CHAT_PATH, chat_request(body)[0]
+        elif mode == "generate":
+            target, maybe, stream = generate_request(body)
+            if maybe is None:  # an empty prompt: Ollama would load the model; the backends are loaded already
+                self._ident(scope)
+                done = {"model": body["model"], "created_at": now_rfc3339(), "response": "", "done": True,
+                        "done_reason": "load"}
+                return await send_ollama(send, 200, done)
+            out = maybe
+        else:
+            target, maybe = "/v1/embeddings", embed_request(body)
+            if maybe is None:
+                self._ident(scope)
+                return await send_ollama(send, 200, {"model": body["model"], "embeddings": []})
+            out = maybe
+        raw = orjson.dumps(out)
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
-        inner = {**scope, "path": CHAT_PATH, "raw_path": CHAT_PATH.encode(), "headers": [
-            *headers, (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]}
+        inner = {**scope, "path": target, "raw_path": target.encode(), "headers": [
+            *headers, (b"content-type", b"application/json"), (b"content-length", b"%d" % len(raw))]}
         delivered = False
 
         async def inner_receive() -> dict[str, Any]:
             nonlocal delivered
             if not delivered:
                 delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": raw, "more_body": False}
             return await receive()  # the client's own: a disconnect still cancels the upstream request
 
-        if not isinstance(chat.get("model"), str):
-            raise InvalidRequest("model is required", param="model")
-        await self.chat_handler(inner, inner_receive, ChatRelay(send, chat["model"], started))
+        await self.hot[target](inner, inner_receive, ChatRelay(send, out["model"], started, mode))

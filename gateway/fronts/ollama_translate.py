@@ -155,12 +155,18 @@ def _done_fields(finish: str | None, usage: dict[str, Any] | None, started: floa
     return out
 
 
-def chat_answer(doc: dict[str, Any], model: str, started: float) -> dict[str, Any]:
-    """A chat completion as Ollama's non-stream /api/chat answer."""
+def chat_answer(doc: dict[str, Any], model: str, started: float, generate: bool = False) -> dict[str, Any]:
+    """A chat completion (or, for /api/generate, a completion) as Ollama's non-stream answer."""
     choice = (doc.get("choices") or [{}])[0]
     m = choice.get("message") or {}
-    message: dict[str, Any] = {"role": "assistant", "content": m.get("content") or ""}
+    text = m.get("content") or choice.get("text") or ""
     thinking = m.get("reasoning_content") or m.get("reasoning")
+    if generate:
+        out: dict[str, Any] = {"model": model, "created_at": now_rfc3339(), "response": text}
+        if thinking:
+            out["thinking"] = thinking
+        return {**out, **_done_fields(choice.get("finish_reason"), doc.get("usage"), started)}
+    message: dict[str, Any] = {"role": "assistant", "content": text}
     if thinking:
         message["thinking"] = thinking
     if m.get("tool_calls"):
@@ -170,18 +176,24 @@ def chat_answer(doc: dict[str, Any], model: str, started: float) -> dict[str, An
 
 
 class ChatStream:
-    """OpenAI chat completion chunks in, Ollama NDJSON lines out. Tool call pieces are gathered and sent
-    whole, as Ollama does, once the answer says they are complete."""
+    """OpenAI chat completion (or completion) chunks in, Ollama NDJSON lines out: `message` lines for
+    /api/chat, `response` lines for /api/generate. Tool call pieces are gathered and sent whole, as Ollama
+    does, once the answer says they are complete."""
 
-    def __init__(self, model: str, started: float) -> None:
-        self.model, self.started = model, started
+    def __init__(self, model: str, started: float, generate: bool = False) -> None:
+        self.model, self.started, self.generate = model, started, generate
         self.calls: dict[int, dict[str, Any]] = {}
         self.finish: str | None = None
         self.usage: dict[str, Any] | None = None
         self.ended = False
 
     def _line(self, message: dict[str, Any], **more: Any) -> bytes:
-        return orjson.dumps({"model": self.model, "created_at": now_rfc3339(), "message": message,
+        if self.generate:  # /api/generate: the text as `response` (and `thinking`) at the top level
+            body = {"response": message.get("content", ""), **({"thinking": message["thinking"]}
+                                                               if message.get("thinking") else {})}
+        else:
+            body = {"message": message}
+        return orjson.dumps({"model": self.model, "created_at": now_rfc3339(), **body,
                              **({"done": False} if not more else more)}) + b"\n"
 
     def chunk(self, doc: dict[str, Any]) -> bytes:
@@ -191,8 +203,9 @@ class ChatStream:
         for choice in doc.get("choices") or []:
             delta = choice.get("delta") or {}
             piece: dict[str, Any] = {}
-            if delta.get("content"):
-                piece["content"] = delta["content"]
+            text = delta.get("content") or choice.get("text")  # chat chunks, or completion chunks (raw)
+            if text:
+                piece["content"] = text
             thinking = delta.get("reasoning_content") or delta.get("reasoning")
             if thinking:
                 piece["thinking"] = thinking
@@ -221,3 +234,66 @@ class ChatStream:
                                "tool_calls": _tool_calls([self.calls[i] for i in sorted(self.calls)])})
         return out + self._line({"role": "assistant", "content": ""},
                                 **_done_fields(self.finish, self.usage, self.started))
+
+
+GENERATE_REFUSED = ("suffix", "template", "context")
+
+
+def generate_request(body: Any) -> tuple[str, dict[str, Any] | None, bool]:
+    """An Ollama /api/generate body as (path, OpenAI body, stream): a chat completion with the prompt as
+    the user's message (the backend applies the model's template, as Ollama does), or with `raw` a
+    completion of the prompt as is. None for an empty prompt: Ollama only loads the model then."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    refused = [k for k in GENERATE_REFUSED if body.get(k)]
+    if refused:
+        raise InvalidRequest(f"{', '.join(refused)} not supported through this gateway (the backend applies its "
+                             "own template; send messages to /api/chat for a conversation)", param=refused[0],
+                             code="unsupported_parameter")
+    prompt = body.get("prompt") or ""
+    if not isinstance(prompt, str):
+        raise InvalidRequest("prompt must be a string", param="prompt")
+    chat = {**body, "messages": [*([{"role": "system", "content": body["system"]}] if body.get("system") else []),
+                                 {"role": "user", "content": prompt,
+                                  **({"images": body["images"]} if body.get("images") else {})}]}
+    for k in ("prompt", "system", "images", "raw", "suffix", "template", "context"):
+        chat.pop(k, None)
+    out, stream = chat_request(chat)
+    if not prompt:
+        return "", None, stream
+    if body.get("raw"):
+        if body.get("system") or body.get("images"):
+            raise InvalidRequest("raw takes the prompt as is: no system or images", param="raw")
+        del out["messages"]
+        out["prompt"] = prompt
+        return "/v1/completions", out, stream
+    return "/v1/chat/completions", out, stream
+
+
+def embed_request(body: Any) -> dict[str, Any] | None:
+    """An Ollama /api/embed body as an OpenAI embeddings body (None for an empty input: Ollama answers
+    `embeddings: []` then)."""
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
+        raise InvalidRequest("model is required", param="model")
+    inp = body.get("input")
+    if inp in (None, "", []):
+        return None
+    if not (isinstance(inp, str) or (isinstance(inp, list) and all(isinstance(x, str) for x in inp))):
+        raise InvalidRequest("input must be a string or a list of strings", param="input")
+    if body.get("options"):
+        raise InvalidRequest(f"options not supported for embeddings through this gateway: "
+                             f"{', '.join(sorted(body['options']))}", param="options", code="unsupported_parameter")
+    out: dict[str, Any] = {"model": body["model"], "input": inp}
+    if body.get("dimensions"):
+        out["dimensions"] = body["dimensions"]
+    return out
+
+
+def embed_answer(doc: dict[str, Any], model: str, started: float) -> dict[str, Any]:
+    data = sorted(doc.get("data") or [], key=lambda d: d.get("index", 0))
+    out: dict[str, Any] = {"model": model, "embeddings": [d.get("embedding") for d in data],
+                           "total_duration": int((time.perf_counter() - started) * 1e9)}
+    prompt = (doc.get("usage") or {}).get("prompt_tokens")
+    if prompt:
+        out["prompt_eval_count"] = prompt
+    return out
