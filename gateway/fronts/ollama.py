@@ -17,12 +17,12 @@ from typing import Any
 
 import orjson
 
-from gateway.api.asgi import BodyRead, Receive, Scope, Send, header, is_json_media_type
-from gateway.errors import GatewayError, Unauthorized, UnsupportedMediaType
+from gateway.api.asgi import Receive, Scope, Send, header
+from gateway.errors import GatewayError, Unauthorized
 from gateway.backends import NEED_CHAT, NEED_EMBEDDINGS, NEED_TOOLS
+from gateway.fronts.bridge import SSELines, read_json, serve_as
 from gateway.fronts.ollama_translate import (ChatStream, chat_answer, chat_request, embed_answer, embed_request,
                                              generate_request, now_rfc3339)
-from gateway.protocol import parse_body
 from gateway.runtime import Gateway
 
 VERSION = "0.32.15"  # the Ollama release whose API this front follows (deploy/recipes/ollama.yaml)
@@ -65,6 +65,7 @@ class ChatRelay:
         self.headers: list[tuple[bytes, bytes]] = []
         self.stream: ChatStream | None = None  # set once an SSE answer started
         self.buffer = bytearray()
+        self.sse = SSELines()
 
     async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -79,39 +80,35 @@ class ChatRelay:
             return
         if message["type"] != "http.response.body":
             return
-        self.buffer += message.get("body", b"")
         more = message.get("more_body", False)
-        if self.stream is None:  # one JSON answer (or error): translated whole
-            if more:
-                return
-            raw = bytes(self.buffer)
-            if self.status >= 400:
-                body = _error_body(self.status, raw)
-            else:
-                doc = parse_json(raw)
-                doc = doc if isinstance(doc, dict) else {}
-                body = orjson.dumps(embed_answer(doc, self.model, self.started) if self.mode == "embed" else
-                                    chat_answer(doc, self.model, self.started, generate=self.mode == "generate"))
-            await self.send({"type": "http.response.start", "status": self.status, "headers": [
-                (b"content-type", b"application/json; charset=utf-8"), (b"content-length", b"%d" % len(body)),
-                *self.headers]})
-            await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        if self.stream is not None:
+            out = self._events(message.get("body", b""), more)
+            if out or not more:
+                await self.send({"type": "http.response.body", "body": out, "more_body": more})
             return
-        out = self._events(more)
-        if out or not more:
-            await self.send({"type": "http.response.body", "body": out, "more_body": more})
+        self.buffer += message.get("body", b"")
+        # one JSON answer (or error): translated whole
+        if more:
+            return
+        raw = bytes(self.buffer)
+        if self.status >= 400:
+            body = _error_body(self.status, raw)
+        else:
+            doc = parse_json(raw)
+            doc = doc if isinstance(doc, dict) else {}
+            body = orjson.dumps(embed_answer(doc, self.model, self.started) if self.mode == "embed" else
+                                chat_answer(doc, self.model, self.started, generate=self.mode == "generate"))
+        await self.send({"type": "http.response.start", "status": self.status, "headers": [
+            (b"content-type", b"application/json; charset=utf-8"), (b"content-length", b"%d" % len(body)),
+            *self.headers]})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
-    def _events(self, more: bool) -> bytes:
+    def _events(self, chunk: bytes, more: bool) -> bytes:
         assert self.stream is not None
         out = b""
-        *lines, rest = bytes(self.buffer).split(b"\n")
-        self.buffer = bytearray(rest if more else b"")
-        if not more and rest:
-            lines.append(rest)
-        for line in lines:
-            if not line.startswith(b"data:") or self.stream.ended:
-                continue  # comments (keepalives), blank separators, `event:` lines
-            data = line[5:].strip()
+        for data in self.sse.feed(chunk, more):
+            if self.stream.ended:
+                continue
             if data == b"[DONE]":
                 out += self.stream.end()
                 continue
@@ -192,12 +189,7 @@ class OllamaFront:
                 "capabilities": caps, "modified_at": now_rfc3339()}
 
     async def _body(self, scope: Scope, receive: Receive) -> Any:
-        ctype = header(scope, b"content-type")
-        if ctype is not None and not is_json_media_type(ctype):
-            # a cross-site page can send a form or text/plain without asking first, never JSON
-            raise UnsupportedMediaType("Send the request body as JSON (with curl: -H 'Content-Type: "
-                                       "application/json', or no Content-Type at all).")
-        return parse_body(await BodyRead(None).read(scope, receive, self.gw.max_body))
+        return await read_json(self.gw, scope, receive)
 
     async def _translated(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """/api/chat, /api/generate, /api/embed: translated, then served by the chat path's own handler."""
@@ -220,17 +212,4 @@ class OllamaFront:
                 self._ident(scope)
                 return await send_ollama(send, 200, {"model": body["model"], "embeddings": []})
             out = maybe
-        raw = orjson.dumps(out)
-        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
-        inner = {**scope, "path": target, "raw_path": target.encode(), "headers": [
-            *headers, (b"content-type", b"application/json"), (b"content-length", b"%d" % len(raw))]}
-        delivered = False
-
-        async def inner_receive() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            return await receive()  # the client's own: a disconnect still cancels the upstream request
-
-        await self.hot[target](inner, inner_receive, ChatRelay(send, out["model"], started, mode))
+        await serve_as(self.hot[target], target, out, scope, receive, ChatRelay(send, out["model"], started, mode))
