@@ -4,6 +4,7 @@
                 ├─ POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses -> api.proxy.ProxyEndpoint
                 │     auth -> body -> routing fields -> route -> balancer -> adapter -> upstream -> relay
                 ├─ /api/* (Ollama's API: version, tags, show, chat, generate, embed) -> fronts.ollama, onto the above
+                ├─ POST /v1/messages (Anthropic's Messages API) -> fronts.anthropic, onto the chat path
                 └─ everything else -> FastAPI: /v1/models, /healthz, /readyz, /metrics, /admin/backends
     lifespan: upstream client pool, autodiscovery (zero-config), first probe round, health monitor
 """
@@ -30,6 +31,7 @@ from gateway.api.cors import Cors
 from gateway.api.proxy import ProxyEndpoint
 from gateway.autodiscover import Autodiscovery
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.fronts.anthropic import AnthropicFront
 from gateway.fronts.ollama import OllamaFront
 from gateway.health import HealthMonitor
 from gateway.passive_health import PassiveHealth
@@ -57,8 +59,9 @@ class GatewayApp:
             self.hot["/v1" + path] = handler
             self.hot[path] = handler  # clients configured with a base URL lacking /v1
         # Other clients' protocols, translated onto the chat path (looked up only when no hot path matched).
-        ollama = OllamaFront(gw, self.hot)
-        self.fronts: dict[str, Any] = dict.fromkeys(OllamaFront.paths, ollama)
+        ollama, anthropic = OllamaFront(gw, self.hot), AnthropicFront(gw, self.hot)
+        self.fronts: dict[str, Any] = {**dict.fromkeys(OllamaFront.paths, ollama),
+                                       **dict.fromkeys(AnthropicFront.paths, anthropic)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.cors is not None and scope["type"] == "http" and (origin := self.cors.applies(scope)) is not None:
