@@ -59,7 +59,14 @@ class GatewayApp:
             self.hot["/v1" + path] = handler
             self.hot[path] = handler  # clients configured with a base URL lacking /v1
         # Other clients' protocols, translated onto the chat path (looked up only when no hot path matched).
-        ollama, anthropic = OllamaFront(gw, self.hot), AnthropicFront(gw, self.hot)
+        def front(ep: Endpoint, label: str) -> ProxyEndpoint:  # its own handler: its own metrics label
+            return ProxyEndpoint(gw, ep, slots, health, label)
+
+        ollama = OllamaFront(gw, {"chat": front(Endpoint.CHAT, "ollama.chat"),
+                                  "generate": front(Endpoint.CHAT, "ollama.generate"),
+                                  "raw": front(Endpoint.COMPLETIONS, "ollama.generate"),
+                                  "embed": front(Endpoint.EMBEDDINGS, "ollama.embed")})
+        anthropic = AnthropicFront(gw, front(Endpoint.CHAT, "anthropic.messages"))
         self.fronts: dict[str, Any] = {**dict.fromkeys(OllamaFront.paths, ollama),
                                        **dict.fromkeys(AnthropicFront.paths, anthropic)}
 

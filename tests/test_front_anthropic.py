@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 
 from tests.backends_under_test import BackendUnderTest
@@ -146,3 +147,10 @@ def test_the_sdks_x_api_key_against_a_keyed_gateway(spawn: Spawner,
     assert e.value.body["error"]["type"] == "authentication_error"
     assert client(gw, KEY).messages.create(**ask).content[0].text  # sent as x-api-key by the SDK
     assert KEY not in gw.proc.output()
+
+
+def test_metrics_name_the_front(front: dict[str, Any], client: Callable[..., anthropic.Anthropic]) -> None:
+    client(front["gw"]).messages.create(model="m-vllm", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    text = httpx.get(front["gw"].url + "/metrics").text
+    assert ('llm_gateway_requests_total{backend="vllm",endpoint="anthropic.messages",model="m-vllm",status="200"}'
+            in text)

@@ -177,3 +177,15 @@ def test_embed_and_show(front: dict[str, Any], client: Callable[..., ollama.Clie
     with pytest.raises(ollama.ResponseError) as e:
         c.show("no-such-model")
     assert e.value.status_code == 404 and "no-such-model" in e.value.error
+
+
+def test_metrics_name_the_front(front: dict[str, Any], client: Callable[..., ollama.Client]) -> None:
+    c = client(front["gw"])
+    c.chat(model="m-vllm", messages=[{"role": "user", "content": "hi"}])
+    c.generate(model="m-vllm", prompt="hi")
+    c.generate(model="m-vllm", prompt="hi", raw=True)
+    c.embed(model="m-vllm", input="hi")
+    text = httpx.get(front["gw"].url + "/metrics").text
+    for label in ("ollama.chat", "ollama.generate", "ollama.embed"):
+        assert f'llm_gateway_requests_total{{backend="vllm",endpoint="{label}",model="m-vllm",status="200"}}' in text, \
+            label

@@ -39,10 +39,10 @@ LOGGED_BODY = 2048  # characters of a backend's 5xx text kept in the log
 
 class ProxyEndpoint:
     def __init__(self, gw: Gateway, endpoint: Endpoint, body_slots: BodySlots | None,
-                 health: PassiveHealth) -> None:
+                 health: PassiveHealth, label: str | None = None) -> None:
         self.gw = gw
         self.endpoint = endpoint
-        self.label = endpoint.value
+        self.label = label or endpoint.value  # the metrics' `endpoint`: a front's own (gateway/fronts/)
         self.responses = endpoint is Endpoint.RESPONSES  # its own usage shape and stream end (no [DONE])
         self.body_slots = body_slots  # shared by the inference endpoints of one gateway
         self.health = health

@@ -105,8 +105,8 @@ class MessagesRelay:
 class AnthropicFront:
     paths = frozenset({"/v1/messages"})
 
-    def __init__(self, gw: Gateway, hot: dict[str, Any]) -> None:
-        self.gw, self.hot = gw, hot
+    def __init__(self, gw: Gateway, chat: Any) -> None:
+        self.gw, self.chat = gw, chat  # a chat completions handler of its own (metrics: anthropic.messages)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -116,7 +116,7 @@ class AnthropicFront:
             body = await read_json(self.gw, scope, receive)
             chat = messages_request(body)
             stops = [s for s in body.get("stop_sequences") or [] if isinstance(s, str)]
-            await serve_as(self.hot[CHAT_PATH], CHAT_PATH, chat, scope, receive,
+            await serve_as(self.chat, CHAT_PATH, chat, scope, receive,
                            MessagesRelay(send, chat["model"], stops))
         except GatewayError as err:
             await send_doc(send, err.status, error_doc(err.status, err.message),

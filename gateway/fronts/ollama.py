@@ -128,8 +128,10 @@ class ChatRelay:
 class OllamaFront:
     paths = frozenset({"/api/version", "/api/tags", "/api/show", "/api/chat", "/api/generate", "/api/embed"})
 
-    def __init__(self, gw: Gateway, hot: dict[str, Any]) -> None:
-        self.gw, self.hot = gw, hot  # the chat path's handlers, by path
+    def __init__(self, gw: Gateway, handlers: dict[str, Any]) -> None:
+        # OpenAI-path handlers of its own (chat, generate, raw, embed), each counted under its own
+        # metrics label (ollama.chat, ollama.generate, ollama.embed)
+        self.gw, self.handlers = gw, handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -212,4 +214,5 @@ class OllamaFront:
                 self._ident(scope)
                 return await send_ollama(send, 200, {"model": body["model"], "embeddings": []})
             out = maybe
-        await serve_as(self.hot[target], target, out, scope, receive, ChatRelay(send, out["model"], started, mode))
+        handler = self.handlers["raw" if target == "/v1/completions" else mode]
+        await serve_as(handler, target, out, scope, receive, ChatRelay(send, out["model"], started, mode))
