@@ -15,20 +15,10 @@ import orjson
 from gateway.api.asgi import Receive, Scope, Send
 from gateway.errors import GatewayError
 from gateway.fronts.anthropic_translate import MessageStream, error_doc, event, message_answer, messages_request
-from gateway.fronts.bridge import SSELines, read_json, serve_as
+from gateway.fronts.bridge import Relay, error_message, read_json, serve_as
 from gateway.runtime import Gateway
 
 CHAT_PATH = "/v1/chat/completions"
-PASSED_HEADERS = (b"x-request-id", b"x-llm-gateway-backend", b"retry-after", b"x-ratelimit-", b"access-control-")
-
-
-def _message(raw: bytes, status: int) -> str:
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return f"HTTP {status}"
-    err = doc.get("error") if isinstance(doc, dict) else None
-    return (err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None) or f"HTTP {status}"
 
 
 async def send_doc(send: Send, status: int, doc: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -38,68 +28,45 @@ async def send_doc(send: Send, status: int, doc: Any, extra: list[tuple[bytes, b
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class MessagesRelay:
-    """The `send` the chat handler answers into: its answer goes on to the client as Anthropic's."""
+class MessagesRelay(Relay):
+    """Chat answers as Anthropic's: typed SSE events for a stream, one message (or error) otherwise."""
+
+    stream_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 
     def __init__(self, send: Send, model: str, stops: list[str]) -> None:
-        self.send, self.model, self.stops = send, model, stops
-        self.status = 200
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.stream: MessageStream | None = None
-        self.sse = SSELines()
-        self.buffer = bytearray()
+        super().__init__(send)
+        self.model, self.stops = model, stops
+        self.stream = MessageStream(model, stops)
 
-    async def __call__(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            hdrs = message.get("headers") or []
-            self.headers = [(k, v) for k, v in hdrs if k.lower().startswith(PASSED_HEADERS)]
-            ctype = next((v for k, v in hdrs if k.lower() == b"content-type"), b"")
-            if self.status == 200 and ctype.startswith(b"text/event-stream"):
-                self.stream = MessageStream(self.model, self.stops)
-                await self.send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                    *self.headers]})
-                await self.send({"type": "http.response.body", "body": self.stream.start(), "more_body": True})
-            return
-        if message["type"] != "http.response.body":
-            return
-        more = message.get("more_body", False)
-        if self.stream is not None:
-            out = b""
-            for data in self.sse.feed(message.get("body", b""), more):
-                if self.stream.ended:
-                    continue
-                if data == b"[DONE]":
-                    out += self.stream.end()
-                    continue
-                try:
-                    doc = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(doc, dict) and "error" in doc:  # failed after the answer started
-                    self.stream.ended = True
-                    out += event("error", {"error": error_doc(500, _message(data, 500))["error"]})
-                elif isinstance(doc, dict):
-                    out += self.stream.chunk(doc)
-            if not more:
-                out += self.stream.end()
-            if out or not more:
-                await self.send({"type": "http.response.body", "body": out, "more_body": more})
-            return
-        self.buffer += message.get("body", b"")
-        if more:
-            return
-        raw = bytes(self.buffer)
-        if self.status >= 400:
-            doc = error_doc(self.status, _message(raw, self.status))
-        else:
-            try:
-                parsed = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                parsed = {}
-            doc = message_answer(parsed if isinstance(parsed, dict) else {}, self.model, self.stops)
-        await send_doc(self.send, self.status, doc, self.headers)
+    def begin(self) -> bytes:
+        return self.stream.start()
+
+    def event(self, data: bytes) -> bytes:
+        if self.stream.ended:
+            return b""
+        if data == b"[DONE]":
+            return self.stream.end()
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return b""
+        if isinstance(doc, dict) and "error" in doc:  # failed after the answer started
+            self.stream.ended = True
+            return event("error", {"error": error_doc(500, error_message(data, 500))["error"]})
+        return self.stream.chunk(doc) if isinstance(doc, dict) else b""
+
+    def finish(self) -> bytes:
+        return self.stream.end()
+
+    def whole(self, status: int, raw: bytes) -> tuple[bytes, bytes]:
+        if status >= 400:
+            return b"application/json", orjson.dumps(error_doc(status, error_message(raw, status)))
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = {}
+        return b"application/json", orjson.dumps(message_answer(parsed if isinstance(parsed, dict) else {},
+                                                                self.model, self.stops))
 
 
 class AnthropicFront:

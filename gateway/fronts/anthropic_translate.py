@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest
+from gateway.fronts.bridge import reasoning
 
 SAMPLING = ("temperature", "top_p", "top_k")
 # Anthropic's platform settings (prompt caching, regions, tiers, workspaces, diagnostics): nothing a
@@ -202,7 +203,7 @@ def message_answer(doc: dict[str, Any], model: str, stops: list[str]) -> dict[st
     choice = (doc.get("choices") or [{}])[0]
     m = choice.get("message") or {}
     content: list[dict[str, Any]] = []
-    thinking = m.get("reasoning_content") or m.get("reasoning")
+    thinking = reasoning(m)
     if thinking:
         content.append({"type": "thinking", "thinking": thinking, "signature": ""})
     if m.get("content") or not m.get("tool_calls"):
@@ -259,7 +260,7 @@ class MessageStream:
         out = b""
         for choice in doc.get("choices") or []:
             delta = choice.get("delta") or {}
-            thinking = delta.get("reasoning_content") or delta.get("reasoning")
+            thinking = reasoning(delta)
             if thinking:
                 if self.open != "thinking":
                     out += self._block("thinking", {"type": "thinking", "thinking": "", "signature": ""})

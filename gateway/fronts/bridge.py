@@ -58,3 +58,84 @@ class SSELines:
         if not more and rest:
             lines.append(rest)
         return [line[5:].strip() for line in lines if line.startswith(b"data:")]
+
+
+# Headers of the chat path's answer a front passes on: its request id, who served, limits, CORS.
+PASSED_HEADERS = (b"x-request-id", b"x-llm-gateway-backend", b"retry-after", b"x-ratelimit-", b"access-control-")
+
+
+def reasoning(part: dict[str, Any]) -> Any:
+    """A message's or delta's reasoning text, under either name backends use (README `reasoning_field`)."""
+    return part.get("reasoning_content") or part.get("reasoning")
+
+
+def error_message(raw: bytes, status: int) -> str:
+    """The message of an OpenAI-style error body (or of a bare {"error": "..."}), else the status."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return f"HTTP {status}"
+    err = doc.get("error") if isinstance(doc, dict) else None
+    return (err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None) or f"HTTP {status}"
+
+
+class Relay:
+    """The `send` an OpenAI-path handler answers into, for one front request: a streamed (SSE) answer is
+    passed on event by event through `event` (then `finish`), a whole one (or an error) through `whole`.
+    Subclasses say what the front's answers look like."""
+
+    stream_headers: list[tuple[bytes, bytes]] = []
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 200
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.streaming = False
+        self.sse = SSELines()
+        self.buffer = bytearray()
+
+    def begin(self) -> bytes:
+        """What the front's stream starts with, before the first event."""
+        return b""
+
+    def event(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        raise NotImplementedError
+
+    def whole(self, status: int, raw: bytes) -> tuple[bytes, bytes]:
+        """(content type, body) of the front's answer to a whole answer or error."""
+        raise NotImplementedError
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            hdrs = message.get("headers") or []
+            self.headers = [(k, v) for k, v in hdrs if k.lower().startswith(PASSED_HEADERS)]
+            ctype = next((v for k, v in hdrs if k.lower() == b"content-type"), b"")
+            if self.status == 200 and ctype.startswith(b"text/event-stream"):
+                self.streaming = True
+                await self.send({"type": "http.response.start", "status": 200,
+                                 "headers": [*self.stream_headers, *self.headers]})
+                first = self.begin()
+                if first:
+                    await self.send({"type": "http.response.body", "body": first, "more_body": True})
+            return
+        if message["type"] != "http.response.body":
+            return
+        more = message.get("more_body", False)
+        if self.streaming:
+            out = b"".join(self.event(data) for data in self.sse.feed(message.get("body", b""), more))
+            if not more:
+                out += self.finish()
+            if out or not more:
+                await self.send({"type": "http.response.body", "body": out, "more_body": more})
+            return
+        self.buffer += message.get("body", b"")
+        if more:
+            return
+        ctype, body = self.whole(self.status, bytes(self.buffer))
+        await self.send({"type": "http.response.start", "status": self.status, "headers": [
+            (b"content-type", ctype), (b"content-length", b"%d" % len(body)), *self.headers]})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})

@@ -20,24 +20,21 @@ import orjson
 from gateway.api.asgi import Receive, Scope, Send, header
 from gateway.errors import GatewayError, Unauthorized
 from gateway.backends import NEED_CHAT, NEED_EMBEDDINGS, NEED_TOOLS
-from gateway.fronts.bridge import SSELines, read_json, serve_as
+from gateway.fronts.bridge import Relay, error_message, read_json, serve_as
 from gateway.fronts.ollama_translate import (ChatStream, chat_answer, chat_request, embed_answer, embed_request,
                                              generate_request, now_rfc3339)
 from gateway.runtime import Gateway
 
 VERSION = "0.32.15"  # the Ollama release whose API this front follows (deploy/recipes/ollama.yaml)
 NDJSON = b"application/x-ndjson"
-PASSED_HEADERS = (b"x-request-id", b"x-llm-gateway-backend", b"retry-after", b"x-ratelimit-", b"access-control-")
+JSON = b"application/json; charset=utf-8"
 CHAT_PATH = "/v1/chat/completions"
 DETAILS = {"parent_model": "", "format": "", "family": "", "families": None, "parameter_size": "",
            "quantization_level": ""}  # what a model's weights are is the backend's business, unknown here
 
 
 def _error_body(status: int, raw: bytes) -> bytes:
-    doc = parse_json(raw)
-    err = doc.get("error") if isinstance(doc, dict) else None
-    message = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
-    return orjson.dumps({"error": message or f"HTTP {status}"})
+    return orjson.dumps({"error": error_message(raw, status)})
 
 
 def parse_json(raw: bytes) -> Any:
@@ -51,78 +48,43 @@ async def send_ollama(send: Send, status: int, doc: Any, extra: list[tuple[bytes
                       head: bool = False) -> None:
     body = orjson.dumps(doc)
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json; charset=utf-8"), (b"content-length", b"%d" % len(body)),
-        *(extra or [])]})
+        (b"content-type", JSON), (b"content-length", b"%d" % len(body)), *(extra or [])]})
     await send({"type": "http.response.body", "body": b"" if head else body, "more_body": False})
 
 
-class ChatRelay:
-    """The `send` the chat handler answers into: its answer goes on to the client translated."""
+class ChatRelay(Relay):
+    """Chat, generate and embed answers as Ollama's: NDJSON lines for a stream, one object otherwise."""
+
+    stream_headers = [(b"content-type", NDJSON)]
 
     def __init__(self, send: Send, model: str, started: float, mode: str = "chat") -> None:
-        self.send, self.model, self.started, self.mode = send, model, started, mode  # chat, generate, embed
-        self.status = 200
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.stream: ChatStream | None = None  # set once an SSE answer started
-        self.buffer = bytearray()
-        self.sse = SSELines()
+        super().__init__(send)
+        self.model, self.started, self.mode = model, started, mode  # chat, generate, embed
+        self.stream = ChatStream(model, started, generate=mode == "generate")
 
-    async def __call__(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            hdrs = message.get("headers") or []
-            self.headers = [(k, v) for k, v in hdrs if k.lower().startswith(PASSED_HEADERS)]
-            ctype = next((v for k, v in hdrs if k.lower() == b"content-type"), b"")
-            if self.status == 200 and ctype.startswith(b"text/event-stream"):
-                self.stream = ChatStream(self.model, self.started, generate=self.mode == "generate")
-                await self.send({"type": "http.response.start", "status": 200,
-                                 "headers": [(b"content-type", NDJSON), *self.headers]})
-            return
-        if message["type"] != "http.response.body":
-            return
-        more = message.get("more_body", False)
-        if self.stream is not None:
-            out = self._events(message.get("body", b""), more)
-            if out or not more:
-                await self.send({"type": "http.response.body", "body": out, "more_body": more})
-            return
-        self.buffer += message.get("body", b"")
-        # one JSON answer (or error): translated whole
-        if more:
-            return
-        raw = bytes(self.buffer)
-        if self.status >= 400:
-            body = _error_body(self.status, raw)
-        else:
-            doc = parse_json(raw)
-            doc = doc if isinstance(doc, dict) else {}
-            body = orjson.dumps(embed_answer(doc, self.model, self.started) if self.mode == "embed" else
-                                chat_answer(doc, self.model, self.started, generate=self.mode == "generate"))
-        await self.send({"type": "http.response.start", "status": self.status, "headers": [
-            (b"content-type", b"application/json; charset=utf-8"), (b"content-length", b"%d" % len(body)),
-            *self.headers]})
-        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+    def event(self, data: bytes) -> bytes:
+        if self.stream.ended:
+            return b""
+        if data == b"[DONE]":
+            return self.stream.end()
+        doc = parse_json(data)
+        if not isinstance(doc, dict):
+            return b""
+        if "error" in doc:  # an error after the answer started: Ollama's in-stream error line
+            self.stream.ended = True
+            return _error_body(500, data) + b"\n"
+        return self.stream.chunk(doc)
 
-    def _events(self, chunk: bytes, more: bool) -> bytes:
-        assert self.stream is not None
-        out = b""
-        for data in self.sse.feed(chunk, more):
-            if self.stream.ended:
-                continue
-            if data == b"[DONE]":
-                out += self.stream.end()
-                continue
-            doc = parse_json(data)
-            if not isinstance(doc, dict):
-                continue
-            if "error" in doc:  # an error after the answer started: Ollama's in-stream error line
-                self.stream.ended = True
-                out += _error_body(500, data) + b"\n"
-                continue
-            out += self.stream.chunk(doc)
-        if not more:
-            out += self.stream.end()
-        return out
+    def finish(self) -> bytes:
+        return self.stream.end()
+
+    def whole(self, status: int, raw: bytes) -> tuple[bytes, bytes]:
+        if status >= 400:
+            return JSON, _error_body(status, raw)
+        doc = parse_json(raw)
+        doc = doc if isinstance(doc, dict) else {}
+        return JSON, orjson.dumps(embed_answer(doc, self.model, self.started) if self.mode == "embed" else
+                                  chat_answer(doc, self.model, self.started, generate=self.mode == "generate"))
 
 
 class OllamaFront:

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest
+from gateway.fronts.bridge import reasoning
 
 # Ollama option -> OpenAI field (vLLM and llama.cpp take top_k and min_p beside the standard ones).
 OPTION_FIELDS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
@@ -160,7 +161,7 @@ def chat_answer(doc: dict[str, Any], model: str, started: float, generate: bool 
     choice = (doc.get("choices") or [{}])[0]
     m = choice.get("message") or {}
     text = m.get("content") or choice.get("text") or ""
-    thinking = m.get("reasoning_content") or m.get("reasoning")
+    thinking = reasoning(m)
     if generate:
         out: dict[str, Any] = {"model": model, "created_at": now_rfc3339(), "response": text}
         if thinking:
@@ -206,7 +207,7 @@ class ChatStream:
             text = delta.get("content") or choice.get("text")  # chat chunks, or completion chunks (raw)
             if text:
                 piece["content"] = text
-            thinking = delta.get("reasoning_content") or delta.get("reasoning")
+            thinking = reasoning(delta)
             if thinking:
                 piece["thinking"] = thinking
             if piece:
