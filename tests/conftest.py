@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,3 +171,35 @@ def fastchat_cluster(session_spawn: Spawner, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="session")
 def backend_fastchat(fastchat_cluster: dict) -> BackendUnderTest:  # type: ignore[type-arg]
     return BackendUnderTest("fastchat", "fastchat", fastchat_cluster["controller"], fastchat_cluster["model"])
+
+
+@pytest.fixture(scope="module")
+def fronts_gateway(module_spawn: Spawner, backend_llamacpp: BackendUnderTest,
+                   backend_tgi_double: BackendUnderTest) -> dict[str, Any]:
+    """A gateway in front of a real llama-server, a vLLM-format double (`m-vllm`, which records what it
+    receives) and the TGI double: the other protocols' tests (gateway/fronts/) run against three kinds."""
+    vllm = module_spawn.double("fronts-vllm", "m-vllm")
+    gw = module_spawn.gateway({"backends": [
+        {"name": "llama", "kind": "llamacpp", "url": backend_llamacpp.url},
+        {"name": "vllm", "kind": "vllm", "url": vllm.url},
+        {"name": "tgi", "kind": "tgi", "url": backend_tgi_double.url}]})
+    return {"gw": gw, "vllm": vllm, "models": {"llamacpp": backend_llamacpp.model, "vllm": "m-vllm",
+                                               "tgi": backend_tgi_double.model}}
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server of the module's own (Debian's package; .ci/run installs it)."""
+    from tests.procs import free_port
+    from tests.test_limits_redis import start_redis, stop
+
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis") / "redis.log")
+    yield f"redis://127.0.0.1:{port}/0"
+    stop(proc)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """Redis key prefix of one test: each test its own keys."""
+    return f"t{uuid.uuid4().hex[:8]}:"

@@ -13,7 +13,6 @@ import anthropic
 import httpx
 import pytest
 
-from tests.backends_under_test import BackendUnderTest
 from tests.procs import Double, Gateway, Spawner
 
 KEY = "anthropic-front-key-0123456789"
@@ -22,15 +21,8 @@ TOOLS = [{"name": "get_weather", "description": "Weather in a city",
 
 
 @pytest.fixture(scope="module")
-def front(module_spawn: Spawner, backend_llamacpp: BackendUnderTest,
-          backend_tgi_double: BackendUnderTest) -> dict[str, Any]:
-    vllm: Double = module_spawn.double("anth-vllm", "m-vllm")
-    gw = module_spawn.gateway({"backends": [
-        {"name": "llama", "kind": "llamacpp", "url": backend_llamacpp.url},
-        {"name": "vllm", "kind": "vllm", "url": vllm.url},
-        {"name": "tgi", "kind": "tgi", "url": backend_tgi_double.url}]})
-    return {"gw": gw, "vllm": vllm, "models": {"llamacpp": backend_llamacpp.model, "vllm": "m-vllm",
-                                               "tgi": backend_tgi_double.model}}
+def front(fronts_gateway: dict[str, Any]) -> dict[str, Any]:
+    return fronts_gateway
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import httpx
 import ollama
 import pytest
 
-from tests.backends_under_test import BackendUnderTest
 from tests.procs import Double, Gateway, Spawner
 
 KEY = "ollama-front-key-0123456789"
@@ -22,15 +21,8 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
 
 
 @pytest.fixture(scope="module")
-def front(module_spawn: Spawner, backend_llamacpp: BackendUnderTest,
-          backend_tgi_double: BackendUnderTest) -> dict[str, Any]:
-    vllm: Double = module_spawn.double("front-vllm", "m-vllm")
-    gw = module_spawn.gateway({"backends": [
-        {"name": "llama", "kind": "llamacpp", "url": backend_llamacpp.url},
-        {"name": "vllm", "kind": "vllm", "url": vllm.url},
-        {"name": "tgi", "kind": "tgi", "url": backend_tgi_double.url}]})
-    return {"gw": gw, "vllm": vllm, "models": {"llamacpp": backend_llamacpp.model, "vllm": "m-vllm",
-                                               "tgi": backend_tgi_double.model}}
+def front(fronts_gateway: dict[str, Any]) -> dict[str, Any]:
+    return fronts_gateway
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,21 +45,6 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
         proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tests.procs import free_port
-
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("redis") / "redis.log")
-    yield f"redis://127.0.0.1:{port}/0"
-    stop(proc)
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:8]}:"  # each test its own keys
 
 
 def run(coro):  # type: ignore[no-untyped-def]

@@ -5,30 +5,13 @@ round trips, a flushed script cache is reloaded, and a client that leaves mid-ac
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 from gateway.auth.limits import Limits, Subject
 from gateway.auth.limits_redis import RedisLimitStore
-from tests.test_limits_redis import run, start_redis, stop
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tests.procs import free_port
-
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("redis") / "redis.log")
-    yield f"redis://127.0.0.1:{port}/0"
-    stop(proc)
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"b{uuid.uuid4().hex[:8]}:"
+from tests.test_limits_redis import run
 
 
 def test_sequential_requests_cost_one_round_trip_each_and_a_release_precedes_the_next_acquire(
