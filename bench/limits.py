@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis  # noqa: E402
 
-from gateway.auth.limits import Limits, LimitStore, MemoryLimitStore, Subject  # noqa: E402
+from gateway.auth.limits import Limits, LimitStore, Subject  # noqa: E402
+from gateway.auth.limits_memory import MemoryLimitStore  # noqa: E402
 from gateway.auth.limits_redis import RedisLimitStore  # noqa: E402
 
 BIG = 10**12

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.auth.limits import Limits, MemoryLimitStore, Subject, keep_alive, openai_duration, periods
+from gateway.auth.limits import Limits, Subject, keep_alive, openai_duration, periods
+from gateway.auth.limits_memory import MemoryLimitStore
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC).timestamp()
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.auth.limits import Admission, Limits, MemoryLimitStore, Subject
+from gateway.auth.limits import Admission, Limits, Subject
+from gateway.auth.limits_memory import MemoryLimitStore
 from gateway.auth.limits_redis import CALENDAR, RedisLimitStore
 
 ROOT = Path(__file__).resolve().parent.parent

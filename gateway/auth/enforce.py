@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 from gateway.auth.keys import Identity
-from gateway.auth.limits import LEASE_TTL, Admission, LimitStore, Limits, MemoryLimitStore, Subject
+from gateway.auth.limits import LEASE_TTL, Admission, LimitStore, Limits, Subject
+from gateway.auth.limits_memory import MemoryLimitStore
 from gateway.errors import GatewayError
 from gateway.settings import GatewaySettings
 from gateway.settings import Limits as LimitSettings
