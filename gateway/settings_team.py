@@ -13,6 +13,7 @@ from gateway.settings_base import Strict
 # Placeholder secrets copied from examples must not reach production.
 PLACEHOLDER_KEYS = frozenset({"changeme", "changethis", "change-me", "secret", "sk-xxx", "your-api-key"})
 MIN_KEY_CHARS = 16  # a guessable key is no key
+MAX_LIMIT = 2**53
 
 
 def _real_secret(k: SecretStr) -> None:
@@ -31,11 +32,12 @@ def _real_secret(k: SecretStr) -> None:
 class Limits(Strict):
     """Per key or per team (README "Team keys"); None: no limit of that kind."""
 
-    rpm: int | None = Field(None, ge=1)               # requests per minute (sliding 60 s)
-    tpm: int | None = Field(None, ge=1)               # prompt + completion tokens per minute (sliding 60 s)
-    concurrency: int | None = Field(None, ge=1)       # requests in flight
-    tokens_per_day: int | None = Field(None, ge=1)    # UTC calendar day
-    tokens_per_month: int | None = Field(None, ge=1)  # UTC calendar month
+    # At most 2**53 each (9e15): counts stay exact as floats and fit the in-memory window's int64 charges.
+    rpm: int | None = Field(None, ge=1, le=MAX_LIMIT)               # requests per minute (sliding 60 s)
+    tpm: int | None = Field(None, ge=1, le=MAX_LIMIT)               # prompt + completion tokens per minute
+    concurrency: int | None = Field(None, ge=1, le=MAX_LIMIT)       # requests in flight
+    tokens_per_day: int | None = Field(None, ge=1, le=MAX_LIMIT)    # UTC calendar day
+    tokens_per_month: int | None = Field(None, ge=1, le=MAX_LIMIT)  # UTC calendar month
 
     def any(self) -> bool:
         return any(v is not None for v in self.model_dump().values())

@@ -53,7 +53,8 @@ def load(path: Path) -> dict:
 
 
 def test_the_committed_dashboards_are_what_the_generator_makes() -> None:
-    assert [p.stem for p in BOARDS] == ["llm-gateway-backend", "llm-gateway-model", "llm-gateway-overview"]
+    assert [p.stem for p in BOARDS] == ["llm-gateway-backend", "llm-gateway-keys", "llm-gateway-model",
+                                       "llm-gateway-overview"]
     r = subprocess.run([sys.executable, str(GRAFANA / "generate.py"), "--check"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr  # run `python3 deploy/grafana/generate.py` after changing it

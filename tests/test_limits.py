@@ -317,3 +317,51 @@ def test_keep_alive_holds_a_long_request_past_the_ttl() -> None:
         assert (await s.acquire([subj], 0, "other")).allowed
 
     asyncio.run(run())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50), st.integers(0, 80), st.integers(0, 7200)),
+                min_size=1, max_size=60))
+def test_finish_now_is_settle_then_release(ops: list[tuple[int, int, int, int]]) -> None:
+    """The request path's one-pass finish (enforce.py) leaves every counter as settle_now + release_now do,
+    across window exits and a day's end."""
+    clock = Clock(datetime(2026, 12, 4, 23, 0, tzinfo=UTC).timestamp())
+    one, two = store(clock, lease_ttl=600), store(clock, lease_ttl=600)
+    subjects = [key(rpm=20, tpm=400, concurrency=3, tokens_per_day=900, tokens_per_month=2000),
+                Subject("team:t", Limits(tpm=500, tokens_per_day=1000))]
+    held: list[tuple[object, object]] = []
+    for op, est, used, gap in ops:
+        clock.t += gap / 100
+        if op < 3 or not held:
+            a, b = one.acquire_now(subjects, est, "r"), two.acquire_now(subjects, est, "r")
+            assert (a.allowed, a.limit_name, a.requests, a.tokens) == (b.allowed, b.limit_name, b.requests, b.tokens)
+            if a.allowed:
+                held.append((a, b))
+        else:
+            a, b = held.pop(used % len(held))
+            one.finish_now(a, used)  # type: ignore[arg-type]
+            two.settle_now(b, used)  # type: ignore[arg-type]
+            two.release_now(b)  # type: ignore[arg-type]
+            one.finish_now(a, used + 1)  # type: ignore[arg-type]  # twice: nothing more
+    for sid in ("key:alice", "team:t"):
+        x, y = one._states[sid], two._states[sid]
+        assert (list(x.times), list(x.amounts), x.tokens, x.leases.keys(), x.quota) == (
+            list(y.times), list(y.amounts), y.tokens, y.leases.keys(), y.quota)
+
+
+def test_the_keeper_extends_held_leases_only() -> None:
+    """refresh_held (the gatekeeper's keeper, one process): leases older than the interval are extended,
+    fresh ones are left, and one already expired is not revived."""
+    clock = Clock()
+    s = store(clock, lease_ttl=30)
+    subj = key(concurrency=3)
+    old = s.acquire_now([subj], 0, "old")
+    clock.t += 20
+    fresh = s.acquire_now([subj], 0, "fresh")
+    clock.t += 5
+    s.refresh_held(10)  # at t+25: old (expires t+30) is due, fresh (expires t+50) is not
+    leases = s._states["key:alice"].leases
+    assert leases[old.token] == clock.t + 30 and leases[fresh.token] == T0 + 50
+    clock.t += 40  # t+65: old lived to t+55, fresh to t+50: both gone, as for requests that were lost
+    s.refresh_held(10)  # not revived
+    assert all(s.acquire_now([subj], 0, str(i)).allowed for i in range(3))

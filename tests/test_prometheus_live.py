@@ -31,6 +31,10 @@ BOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 PROM_DIR = ROOT / "deploy" / "prometheus"
 CHOSEN = {"model": "chat-a", "backend": "star"}  # the drill-downs' variables, as a viewer would pick them
 MESSAGES = [{"role": "user", "content": "hi"}]
+# Team keys (the Keys board): all traffic as alice (team research), and bob held to 2 requests a minute; the
+# limits and usage live in a real redis-server (the shared-state panels).
+ALICE, BOB = "sk-live-alice-0123456789abcdef", "sk-live-bob-0123456789abcdef"
+AS_ALICE = {"authorization": f"Bearer {ALICE}"}
 
 
 class Stack:
@@ -56,11 +60,11 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None
         time.sleep(0.2)
 
 
-def chat(gw: Gateway, model: str, stream: bool = False, **x_double: object) -> httpx.Response:
+def chat(gw: Gateway, model: str, stream: bool = False, key: str = ALICE, **x_double: object) -> httpx.Response:
     body: dict[str, Any] = {"model": model, "messages": MESSAGES, "max_tokens": 8, "stream": stream}
     if x_double:
         body["x_double"] = x_double
-    return httpx.post(gw.v1 + "/chat/completions", json=body, timeout=60)
+    return httpx.post(gw.v1 + "/chat/completions", json=body, timeout=60, headers={"authorization": f"Bearer {key}"})
 
 
 def scrape(gw: Gateway) -> str:
@@ -88,7 +92,7 @@ def start_prometheus(spawn: Spawner, tmp: Path, gw: Gateway, engine_url: str) ->
 
 
 @pytest.fixture(scope="module")
-def stack(module_spawn: Spawner, backend_llamacpp: BackendUnderTest,
+def stack(module_spawn: Spawner, backend_llamacpp: BackendUnderTest, redis_url: str,
           tmp_path_factory: pytest.TempPathFactory) -> Stack:
     sp = module_spawn
     star = sp.double("star", "chat-a,star-only", "--max-num-seqs", "4")  # the limited backend with engine gauges
@@ -112,6 +116,10 @@ def stack(module_spawn: Spawner, backend_llamacpp: BackendUnderTest,
             {"name": "llama", "kind": "llamacpp", "url": backend_llamacpp.url},
         ],
         "models": [{"name": "chat-a", "backends": ["star", "peer"], "fallbacks": [backend_llamacpp.model]}],
+        "auth": {"keys": [{"name": "alice", "key": ALICE, "team": "research"},
+                          {"name": "bob", "key": BOB, "limits": {"rpm": 2}}],
+                 "teams": [{"name": "research", "limits": {"rpm": 100000, "concurrency": 64}}]},
+        "state": {"redis": redis_url},
     })
     prom = start_prometheus(sp, tmp_path_factory.mktemp("prometheus"), gw, star.url)
     wait_for(lambda: bool(httpx.get(prom + "/api/v1/query", params={"query": 'up{job="llm-gateway"} == 1'})
@@ -151,7 +159,7 @@ def serve_traffic(gw: Gateway, star: Any) -> None:
     for _ in range(2):
         assert chat(gw, "chat-a", status=503).status_code == 200
     for _ in range(4):  # truncated streams from star
-        with httpx.stream("POST", gw.v1 + "/chat/completions", timeout=30, json={
+        with httpx.stream("POST", gw.v1 + "/chat/completions", timeout=30, headers=AS_ALICE, json={
                 "model": "star-only", "messages": MESSAGES, "stream": True,
                 "x_double": {"truncate": True, "chunks": 6}}) as s:
             assert "error" in "".join(s.iter_lines())
@@ -165,7 +173,12 @@ def serve_traffic(gw: Gateway, star: Any) -> None:
     star.release()
     held.join(30)
     assert codes.count(429) >= 3, codes
+    # bob's limit: two a minute, the rest refused (a fresh window per call of this function: a minute apart
+    # is not needed, the Keys board only needs some of each)
+    bob = [chat(gw, "chat-a", key=BOB).status_code for _ in range(4)]
+    assert bob.count(429) >= 2, bob
     text = scrape(gw)
+    assert 'llm_gateway_key_limited_total{key="bob",limit="rpm"}' in text
     for reason in ("queue_full", "queue_timeout"):
         assert f'llm_gateway_rejections_total{{backend="star",reason="{reason}"}}' in text, reason
 

@@ -263,7 +263,48 @@ def per_backend() -> Board:
                  "failures.", ("backend",), rows)
 
 
-BOARDS = (overview, per_model, per_backend)
+def keys() -> Board:
+    """The team endpoint (README "Team keys"): who uses what, who is held back, and the shared state's cost."""
+    kr = P + "key_requests_total"
+    five = rate(kr, "key", 'status="5xx"')
+    rows = (
+        Row("Keys", (
+            Panel("Requests/s by key", "Requests per key name (names from auth.keys; flat keys as api_keys[i]).",
+                  q(rate(kr, "key"), "{{key}}"), "reqps"),
+            Panel("Error ratio by key (5xx)", "Share of a key's answers with a 5xx status.",
+                  (Query(f'({five} or {rate(kr, "key")} * 0) / {rate(kr, "key")}',
+                         "{{key}}"),), "percentunit", max=1),
+            Panel("Tokens/s by key", "Prompt and completion tokens per second, from the backends' usage reports.",
+                  q(rate(P + "key_tokens_total", "key, kind"), "{{key}} {{kind}}")),
+            Panel("Requests/s by key and status class", "", q(rate(kr, "key, status"), "{{key}} {{status}}"),
+                  "reqps"),
+        )),
+        Row("Limits", (
+            Panel("Refused by a limit, by key and limit", "429s from a key's or its team's rpm, tpm, concurrency "
+                  "or token quota (503 limits_unavailable: the shared state is down and the gateway fails closed).",
+                  q(rate(P + "key_limited_total", "key, limit"), "{{key}} {{limit}}"), "reqps"),
+            Panel("Refused share by key", "Limited requests over all of the key's requests.",
+                  (Query(f'sum by (key) (rate({P}key_limited_total{RI})) / ({rate(kr, "key")} '
+                         f'+ sum by (key) (rate({P}key_limited_total{RI})))', "{{key}}"),), "percentunit", max=1),
+        )),
+        Row("Shared state (Redis)", (
+            Panel("Round trips/s by component", "Round trips to Redis: limits (at most one per request) and usage.",
+                  q(rate(P + "state_round_trips_total", "component"), "{{component}}"), "short", width=8),
+            Panel("Calls per round trip", "Script calls batched into each round trip (a finish rides with the "
+                  "next acquire).", q(f'{rate(P + "state_calls_total", "component")} / '
+                                       f'{rate(P + "state_round_trips_total", "component")}', "{{component}}"),
+                  "short", width=8),
+            Panel("State failures/s by component", "Calls to Redis that failed; state.redis_failure decides "
+                  "whether requests are admitted meanwhile.",
+                  q(f'{rate(P + "state_failures_total", "component")} or '
+                    f'{rate(P + "state_round_trips_total", "component")} * 0', "{{component}}"), "short", width=8),
+        )),
+    )
+    return Board("llm-gateway-keys", "LLM gateway / Keys", "The team endpoint: requests, tokens and errors per "
+                 "key, requests refused by limits, and the shared state's round trips.", (), rows)
+
+
+BOARDS = (overview, per_model, per_backend, keys)
 FILTER_SOURCE = {"model": P + "requests_total", "backend": P + "backend_info"}
 SLO_DEFAULT = {"ttft_slo": "1.0", "itl_slo": "0.1"}
 

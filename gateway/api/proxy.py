@@ -81,7 +81,9 @@ class ProxyEndpoint:
                 if not ident.allows(model):
                     raise model_not_allowed(model)
                 if ident.subjects:  # limits: reserve before, settle in `finally`
-                    adm = await gw.gatekeeper.admit(ident, body, len(raw), reply.rid.decode())
+                    gk = gw.gatekeeper
+                    adm = (gk.admit_now(ident, body, len(raw), reply.rid.decode()) if gk.local
+                           else await gk.admit(ident, body, len(raw), reply.rid.decode()))
                     reply.head = [reply.rid_header, *adm.headers()]
             session = None
             if gw.affinity:
@@ -129,8 +131,12 @@ class ProxyEndpoint:
                     gw.usage.record(ident.name, model, team=ident.team, prompt_tokens=p, completion_tokens=c,
                                     status=status, latency=end - t0)
                 if adm is not None:
-                    await gw.gatekeeper.done(adm, None if reply.usage is None else p + c,
-                                             answered=status < 400 or reply.committed)
+                    gk = gw.gatekeeper
+                    used, answered = None if reply.usage is None else p + c, status < 400 or reply.committed
+                    if gk.local:
+                        gk.done_now(adm, used, answered)
+                    else:
+                        await gk.done(adm, used, answered)
 
     async def serve(self, route: Route, body: dict[str, Any], stream: bool, needs: int, send: Send,
                     t0: float, watch: DisconnectWatch, session: str | None, reply: Reply) -> tuple[int, str]:

@@ -74,51 +74,71 @@ class Gatekeeper:
         n = body.get("n")
         return raw_len // 4 + completion * (n if type(n) is int and n > 1 else 1)
 
+    def admit_now(self, ident: Identity, body: dict[str, Any], raw_len: int, rid: str) -> Admission:
+        """The in-memory store (`self.local`): answered at once, without a coroutine of its own. Its leases
+        need no registry here: every lease it holds belongs to a request still running (`_keep`)."""
+        adm = self.store.acquire_now(ident.subjects, self.estimate(body, raw_len), rid)  # type: ignore[attr-defined]
+        if not adm.allowed:
+            raise self._refused(ident, adm)
+        if ident.leased and self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep(), name="limits:leases")
+        return adm
+
     async def admit(self, ident: Identity, body: dict[str, Any], raw_len: int, rid: str) -> Admission:
-        if self.local:  # the in-memory store answers at once: no coroutine of its own on the request path
-            adm = self.store.acquire_now(ident.subjects, self.estimate(body, raw_len), rid)  # type: ignore[attr-defined]
-        else:
-            adm = await self.store.acquire(ident.subjects, self.estimate(body, raw_len), rid)
-        if adm.allowed and ident.leased:
+        if self.local:
+            return self.admit_now(ident, body, raw_len, rid)
+        adm = await self.store.acquire(ident.subjects, self.estimate(body, raw_len), rid)
+        if not adm.allowed:
+            raise self._refused(ident, adm)
+        if ident.leased:
             # A stream may outlive its concurrency lease's TTL: one task refreshes the long-lived ones.
             adm.started = time.monotonic()
             self._leases[id(adm)] = adm
             if self._keeper is None:
                 self._keeper = asyncio.get_running_loop().create_task(self._keep(), name="limits:leases")
-        if not adm.allowed:
-            who = (adm.subject_id or "").replace("key:", "key ").replace("team:", "team ")
-            if adm.limit_name == "unavailable":
-                err = RateLimited("The limits store is unavailable and this gateway refuses requests meanwhile "
-                                  "(state.redis_failure: closed); try again shortly.", status=503,
-                                  code="limits_unavailable")
-            elif adm.exceeds_limit:
-                err = RateLimited(f"This request alone exceeds the {adm.limit_name} limit of {who} "
-                                  f"(estimated {adm.estimate} tokens): lower max_tokens or the prompt.",
-                                  code="rate_limit_exceeded")
-            else:
-                err = RateLimited(f"Rate limit reached: {adm.limit_name} of {who}. Retry after "
-                                  f"{adm.retry_after:.0f}s.")
-            err.headers = {k.decode(): v.decode() for k, v in adm.headers()}
-            self.metrics.observe_limited(ident.name, adm.limit_name or "unavailable")
-            raise err
         return adm
+
+    def _refused(self, ident: Identity, adm: Admission) -> RateLimited:
+        who = (adm.subject_id or "").replace("key:", "key ").replace("team:", "team ")
+        if adm.limit_name == "unavailable":
+            err = RateLimited("The limits store is unavailable and this gateway refuses requests meanwhile "
+                              "(state.redis_failure: closed); try again shortly.", status=503,
+                              code="limits_unavailable")
+        elif adm.exceeds_limit:
+            err = RateLimited(f"This request alone exceeds the {adm.limit_name} limit of {who} "
+                              f"(estimated {adm.estimate} tokens): lower max_tokens or the prompt.",
+                              code="rate_limit_exceeded")
+        else:
+            err = RateLimited(f"Rate limit reached: {adm.limit_name} of {who}. Retry after "
+                              f"{adm.retry_after:.0f}s.")
+        err.headers = {k.decode(): v.decode() for k, v in adm.headers()}
+        self.metrics.observe_limited(ident.name, adm.limit_name or "unavailable")
+        return err
+
+    def done_now(self, adm: Admission, used: int | None, answered: bool) -> None:
+        """The in-memory store's settle and release (`self.local`), at once."""
+        try:
+            self.store.finish_now(adm, used if used is not None else (adm.estimate if answered else 0))  # type: ignore[attr-defined]
+        except Exception:  # the stores never raise by contract; a bug here must not fail the request's end
+            log.exception("limits: settling request %s failed", adm.request_id)
 
     async def done(self, adm: Admission, used: int | None, answered: bool) -> None:
         """Settle to real usage; without a usage report keep the estimate charged if a backend answered."""
+        if self.local:
+            return self.done_now(adm, used, answered)
         self._leases.pop(id(adm), None)
         used = used if used is not None else (adm.estimate if answered else 0)
         try:
-            if self.local:
-                self.store.settle_now(adm, used)  # type: ignore[attr-defined]
-                self.store.release_now(adm)  # type: ignore[attr-defined]
-            else:
-                await self.store.finish(adm, used)
+            await self.store.finish(adm, used)
         except Exception:  # the stores never raise by contract; a bug here must not fail the request's end
             log.exception("limits: settling request %s failed", adm.request_id)
 
     async def _keep(self) -> None:
         while True:
             await asyncio.sleep(LEASE_TTL / 3)
+            if self.local:  # each lease it holds is a request still running: all are kept
+                self.store.refresh_held(LEASE_TTL / 3)  # type: ignore[attr-defined]
+                continue
             old = time.monotonic() - LEASE_TTL / 3
             for adm in list(self._leases.values()):
                 if adm.started < old and id(adm) in self._leases:

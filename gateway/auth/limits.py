@@ -99,21 +99,20 @@ def duration_ms(ms: int) -> str:
     return f"{h}h{m}m{s}s" if h else f"{m}m{s}s" if m else f"{s}s"
 
 
-_pairs: dict[bytes, dict[int, tuple[bytes, bytes]]] = {}
+_ends: dict[tuple[bytes, int, float], tuple[tuple[bytes, bytes], tuple[bytes, bytes]]] = {}
 
 
-def _pair(name: bytes, value: int, duration: bool = False) -> tuple[bytes, bytes]:
-    """A header (name, value) remembered per value: a limit is the same on every answer, and so is nearly
+def _ends_of(names: tuple[bytes, bytes, bytes], info: RateInfo) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """A trio's limit and reset headers, remembered: a limit is the same on every answer, and so is nearly
     every reset (an admitted request's is the window: its own admission is the newest)."""
-    known = _pairs.get(name)
-    if known is None:
-        known = _pairs[name] = {}
-    pair = known.get(value)
-    if pair is None:
-        if len(known) >= 4096:
-            known.clear()
-        pair = known[value] = (name, duration_ms(value).encode() if duration else b"%d" % value)
-    return pair
+    key = (names[0], info.limit, info.reset)
+    ends = _ends.get(key)
+    if ends is None:
+        if len(_ends) >= 4096:
+            _ends.clear()
+        ends = _ends[key] = ((names[0], b"%d" % info.limit),
+                             (names[2], duration_ms(math.ceil(info.reset * 1000 - 1e-6)).encode()))
+    return ends
 
 
 @dataclass(slots=True)
@@ -139,10 +138,14 @@ class Admission:
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
-        for names, info in ((REQUEST_HEADERS, self.requests), (TOKEN_HEADERS, self.tokens)):
-            if info is not None:
-                out += (_pair(names[0], info.limit), (names[1], b"%d" % max(0, info.remaining)),
-                        _pair(names[2], math.ceil(info.reset * 1000 - 1e-6), True))
+        info = self.requests
+        if info is not None:
+            limit, reset = _ends_of(REQUEST_HEADERS, info)
+            out += (limit, (REQUEST_HEADERS[1], b"%d" % info.remaining if info.remaining > 0 else b"0"), reset)
+        info = self.tokens
+        if info is not None:
+            limit, reset = _ends_of(TOKEN_HEADERS, info)
+            out += (limit, (TOKEN_HEADERS[1], b"%d" % info.remaining if info.remaining > 0 else b"0"), reset)
         if not self.allowed:
             out.append((b"retry-after", str(max(1, math.ceil(self.retry_after - 1e-6))).encode()))
         return out
