@@ -1,8 +1,9 @@
 """The app factory: the whole request path on one screen.
 
     client -> GatewayApp (raw ASGI)
-                ├─ POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses -> api.proxy.ProxyEndpoint
+                ├─ POST /v1/chat/completions, /v1/completions, /v1/embeddings -> api.proxy.ProxyEndpoint
                 │     auth -> body -> routing fields -> route -> balancer -> adapter -> upstream -> relay
+                ├─ POST /v1/responses -> fronts.responses: passed through (a backend that serves it) or onto chat
                 ├─ /api/* (Ollama's API: version, tags, show, chat, generate, embed) -> fronts.ollama, onto the above
                 ├─ POST /v1/messages (Anthropic's Messages API) -> fronts.anthropic, onto the chat path
                 └─ everything else -> FastAPI: /v1/models, /healthz, /readyz, /metrics, /admin/backends
@@ -33,6 +34,7 @@ from gateway.autodiscover import Autodiscovery
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.fronts.anthropic import AnthropicFront
 from gateway.fronts.ollama import OllamaFront
+from gateway.fronts.responses import ResponsesFront
 from gateway.health import HealthMonitor
 from gateway.passive_health import PassiveHealth
 from gateway.runtime import Gateway
@@ -53,14 +55,18 @@ class GatewayApp:
         # One body-slot budget and one failure count for the inference endpoints together.
         slots = BodySlots(s.max_large_bodies, s.large_body_wait) if s.max_large_bodies else None
         health = PassiveHealth(gw)
-        for ep, path in ((Endpoint.CHAT, "/chat/completions"), (Endpoint.COMPLETIONS, "/completions"),
-                         (Endpoint.EMBEDDINGS, "/embeddings"), (Endpoint.RESPONSES, "/responses")):
-            handler = ProxyEndpoint(gw, ep, slots, health)
-            self.hot["/v1" + path] = handler
-            self.hot[path] = handler  # clients configured with a base URL lacking /v1
         # Other clients' protocols, translated onto the chat path (looked up only when no hot path matched).
         def front(ep: Endpoint, label: str) -> ProxyEndpoint:  # its own handler: its own metrics label
             return ProxyEndpoint(gw, ep, slots, health, label)
+
+        # The Responses API: passed through where the model's backend serves it, else translated to chat.
+        responses = ResponsesFront(gw, ProxyEndpoint(gw, Endpoint.RESPONSES, slots, health),
+                                   front(Endpoint.CHAT, "responses.chat"))
+        for ep, path in ((Endpoint.CHAT, "/chat/completions"), (Endpoint.COMPLETIONS, "/completions"),
+                         (Endpoint.EMBEDDINGS, "/embeddings"), (Endpoint.RESPONSES, "/responses")):
+            handler = responses if ep is Endpoint.RESPONSES else ProxyEndpoint(gw, ep, slots, health)
+            self.hot["/v1" + path] = handler
+            self.hot[path] = handler  # clients configured with a base URL lacking /v1
 
         ollama = OllamaFront(gw, {"chat": front(Endpoint.CHAT, "ollama.chat"),
                                   "generate": front(Endpoint.CHAT, "ollama.generate"),

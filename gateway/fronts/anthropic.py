@@ -15,7 +15,7 @@ import orjson
 from gateway.api.asgi import Receive, Scope, Send
 from gateway.errors import GatewayError
 from gateway.fronts.anthropic_translate import MessageStream, error_doc, event, message_answer, messages_request
-from gateway.fronts.bridge import Relay, error_message, read_json, serve_as
+from gateway.fronts.bridge import ChatEventRelay, error_message, read_json, serve_as
 from gateway.runtime import Gateway
 
 CHAT_PATH = "/v1/chat/completions"
@@ -28,7 +28,7 @@ async def send_doc(send: Send, status: int, doc: Any, extra: list[tuple[bytes, b
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class MessagesRelay(Relay):
+class MessagesRelay(ChatEventRelay):
     """Chat answers as Anthropic's: typed SSE events for a stream, one message (or error) otherwise."""
 
     stream_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
@@ -41,19 +41,12 @@ class MessagesRelay(Relay):
     def begin(self) -> bytes:
         return self.stream.start()
 
-    def event(self, data: bytes) -> bytes:
-        if self.stream.ended:
-            return b""
-        if data == b"[DONE]":
-            return self.stream.end()
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if isinstance(doc, dict) and "error" in doc:  # failed after the answer started
-            self.stream.ended = True
-            return event("error", {"error": error_doc(500, error_message(data, 500))["error"]})
-        return self.stream.chunk(doc) if isinstance(doc, dict) else b""
+    def chunk(self, doc: dict[str, Any]) -> bytes:
+        return self.stream.chunk(doc)
+
+    def failed(self, message: str) -> bytes:
+        self.stream.ended = True
+        return event("error", {"error": error_doc(500, message)["error"]})
 
     def finish(self) -> bytes:
         return self.stream.end()

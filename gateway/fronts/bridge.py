@@ -6,6 +6,7 @@ path's). The answer goes to a relay, the front's `send`, which translates it bac
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -16,20 +17,33 @@ from gateway.protocol import parse_body
 from gateway.runtime import Gateway
 
 
-async def read_json(gw: Gateway, scope: Scope, receive: Receive) -> Any:
-    """The request's body parsed; JSON, or no content type at all (clients of other protocols often send
-    none), never a form or text/plain: a cross-site page can send those without asking first."""
+async def read_raw(gw: Gateway, scope: Scope, receive: Receive) -> bytes:
+    """The request's body, if it says it is JSON or says nothing (clients of other protocols often send
+    no content type), never a form or text/plain: a cross-site page can send those without asking first."""
     ctype = header(scope, b"content-type")
     if ctype is not None and not is_json_media_type(ctype):
         raise UnsupportedMediaType("Send the request body as JSON (with curl: -H 'Content-Type: "
                                    "application/json', or no Content-Type at all).")
-    return parse_body(await BodyRead(None).read(scope, receive, gw.max_body))
+    return await BodyRead(None).read(scope, receive, gw.max_body)
+
+
+async def read_json(gw: Gateway, scope: Scope, receive: Receive) -> Any:
+    """The request's body parsed (read_raw)."""
+    return parse_body(await read_raw(gw, scope, receive))
+
+
+def dumps(body: Any) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # an integer beyond 64 bits, passed on as sent: the standard library writes it
+        return json.dumps(body, ensure_ascii=False).encode()
 
 
 async def serve_as(handler: Any, path: str, body: dict[str, Any], scope: Scope, receive: Receive,
-                   relay: Send) -> None:
-    """Run `handler` (the gateway's handler of `path`) on `body`, answering into `relay`."""
-    raw = orjson.dumps(body)
+                   relay: Send, raw: bytes | None = None) -> None:
+    """Run `handler` (the gateway's handler of `path`) on `body` (or, untouched, its bytes `raw`),
+    answering into `relay`."""
+    raw = dumps(body) if raw is None else raw
     headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
     inner = {**scope, "path": path, "raw_path": path.encode(), "headers": [
         *headers, (b"content-type", b"application/json"), (b"content-length", b"%d" % len(raw))]}
@@ -139,3 +153,29 @@ class Relay:
         await self.send({"type": "http.response.start", "status": self.status, "headers": [
             (b"content-type", ctype), (b"content-length", b"%d" % len(body)), *self.headers]})
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class ChatEventRelay(Relay):
+    """A relay whose front streams events of its own made from the chat chunks by `self.stream` (which has
+    `ended`): the chunk's JSON is parsed once here; a front says what a chunk and a failure become."""
+
+    stream: Any
+
+    def chunk(self, doc: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def failed(self, message: str) -> bytes:
+        raise NotImplementedError
+
+    def event(self, data: bytes) -> bytes:
+        if self.stream.ended:
+            return b""
+        if data == b"[DONE]":
+            return self.finish()
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return b""
+        if isinstance(doc, dict) and "error" in doc:  # failed after the answer started
+            return self.failed(error_message(data, 500))
+        return self.chunk(doc) if isinstance(doc, dict) else b""
