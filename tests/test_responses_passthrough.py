@@ -5,7 +5,8 @@ Passed through to backends whose server implements it: the vLLM-shaped double
 /v1/responses). Routed by `model` like chat, the model name substituted, every other byte as sent;
 the SSE events (`event:` + `data:` lines, no `[DONE]`) relayed as they arrive; usage counted from
 `response.completed`. Kinds whose server lacks the route (TGI, FastChat, RWKV-Runner, Ollama) are
-translated to chat completions instead (gateway/fronts/responses.py), never sent the route. Talked to with the official `openai` client.
+translated to chat completions instead (gateway/fronts/responses.py), never sent the route. Talked to
+with the official `openai` client.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import openai
