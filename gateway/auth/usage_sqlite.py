@@ -100,11 +100,24 @@ class SQLiteUsageStore(UsageStore):
         await asyncio.to_thread(self._close)
 
     # -- in a worker thread ------------------------------------------------------------------------------
+    def _journal_wal(self, con: sqlite3.Connection) -> str:
+        """Switch the file to WAL. Two processes opening a new file at once can get "database is locked" here
+        at once, without SQLite's busy handler waiting (a journal mode change needs the file to itself): tried
+        again until the busy timeout has passed (seen in CI: two gateways sharing one file)."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                return str(con.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
         try:
-            if con.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":   # e.g. a network file system
+            if self._journal_wal(con) != "wal":   # e.g. a network file system
                 log.warning("usage: %s cannot use WAL; readers may wait for writers", self.path)
             con.execute("PRAGMA synchronous=NORMAL")   # WAL: a process crash loses nothing committed
             with _transaction(con):
