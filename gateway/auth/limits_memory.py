@@ -73,12 +73,6 @@ class MemoryLimitStore:
         self._day = self._month = -1
         self._keys: tuple[tuple[str, int], ...] = (("d", -1), ("m", -1))
 
-    def _prune(self, st: _State, now: float) -> None:
-        st.prune(now - self.window)
-        if st.leases and st.next_expiry <= now:   # leases are released at once; only a lost one expires here
-            st.leases = {t: e for t, e in st.leases.items() if e > now}
-            st.next_expiry = min(st.leases.values(), default=math.inf)
-
     def _check(self, sub: Subject, st: _State, est: int, now: float, keys: tuple[tuple[str, int], ...],
                to_midnight: float, to_month: float) -> Refusal | None:
         lim, bad = sub.limits, None
@@ -176,12 +170,12 @@ class MemoryLimitStore:
                     if keys[0] in st.quota:
                         st.quota[keys[0]] += est
                     else:
-                        self._charge(st, keys[0], est)
+                        self._new_period(st, keys[0], est)
                 if lim.tokens_per_month is not None:
                     if keys[1] in st.quota:
                         st.quota[keys[1]] += est
                     else:
-                        self._charge(st, keys[1], est)
+                        self._new_period(st, keys[1], est)
             if lim.rpm is not None:
                 remaining = lim.rpm - (len(t) - st.head)
                 if reqs is None or remaining < reqs.remaining:
@@ -199,41 +193,30 @@ class MemoryLimitStore:
         self._keys = (("d", day), ("m", month))  # the quota counters' keys, made once a day
 
     @staticmethod
-    def _charge(st: _State, key: tuple[str, int], est: int) -> None:
+    def _new_period(st: _State, key: tuple[str, int], est: int) -> None:
+        """The first charge of a day or month; one over for a day is no longer settled into: dropped."""
         quota = st.quota
-        if key not in quota:  # a new period: one over for a day is no longer settled into
-            for old in [k for k in quota if k[0] == key[0] and k[1] < key[1] - 1]:
-                del quota[old]
-            quota[key] = est
-        else:
-            quota[key] += est
+        for old in [k for k in quota if k[0] == key[0] and k[1] < key[1] - 1]:
+            del quota[old]
+        quota[key] = est
 
-    def settle_now(self, adm: Admission, used_tokens: int) -> None:
-        if not adm.allowed or adm.settled or adm.handle is None:
-            return
-        adm.settled = True
-        delta = min(max(0, used_tokens), MAX_CHARGE) - adm.estimate
-        for sub, st, entry in adm.handle:
-            i = entry - st.base  # < head: it left the window, which only holds what was admitted in it
-            if entry >= 0 and i >= st.head and sub.limits.tpm is not None:
-                st.a[i] += delta
-                st.tokens += delta
-            for key in (("d", adm.day), ("m", adm.month)):
-                if key in st.quota:
-                    st.quota[key] += delta
-
-    def finish_now(self, adm: Admission, used_tokens: int) -> None:
-        """settle_now and release_now in one pass (the request path's end)."""
+    def finish_now(self, adm: Admission, used_tokens: int, settle: bool = True, release: bool = True) -> None:
+        """Settle the admission's charge to `used_tokens` and release its leases, in one pass (the request
+        path's end); each happens at most once, and settle_now / release_now are this with one of them."""
         if not adm.allowed or adm.handle is None:
             return
-        settle, release = not adm.settled, not adm.released
-        adm.settled = adm.released = True
+        settle = settle and not adm.settled
+        release = release and not adm.released
+        if settle:
+            adm.settled = True
+        if release:
+            adm.released = True
         # A backend's report is not trusted to fit an int64 charge: no limit is above 2**53 (settings).
         delta = (min(used_tokens, MAX_CHARGE) if used_tokens > 0 else 0) - adm.estimate if settle else 0
         keys = self._keys if adm.day == self._day else (("d", adm.day), ("m", adm.month))
         for sub, st, entry in adm.handle:
             if delta:
-                i = entry - st.base
+                i = entry - st.base  # < head: it left the window, which only holds what was admitted in it
                 if entry >= 0 and i >= st.head and sub.limits.tpm is not None:
                     st.a[i] += delta
                     st.tokens += delta
@@ -245,12 +228,11 @@ class MemoryLimitStore:
             if release and st.leases:
                 st.leases.pop(adm.token, None)
 
+    def settle_now(self, adm: Admission, used_tokens: int) -> None:
+        self.finish_now(adm, used_tokens, release=False)
+
     def release_now(self, adm: Admission) -> None:
-        if not adm.allowed or adm.released or adm.handle is None:
-            return
-        adm.released = True
-        for _sub, st, _entry in adm.handle:
-            st.leases.pop(adm.token, None)
+        self.finish_now(adm, 0, settle=False)
 
     def refresh_now(self, adm: Admission) -> bool:
         """Extend the admission's leases by a TTL; False if one had already expired (it is not revived)."""
@@ -289,8 +271,7 @@ class MemoryLimitStore:
         self.release_now(admission)
 
     async def finish(self, admission: Admission, used_tokens: int) -> None:
-        self.settle_now(admission, used_tokens)
-        self.release_now(admission)
+        self.finish_now(admission, used_tokens)
 
     async def refresh(self, admission: Admission) -> bool:
         return self.refresh_now(admission)
