@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest
-from gateway.fronts.bridge import reasoning
+from gateway.fronts.bridge import reasoning, streamed
 
 SAMPLING = ("temperature", "top_p", "top_k")
 # Anthropic's platform settings (prompt caching, regions, tiers, workspaces, diagnostics): nothing a
@@ -179,8 +179,7 @@ def messages_request(body: Any) -> dict[str, Any]:
     if isinstance(user, str):
         out["user"] = user
     if body.get("stream"):
-        out["stream"] = True
-        out["stream_options"] = {"include_usage": True}
+        streamed(out)
     return out
 
 

@@ -32,6 +32,12 @@ async def read_json(gw: Gateway, scope: Scope, receive: Receive) -> Any:
     return parse_body(await read_raw(gw, scope, receive))
 
 
+def streamed(chat: dict[str, Any]) -> None:
+    """Make a translated chat request a stream that reports its usage at the end (every front counts it)."""
+    chat["stream"] = True
+    chat["stream_options"] = {"include_usage": True}
+
+
 def dumps(body: Any) -> bytes:
     try:
         return orjson.dumps(body)

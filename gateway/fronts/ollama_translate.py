@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest
-from gateway.fronts.bridge import reasoning
+from gateway.fronts.bridge import reasoning, streamed
 
 # Ollama option -> OpenAI field (vLLM and llama.cpp take top_k and min_p beside the standard ones).
 OPTION_FIELDS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
@@ -101,8 +101,7 @@ def chat_request(body: Any) -> tuple[dict[str, Any], bool]:
     out: dict[str, Any] = {k: v for k, v in body.items() if k not in OLLAMA_FIELDS}
     out.update(model=model, messages=_messages(body.get("messages") or []))
     if stream:
-        out["stream"] = True
-        out["stream_options"] = {"include_usage": True}  # the final line's counts
+        streamed(out)  # the final line's counts
     fmt = body.get("format")
     if fmt == "json":
         out["response_format"] = {"type": "json_object"}

@@ -25,7 +25,7 @@ import uuid
 from typing import Any
 
 from gateway.errors import InvalidRequest
-from gateway.fronts.bridge import reasoning
+from gateway.fronts.bridge import reasoning, streamed
 
 # Sent by SDKs and agent tools, meaningless to a chat backend: dropped (README "Clients").
 DROPPED = ("metadata", "include", "service_tier", "truncation", "prompt_cache_key", "prompt_cache_retention",
@@ -200,8 +200,7 @@ def chat_request(body: dict[str, Any], history: list[dict[str, Any]]) -> dict[st
     if isinstance(user, str):
         chat["user"] = user
     if body.get("stream"):
-        chat["stream"] = True
-        chat["stream_options"] = {"include_usage": True}
+        streamed(chat)
     return chat
 
 
