@@ -20,6 +20,7 @@ class Endpoint(enum.StrEnum):
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
     RESPONSES = "responses"  # OpenAI's Responses API, passed through to servers that implement it
+    MESSAGES = "messages"  # Anthropic's Messages API, passed through to servers that implement it
 
 
 class State(enum.StrEnum):
@@ -55,6 +56,8 @@ class Capabilities:
     stream_usage: bool = True  # honours stream_options.include_usage
     # POST /v1/responses forwarded as sent: off unless the kind's server implements it (and its adapter forwards it)
     responses: bool = False
+    # POST /v1/messages (Anthropic's Messages API) forwarded as sent: the same rule
+    messages: bool = False
     max_concurrency: int | None = None
 
 
@@ -152,6 +155,21 @@ def responses_usage(doc: dict[str, Any]) -> tuple[int, int] | None:
         p, c = usage.get("input_tokens"), usage.get("output_tokens")
         return (p if type(p) is int else 0, c if type(c) is int else 0)
     return None
+
+
+def anthropic_usage(doc: dict[str, Any]) -> tuple[int, int] | None:
+    """(input, output tokens) of an Anthropic Messages answer or stream event (`message_start` carries the
+    message, `message_delta` its own usage). Anthropic's `input_tokens` leaves out the prompt tokens read
+    from or written to its cache: they are added back, so the prompt counts whole (as the chat path's)."""
+    usage = doc.get("usage")
+    if usage is None and type(doc.get("message")) is dict:
+        usage = doc["message"].get("usage")
+    if type(usage) is not dict:
+        return None
+    p = sum(n for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+            if type(n := usage.get(k)) is int)
+    c = usage.get("output_tokens")
+    return (p, c if type(c) is int else 0)
 
 
 def single_prompt(body: dict[str, Any]) -> str | None:

@@ -40,7 +40,9 @@ LOAD_METRICS = ("llamacpp:requests_processing", "llamacpp:requests_deferred", "l
 class LlamaCppAdapter(OpenAICompatibleAdapter):
     kind: ClassVar[str] = "llamacpp"
     default_ports: ClassVar[tuple[int, ...]] = (8080,)
-    capabilities: ClassVar[Capabilities] = Capabilities(responses=True)  # 0c1e57098 serves POST /v1/responses
+    # POST /v1/responses since 0c1e57098; POST /v1/messages (Anthropic's) in tools/server/server.cpp (the
+    # 0.3.36 llama-cpp-python sdist's llama.cpp, which the tests build)
+    capabilities: ClassVar[Capabilities] = Capabilities(responses=True, messages=True)
     usage_markers: ClassVar[tuple[bytes, ...]] = (b'"usage"', b'"timings"')
 
     def __init__(self, target: Any) -> None:

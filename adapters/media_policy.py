@@ -17,25 +17,34 @@ from gateway.errors import InvalidRequest
 # `{"image_url": "https://..."}`, Responses-style `input_image`), plus OpenAI's `file` part.
 MEDIA_KEYS = frozenset({"image_url", "audio_url", "video_url", "input_audio", "input_image", "input_video",
                         "input_file", "file", "image", "audio", "video"})
+# Anthropic's image and document blocks: {"type": "image", "source": {"type": "url", "url": ...}}.
+ANTHROPIC_KEYS = MEDIA_KEYS | {"source"}
 # A URL scheme (`http:`, `file:`, `s3:`...); base64 payloads have no colon, so they never match.
 SCHEME_RE = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:")
 
 
-def refuse_media_links(body: dict[str, Any]) -> None:
-    """Raise InvalidRequest for the first media link in the body's chat messages."""
+def refuse_media_links(body: dict[str, Any], nested: bool = False) -> None:
+    """Raise InvalidRequest for the first media link in the body's chat messages. `nested`: Anthropic
+    Messages, whose blocks name media under `source` and whose tool results hold blocks of their own."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         return
+    keys = ANTHROPIC_KEYS if nested else MEDIA_KEYS
     for i, m in enumerate(messages):
         content = m.get("content") if isinstance(m, dict) else None
-        if not isinstance(content, list):
+        if isinstance(content, list):
+            _blocks(content, f"messages[{i}].content", keys, nested)
+
+
+def _blocks(content: list[Any], where: str, keys: frozenset[str], nested: bool) -> None:
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
             continue
-        for j, part in enumerate(content):
-            if not isinstance(part, dict):
-                continue
-            for key, value in part.items():
-                if key in MEDIA_KEYS:
-                    _check(value, f"messages[{i}].content[{j}].{key}")
+        for key, value in part.items():
+            if key in keys:
+                _check(value, f"{where}[{j}].{key}")
+            elif nested and key == "content" and isinstance(value, list):
+                _blocks(value, f"{where}[{j}].content", keys, nested)
 
 
 def _check(value: Any, where: str) -> None:

@@ -44,6 +44,7 @@ class OpenAICompatibleAdapter(Adapter):
         Endpoint.COMPLETIONS: "/v1/completions",
         Endpoint.EMBEDDINGS: "/v1/embeddings",
         Endpoint.RESPONSES: "/v1/responses",
+        Endpoint.MESSAGES: "/v1/messages",
     }
     models_path: ClassVar[str] = "/v1/models"
 
@@ -61,8 +62,8 @@ class OpenAICompatibleAdapter(Adapter):
                       stream: bool) -> UpstreamRequest:
         # `body` is this request's own parsed dict: patching it in place is safe and cheap.
         body["model"] = upstream_model
-        if endpoint is Endpoint.RESPONSES:
-            return self.responses_request(body, stream)
+        if endpoint is Endpoint.RESPONSES or endpoint is Endpoint.MESSAGES:
+            return self.native_request(endpoint, body, stream)
         strip = False
         if stream and self.stream_usage:
             if not client_asked_usage(body):
@@ -74,20 +75,25 @@ class OpenAICompatibleAdapter(Adapter):
             refuse_media_links(body)
         return UpstreamRequest("POST", self.urls[endpoint], self.headers, dumps(body), stream, strip)
 
-    def responses_request(self, body: dict[str, Any], stream: bool) -> UpstreamRequest:
-        """POST /v1/responses as the client sent it, but for `model`. No stream_options patch: the
-        Responses API reports usage in its `response.completed` event anyway."""
-        if not self.capabilities.responses:  # TGI, RWKV-Runner: their servers have no such route
-            raise CapabilityMissing(f"backend {self.target.name} ({self.kind}) does not serve the Responses API "
-                                    "(POST /v1/responses)", param="input")
-        if self.target.media_urls == "data_only" and isinstance(body.get("input"), list):
-            try:  # input items hold content parts as chat messages do
-                refuse_media_links({"messages": body["input"]})
-            except InvalidRequest as err:
-                err.param = err.param and "input" + err.param.removeprefix("messages")
-                err.message = err.message.replace("messages[", "input[")
-                raise
-        return UpstreamRequest("POST", self.urls[Endpoint.RESPONSES], self.headers, dumps(body), stream, False)
+    def native_request(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamRequest:
+        """POST /v1/responses or /v1/messages as the client sent it, but for `model`. No stream_options
+        patch: both protocols report usage in their stream's own events anyway."""
+        if not getattr(self.capabilities, endpoint.value):  # the server has no such route
+            what = "the Responses API (POST /v1/responses)" if endpoint is Endpoint.RESPONSES \
+                else "Anthropic's Messages API (POST /v1/messages)"
+            raise CapabilityMissing(f"backend {self.target.name} ({self.kind}) does not serve {what}",
+                                    param="input" if endpoint is Endpoint.RESPONSES else "messages")
+        if self.target.media_urls == "data_only":
+            if endpoint is Endpoint.MESSAGES:
+                refuse_media_links(body, nested=True)  # image blocks' `source`, also inside tool results
+            elif isinstance(body.get("input"), list):
+                try:  # input items hold content parts as chat messages do
+                    refuse_media_links({"messages": body["input"]})
+                except InvalidRequest as err:
+                    err.param = err.param and "input" + err.param.removeprefix("messages")
+                    err.message = err.message.replace("messages[", "input[")
+                    raise
+        return UpstreamRequest("POST", self.urls[endpoint], self.headers, dumps(body), stream, False)
 
     # -- errors -----------------------------------------------------------------------------
     def map_error(self, status: int, body: bytes) -> GatewayError:

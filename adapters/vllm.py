@@ -36,8 +36,9 @@ LOAD_METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:
 class VLLMAdapter(OpenAICompatibleAdapter):
     kind: ClassVar[str] = "vllm"
     default_ports: ClassVar[tuple[int, ...]] = (8000,)
-    # POST /v1/responses: VL entrypoints/openai/responses/api_router.py:48
-    capabilities: ClassVar[Capabilities] = Capabilities(responses=True)
+    # POST /v1/responses: VL entrypoints/openai/responses/api_router.py:48; POST /v1/messages (Anthropic's):
+    # entrypoints/anthropic/api_router.py (0.32.0, which the tests run)
+    capabilities: ClassVar[Capabilities] = Capabilities(responses=True, messages=True)
 
     def __init__(self, target: Any) -> None:
         super().__init__(target)

@@ -5,7 +5,7 @@
                 │     auth -> body -> routing fields -> route -> balancer -> adapter -> upstream -> relay
                 ├─ POST /v1/responses -> fronts.responses: passed through (a backend that serves it) or onto chat
                 ├─ /api/* (Ollama's API: version, tags, show, chat, generate, embed) -> fronts.ollama, onto the above
-                ├─ POST /v1/messages (Anthropic's Messages API) -> fronts.anthropic, onto the chat path
+                ├─ POST /v1/messages (Anthropic's Messages API) -> fronts.anthropic: passed through or onto chat
                 └─ everything else -> FastAPI: /v1/models, /healthz, /readyz, /metrics, /admin/backends
     lifespan: upstream client pool, autodiscovery (zero-config), first probe round, health monitor
 """
@@ -72,7 +72,7 @@ class GatewayApp:
                                   "generate": front(Endpoint.CHAT, "ollama.generate"),
                                   "raw": front(Endpoint.COMPLETIONS, "ollama.generate"),
                                   "embed": front(Endpoint.EMBEDDINGS, "ollama.embed")})
-        anthropic = AnthropicFront(gw, front(Endpoint.CHAT, "anthropic.messages"))
+        anthropic = AnthropicFront(gw, front(Endpoint.MESSAGES, "messages"), front(Endpoint.CHAT, "anthropic.messages"))
         self.fronts: dict[str, Any] = {**dict.fromkeys(OllamaFront.paths, ollama),
                                        **dict.fromkeys(AnthropicFront.paths, anthropic)}
 

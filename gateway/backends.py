@@ -14,13 +14,15 @@ from adapters.base import SERVING_STATES, Adapter, Endpoint, ServedModel, State
 
 # Request needs, as bits, so a capability check per deployment is one AND.
 (NEED_CHAT, NEED_COMPLETIONS, NEED_EMBEDDINGS, NEED_TOOLS, NEED_LOGPROBS, NEED_N, NEED_STRUCTURED, NEED_RESPONSES,
- NEED_JSON_MODE) = (1 << i for i in range(9))
+ NEED_JSON_MODE, NEED_MESSAGES) = (1 << i for i in range(10))
 ENDPOINT_NEED = {Endpoint.CHAT: NEED_CHAT, Endpoint.COMPLETIONS: NEED_COMPLETIONS,
-                 Endpoint.EMBEDDINGS: NEED_EMBEDDINGS, Endpoint.RESPONSES: NEED_RESPONSES}
+                 Endpoint.EMBEDDINGS: NEED_EMBEDDINGS, Endpoint.RESPONSES: NEED_RESPONSES,
+                 Endpoint.MESSAGES: NEED_MESSAGES}
 NEED_NAMES = {NEED_CHAT: "chat completions", NEED_COMPLETIONS: "text completions",
               NEED_EMBEDDINGS: "embeddings", NEED_TOOLS: "tools", NEED_LOGPROBS: "logprobs",
               NEED_N: "n > 1", NEED_STRUCTURED: "response_format (structured output)",
               NEED_RESPONSES: "the Responses API (POST /v1/responses)",
+              NEED_MESSAGES: "Anthropic's Messages API (POST /v1/messages)",
               NEED_JSON_MODE: "JSON mode without a schema (response_format json_object; a json_schema "
                               "response_format with an object schema works)"}
 NEED_PARAM = {NEED_TOOLS: "tools", NEED_LOGPROBS: "logprobs", NEED_N: "n", NEED_STRUCTURED: "response_format",
@@ -67,6 +69,7 @@ class BackendRuntime:
             | (NEED_JSON_MODE if c.structured_output and c.json_mode else 0)
             # An override can only turn it off: a kind whose adapter does not forward it cannot serve it.
             | (NEED_RESPONSES if c.responses and self.adapter.capabilities.responses else 0)
+            | (NEED_MESSAGES if c.messages and self.adapter.capabilities.messages else 0)
         )
 
     @property

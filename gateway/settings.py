@@ -122,6 +122,7 @@ class CapabilityOverrides(Strict):
     structured_output: bool | None = None
     json_mode: bool | None = None  # response_format json_object without a schema
     responses: bool | None = None  # false: a server build without POST /v1/responses (cannot turn it on)
+    messages: bool | None = None  # false: a server build without POST /v1/messages (cannot turn it on)
 
 
 class RWKVLoad(Strict):

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from adapters.base import openai_usage, responses_usage
+from adapters.base import anthropic_usage, openai_usage, responses_usage
 from adapters import records as _records  # MAX_RECORD_BYTES: upstream.max_event_bytes, read when used
 from gateway.errors import GatewayError
 
@@ -96,17 +96,18 @@ class StreamTap:
 RESPONSES_END = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
 
 
-class ResponsesTap(StreamTap):
-    """The tap of a Responses API stream: typed `event:`/`data:` events relayed untouched, done at
-    its terminal event, usage from that event's `response.usage`."""
+class TypedEventTap(StreamTap):
+    """The tap of a stream of typed events (`event:` + `data: {"type": ...}`), relayed untouched: the
+    natively passed-through protocols. Events holding a marker are parsed and handed to `typed`."""
 
     __slots__ = ()
 
-    def __init__(self) -> None:
-        super().__init__(False, (*RESPONSES_END, b'"type":"error"'), responses_usage)
-
     def _observe(self, event: bytes) -> bool:
         for line in event.splitlines():
+            if line.startswith(b"event:"):
+                if line[6:].strip() == b"error":
+                    self.error = True
+                continue
             if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
@@ -120,12 +121,54 @@ class ResponsesTap(StreamTap):
                 kind = doc.get("type") if type(doc) is dict else None
                 if kind == "error":
                     self.error = True
-                elif kind in ("response.completed", "response.incomplete", "response.failed"):
-                    self.done = True
-                    usage = responses_usage(doc)
-                    if usage is not None:
-                        self.prompt_tokens, self.completion_tokens = usage
+                elif kind is not None:
+                    self.typed(kind, doc)
         return True
+
+    def typed(self, kind: str, doc: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class ResponsesTap(TypedEventTap):
+    """A Responses API stream: done at its terminal event, usage from that event's `response.usage`."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(False, (*RESPONSES_END, b'"type":"error"'), responses_usage)
+
+    def typed(self, kind: str, doc: dict[str, Any]) -> None:
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            self.done = True
+            usage = responses_usage(doc)
+            if usage is not None:
+                self.prompt_tokens, self.completion_tokens = usage
+
+
+# An Anthropic Messages stream (POST /v1/messages) has no [DONE] either: `message_stop` ends it; usage comes in
+# `message_start` (the prompt) and `message_delta` (the output so far; vLLM's also the prompt). An error is an
+# `event: error` (vLLM's data in Anthropic's shape, llama-server's its own error object).
+MESSAGES_MARKERS = (b'"message_start"', b'"message_delta"', b'"message_stop"', b"event: error")
+
+
+class MessagesTap(TypedEventTap):
+    """An Anthropic Messages stream."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(False, MESSAGES_MARKERS, anthropic_usage)
+
+    def typed(self, kind: str, doc: dict[str, Any]) -> None:
+        if kind == "message_stop":
+            self.done = True
+        elif kind == "message_start" or kind == "message_delta":
+            usage = anthropic_usage(doc)
+            if usage is not None:
+                if usage[0]:
+                    self.prompt_tokens = usage[0]
+                if kind == "message_delta":
+                    self.completion_tokens = usage[1]
 
 
 def complete_end(buf: bytes) -> int:

@@ -177,11 +177,13 @@ def backend_fastchat(fastchat_cluster: dict) -> BackendUnderTest:  # type: ignor
 def fronts_gateway(module_spawn: Spawner, backend_llamacpp: BackendUnderTest,
                    backend_tgi_double: BackendUnderTest) -> dict[str, Any]:
     """A gateway in front of a real llama-server, a vLLM-format double (`m-vllm`, which records what it
-    receives) and the TGI double: the other protocols' tests (gateway/fronts/) run against three kinds."""
+    receives) and the TGI double: the other protocols' tests (gateway/fronts/) run against three kinds.
+    llama-server gets Anthropic's Messages passed through; the other two get them translated."""
     vllm = module_spawn.double("fronts-vllm", "m-vllm")
     gw = module_spawn.gateway({"backends": [
         {"name": "llama", "kind": "llamacpp", "url": backend_llamacpp.url},
-        {"name": "vllm", "kind": "vllm", "url": vllm.url},
+        # the double serves no /v1/messages (a vLLM before it had one): the Anthropic front translates
+        {"name": "vllm", "kind": "vllm", "url": vllm.url, "capabilities": {"messages": False}},
         {"name": "tgi", "kind": "tgi", "url": backend_tgi_double.url}]})
     return {"gw": gw, "vllm": vllm, "models": {"llamacpp": backend_llamacpp.model, "vllm": "m-vllm",
                                                "tgi": backend_tgi_double.model}}

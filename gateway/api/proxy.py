@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from adapters.base import Endpoint, responses_usage
+from adapters.base import Endpoint, anthropic_usage, responses_usage
 from gateway.api.asgi import (CLOSE, BodyRead, BodySlots, ClientGone, DisconnectWatch, Receive, Scope, Send, header,
                               is_json_media_type, send_error, send_json)
 from gateway.api.client_writer import client_transport
@@ -27,8 +27,8 @@ from gateway.passive_health import PassiveHealth
 from gateway.protocol import parse_body, routing_fields
 from gateway.routing import Deployment, Route
 from gateway.runtime import Gateway
-from gateway.streaming import (DONE_EVENT, ResponsesTap, StreamTap, await_with_keepalives, peek_first_event,
-                               relay_events, stream_end)
+from gateway.streaming import (DONE_EVENT, MessagesTap, ResponsesTap, StreamTap, await_with_keepalives,
+                               peek_first_event, relay_events, stream_end)
 from gateway.upstream import map_transport_errors
 
 log = logging.getLogger("gateway.proxy")
@@ -43,7 +43,9 @@ class ProxyEndpoint:
         self.gw = gw
         self.endpoint = endpoint
         self.label = label or endpoint.value  # the metrics' `endpoint`: a front's own (gateway/fronts/)
-        self.responses = endpoint is Endpoint.RESPONSES  # its own usage shape and stream end (no [DONE])
+        # The natively passed-through protocols: their own usage shape and stream end (no [DONE])
+        self.native_usage = {Endpoint.RESPONSES: responses_usage, Endpoint.MESSAGES: anthropic_usage}.get(endpoint)
+        self.native_tap = {Endpoint.RESPONSES: ResponsesTap, Endpoint.MESSAGES: MessagesTap}.get(endpoint)
         self.body_slots = body_slots  # shared by the inference endpoints of one gateway
         self.health = health
 
@@ -303,7 +305,7 @@ class ProxyEndpoint:
                     data = adapter.translate_body(self.endpoint, raw_answer, resp.headers, req)
                 if b'"usage"' in data:
                     doc = loads_or_none(data)
-                    extract = responses_usage if self.responses else adapter.extract_usage
+                    extract = self.native_usage or adapter.extract_usage
                     usage = extract(doc) if type(doc) is dict else None
                     if usage is not None:
                         m.observe_usage(model, b.name, *usage)
@@ -329,8 +331,8 @@ class ProxyEndpoint:
                             "more_body": True})
             else:
                 await start_sse(send, reply, b.name)
-            tap = ResponsesTap() if self.responses else StreamTap(req.strip_usage, adapter.usage_markers,
-                                                                  adapter.extract_usage)
+            tap = self.native_tap() if self.native_tap is not None else StreamTap(
+                req.strip_usage, adapter.usage_markers, adapter.extract_usage)
             failure: GatewayError | None = None
             try:
                 with map_transport_errors(b.name):

@@ -130,8 +130,9 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     return out
 
 
-def messages_request(body: Any) -> dict[str, Any]:
-    """An Anthropic Messages body as an OpenAI chat completions body."""
+def check_request(body: Any) -> dict[str, Any]:
+    """What every Messages request must be, translated or passed through: Anthropic's required fields, and
+    no server tools or MCP servers (no backend behind the gateway runs them)."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:
@@ -140,6 +141,16 @@ def messages_request(body: Any) -> dict[str, Any]:
         raise InvalidRequest("max_tokens: Field required (an integer of at least 1)", param="max_tokens")
     if not isinstance(body.get("messages"), list):
         raise InvalidRequest("messages: Field required", param="messages")
+    if body.get("tools"):
+        _tools(body["tools"])
+    if body.get("mcp_servers"):
+        raise InvalidRequest("mcp_servers is not served through this gateway: give the tools to the client and "
+                             "send them as custom tools", param="mcp_servers", code="unsupported_parameter")
+    return body
+
+
+def messages_request(body: Any) -> dict[str, Any]:
+    """An Anthropic Messages body (checked by check_request) as an OpenAI chat completions body."""
     out: dict[str, Any] = {k: v for k, v in body.items() if k not in ANTHROPIC_FIELDS}  # others go on as sent
     messages: list[dict[str, Any]] = []
     if body.get("system"):
@@ -161,9 +172,6 @@ def messages_request(body: Any) -> dict[str, Any]:
             {"type": "function", "function": {"name": choice.get("name")}} if kind == "tool" else "auto")
         if choice.get("disable_parallel_tool_use"):
             out["parallel_tool_calls"] = False
-    if body.get("mcp_servers"):
-        raise InvalidRequest("mcp_servers is not served through this gateway: give the tools to the client and "
-                             "send them as custom tools", param="mcp_servers", code="unsupported_parameter")
     config = body.get("output_config") or {}
     if isinstance(config, dict):
         fmt = config.get("format") or {}

@@ -99,6 +99,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         request.transport.write(ctl["raw"].encode("latin-1"))
         request.transport.close()
         return web.Response()
+    if kind == "messages":  # only scripted (`raw`) answers: a server without Anthropic's route otherwise
+        raise web.HTTPNotFound()
     if request.app["hang"]:  # a wedged backend: takes the request, never answers
         await asyncio.Event().wait()
     if ctl.get("headers_delay") or request.app["headers_delay"]:  # nothing at all for a while (a model loading)
@@ -282,7 +284,7 @@ def make_app(name: str, models_: list[str], strict: bool, owned_by: str, hang: b
     app["fail_status"] = fail_status
     app["state"] = State(name, models_, strict, owned_by)
     app.router.add_post("/v1/chat/completions", handle)
-    app.router.add_route("POST", "/v1/{kind:completions|embeddings|responses}", handle)
+    app.router.add_route("POST", "/v1/{kind:completions|embeddings|responses|messages}", handle)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", lambda r: web.Response())
     app.router.add_get("/metrics", extras.metrics)
