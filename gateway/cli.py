@@ -20,6 +20,15 @@ def main(argv: list[str] | None = None) -> int:
                    "this machine's default ports)")
     s.add_argument("--host", help="listen address (default: server.host, 127.0.0.1)")
     s.add_argument("--port", type=int, help="listen port (default: server.port, 4000)")
+    q = s.add_argument_group("quickstart", "a local llama.cpp backend when nothing is configured or found")
+    q.add_argument("--quickstart", action="store_true", help="launch llama-server with a small instruct model "
+                   "(downloaded from the Hugging Face hub unless --model is given) when no backend is configured "
+                   "or found")
+    q.add_argument("--model", help="with --quickstart: serve this GGUF file instead of downloading one")
+    q.add_argument("--llama-server", help="with --quickstart: this llama-server binary (default: PATH, the "
+                   "cache, else built from source)")
+    q.add_argument("--print-config", action="store_true", help="with --quickstart: print the backend it would "
+                   "launch as a config file, and exit")
     c = sub.add_parser("check-config", help="validate a config file and print the routing table")
     c.add_argument("path")
     st = sub.add_parser("status", help="show a running gateway's backends: state, since, models, load")
@@ -84,6 +93,14 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     settings = load_settings(args.config)
+    if (args.model or args.llama_server or args.print_config) and not args.quickstart:
+        print("llm-gateway serve: --model, --llama-server and --print-config go with --quickstart", file=sys.stderr)
+        return 2
+    if args.quickstart:
+        from gateway.quickstart.setup import apply
+        code = apply(settings, args.model, args.llama_server, args.print_config)
+        if code is not None:
+            return code
     if args.host:
         settings.server.host = args.host
     if args.port:

@@ -111,9 +111,9 @@ class Spawner:
         return Double(p, port, name or module)
 
     def gateway(self, config: dict[str, Any] | None, env: dict[str, str] | None = None,
-                wait: bool = True) -> Gateway:
+                wait: bool = True, extra: tuple[str, ...] = ()) -> Gateway:
         port = free_port()
-        args = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+        args = [sys.executable, "-m", "gateway", "serve", "--port", str(port), *extra]
         if config is not None:
             path = self.tmp / f"gateway-{port}.yaml"
             path.write_text(yaml.safe_dump(config))

@@ -73,6 +73,13 @@ _TABLE: list[tuple[tuple[str, ...], Architecture]] = [
      _a("Llama-2-70B", 68.98e9, 80, 8192, 64, 8, 128, 32000, 28672, 4096,
         src=_HF.format("meta-llama/Llama-2-70b-hf"))),
     # Qwen2.5 configs carry sliding_window but use_sliding_window=false: no window
+    # the quickstart's models (gateway/quickstart/models.py); tie_word_embeddings true
+    (("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct"),
+     _a("Qwen2.5-0.5B", 0.49e9, 24, 896, 14, 2, 64, 151936, 4864, 32768, tied=True,
+        src=_HF.format("Qwen/Qwen2.5-0.5B-Instruct"))),
+    (("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-1.5B-Instruct"),
+     _a("Qwen2.5-1.5B", 1.54e9, 28, 1536, 12, 2, 128, 151936, 8960, 32768, tied=True,
+        src=_HF.format("Qwen/Qwen2.5-1.5B-Instruct"))),
     (("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B-Instruct"),
      _a("Qwen2.5-7B", 7.62e9, 28, 3584, 28, 4, 128, 152064, 18944, 32768, src=_HF.format("Qwen/Qwen2.5-7B-Instruct"))),
     (("Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-14B-Instruct"),

@@ -1,15 +1,11 @@
 """A real llama.cpp `llama-server` for the tests: the binary (built from source once per machine), a tiny
 GGUF model written by the test itself, and the server's command line.
 
-`ensure_llama_server()` returns the path of a `llama-server` binary. On the first call on a machine it
-downloads the llama-cpp-python sdist from PyPI (pip, the only network access), takes the llama.cpp
-source vendored inside it (`vendor/llama.cpp`, for 0.3.36 = ggml-org/llama.cpp@0c1e57098, the snapshot
-/work/shared/backends.md part A documents as "LC"), builds only the `llama-server` target (CPU only,
-static libraries, no web UI, no SSL, nothing downloaded at build time; ~8 min on 2 cores) and installs it
-into ~/.cache/llm-gateway/llama-server-<VERSION>/ (override the root with LLM_GATEWAY_CACHE_DIR). A
-marker file written last records the recipe, so a half-finished or differently configured build is
-redone; a lock file serialises concurrent builds (two pytest processes). `LLAMA_SERVER_BIN=/path`
-skips all that and uses the given binary.
+`ensure_llama_server()` returns the path of a `llama-server` binary: the build the quickstart also uses
+(gateway/quickstart/llama_build.py: llama.cpp from the llama-cpp-python sdist, for 0.3.36 =
+ggml-org/llama.cpp@0c1e57098, the snapshot /work/shared/backends.md part A documents as "LC"), built once per
+machine into ~/.cache/llm-gateway/llama-server-<VERSION>/; here missing build tools are apt-get installed
+first (CI). `LLAMA_SERVER_BIN=/path` skips all that and uses the given binary.
 
 `write_tiny_gguf()` writes a random-weight llama-architecture GGUF with a small SentencePiece-style
 vocabulary and a ChatML chat template (a few hundred KB, written in well under a second); with
@@ -21,191 +17,36 @@ for a couple of seconds (see its docstring).
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-import re
 import shutil
-import subprocess
-import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.backends.venv_cache import cache_root
+from gateway.quickstart import llama_build
+from gateway.quickstart.llama_build import LLAMA_CPP_PYTHON_VERSION, LlamaServerUnavailable, _run
 
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"   # vendors ggml-org/llama.cpp@0c1e57098 (its CHANGELOG)
 GGUF_VERSION = "0.19.0"               # the `gguf` package write_tiny_gguf() was written against
-
-# CPU only; nothing fetched at build time: the web UI is neither built (npm) nor downloaded (HF bucket),
-# no BoringSSL/LibreSSL/OpenMP fetch, no SSL at all (the tests talk plain HTTP on loopback). Static
-# libraries, so the installed binary needs only system libraries (libc, libstdc++, libgomp).
-CMAKE_FLAGS = (
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DBUILD_SHARED_LIBS=OFF",
-    "-DGGML_NATIVE=OFF",
-    "-DGGML_CCACHE=OFF",
-    "-DGGML_OPENMP_FETCH=OFF",
-    "-DLLAMA_CURL=OFF",
-    "-DLLAMA_OPENSSL=OFF",
-    "-DLLAMA_BUILD_BORINGSSL=OFF",
-    "-DLLAMA_BUILD_LIBRESSL=OFF",
-    "-DLLAMA_USE_PREBUILT_UI=OFF",
-    "-DLLAMA_BUILD_UI=OFF",
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DLLAMA_BUILD_TOOLS=ON",
-    "-DLLAMA_BUILD_SERVER=ON",
-)
-BUILD_JOBS = 2
-
-
-class LlamaServerUnavailable(RuntimeError):
-    """The binary could not be built here (the reason is in the message and the build log)."""
-
-
-def _log(msg: str) -> None:
-    print(f"[llama-server build] {msg}", file=sys.stderr, flush=True)
-
-
-def install_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
-    return cache_root() / f"llama-server-{version}"
-
-
-def _recipe(version: str) -> dict[str, Any]:
-    return {"llama_cpp_python": version, "cmake_flags": list(CMAKE_FLAGS), "target": "llama-server"}
 
 
 def ensure_llama_server(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
-    """The path of a working `llama-server`; builds it (once per machine and version) if missing."""
+    """The package's build (gateway/quickstart/llama_build.py), with CI's missing tools apt-get installed;
+    `LLAMA_SERVER_BIN=/path` uses that binary instead."""
     override = os.environ.get("LLAMA_SERVER_BIN")
     if override:
         return Path(override)
-    dest = install_dir(version)
-    binary, marker = dest / "llama-server", dest / "BUILD-COMPLETE.json"
-
-    def done() -> bool:
-        try:
-            return binary.is_file() and json.loads(marker.read_text()).get("recipe") == _recipe(version)
-        except (OSError, ValueError):
-            return False
-
-    if done():
-        return binary
-    cache_root().mkdir(parents=True, exist_ok=True)
-    with open(cache_root() / f"llama-server-{version}.lock", "w") as lock:
-        if not done():
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                _log(f"another process is building llama-server {version}; waiting for its lock")
-                fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done():   # re-check: whoever held the lock may have finished it
-            _build(version, dest, binary, marker)
-    return binary
-
-
-def _run(argv: list[str], log: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None,
-         progress: bool = False) -> None:
-    """Runs argv appending its output to `log`; with progress, echoes cmake's "[ NN%]" every 10%."""
-    with open(log, "ab") as f:
-        f.write(f"\n$ {' '.join(argv)}\n".encode())
-        f.flush()
-        p = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
-        assert p.stdout is not None
-        shown = -10
-        for line in p.stdout:
-            f.write(line)
-            if progress and (m := re.match(rb"\[\s*(\d+)%\]", line)) and int(m[1]) >= shown + 10:
-                shown = int(m[1])
-                _log(f"{shown}% {line.decode(errors='replace').strip()[7:][:100]}")
-        rc = p.wait()
-    if rc != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
-        raise LlamaServerUnavailable(f"{' '.join(argv[:3])}… failed with exit code {rc} (log: {log}):\n"
-                                     f"{tail}")
+    return llama_build.ensure_llama_server(version, toolchain=_ensure_toolchain)
 
 
 def _ensure_toolchain(log: Path) -> None:
-    missing = [t for t in ("cmake", "g++", "make") if shutil.which(t) is None]
+    missing = llama_build.missing_tools()
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise LlamaServerUnavailable(f"missing build tools {missing} and cannot apt-get install them")
-    _log(f"installing {missing} with apt-get")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     _run(["apt-get", "update", "-q"], log, env=env)
     _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "cmake", "g++", "make"], log, env=env)
-
-
-def _build(version: str, dest: Path, binary: Path, marker: Path) -> None:
-    t0 = time.monotonic()
-    log = cache_root() / f"llama-server-{version}-build.log"
-    log.write_text("")
-    work = cache_root() / f"llama-server-{version}-build"
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    work.mkdir(parents=True)
-    _log(f"building llama-server from llama-cpp-python {version} (~8 min on 2 cores); log: {log}")
-    _ensure_toolchain(log)
-
-    _log("downloading the llama-cpp-python sdist from PyPI")
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-          f"llama-cpp-python=={version}", "-d", str(work / "sdist")], log)
-    sdists = list((work / "sdist").glob("llama_cpp_python-*.tar.gz"))
-    if len(sdists) != 1:
-        raise LlamaServerUnavailable(f"pip download produced {sdists}, expected one sdist (log: {log})")
-    _log(f"extracting vendor/llama.cpp from {sdists[0].name}")
-    prefix = f"{sdists[0].name.removesuffix('.tar.gz')}/"
-    with tarfile.open(sdists[0]) as tar:
-        members = [m for m in tar.getmembers()
-                   if m.name.startswith(prefix + "vendor/llama.cpp/") or m.name == prefix + "CHANGELOG.md"]
-        tar.extractall(work, members=members, filter="data")
-    src = work / prefix / "vendor" / "llama.cpp"
-    changelog = (work / prefix / "CHANGELOG.md").read_text(errors="replace")
-    m = re.search(r"llama\.cpp@([0-9a-f]{7,40})", changelog)
-    commit = m[1] if m else "unknown"
-
-    build = work / "build"
-    # Stop llama.cpp's build-info from asking git about some enclosing repository.
-    env = {"GIT_CEILING_DIRECTORIES": str(work)}
-    _log(f"configuring llama.cpp@{commit} with cmake")
-    _run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS, f"-DLLAMA_BUILD_COMMIT={commit}"], log,
-         env=env)
-    _log(f"compiling the llama-server target with -j{BUILD_JOBS}")
-    _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(BUILD_JOBS)], log, env=env,
-         progress=True)
-
-    built = build / "bin" / "llama-server"
-    if not built.is_file():
-        raise LlamaServerUnavailable(f"the build finished without {built} (log: {log})")
-    staging = dest.with_name(dest.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    shutil.copy2(built, staging / "llama-server")
-    # A static build needs no library of its own; if some configuration produced shared ones anyway, copy
-    # those the binary resolves into the build tree and point the binary at them.
-    ldd = subprocess.run(["ldd", str(built)], capture_output=True, text=True, check=False).stdout
-    own = [Path(p) for p in re.findall(r"=>\s*(\S+)", ldd) if p.startswith(str(work))]
-    for lib in own:
-        shutil.copy2(lib, staging / lib.name)
-    if own:
-        if shutil.which("patchelf") is None:
-            raise LlamaServerUnavailable(f"llama-server links build-tree libraries {own}; install patchelf")
-        subprocess.run(["patchelf", "--set-rpath", "$ORIGIN", str(staging / "llama-server")], check=True)
-    out = subprocess.run([str(staging / "llama-server"), "--version"], capture_output=True, text=True,
-                         timeout=60, check=False)
-    if out.returncode != 0:
-        raise LlamaServerUnavailable(f"built llama-server does not run: {out.stdout}{out.stderr}")
-    staging.rename(dest)
-    seconds = round(time.monotonic() - t0)
-    marker.write_text(json.dumps({"recipe": _recipe(version), "llama_cpp_commit": commit,
-                                  "version_output": (out.stdout + out.stderr).strip(),
-                                  "build_seconds": seconds}, indent=2))
-    shutil.rmtree(work, ignore_errors=True)
-    _log(f"installed {binary} in {seconds} s")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,11 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.quickstart.llama_build import cache_root  # one cache root for every build
+
 LOCAL_WHEELS = Path("/opt/wheels")  # where a CPU torch build that PyPI lacks may be found locally
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LLM_GATEWAY_CACHE_DIR") or Path.home() / ".cache" / "llm-gateway")
 
 
 def venv_python(venv: Path) -> Path:
