@@ -187,6 +187,7 @@ def test_print_config_is_a_config_file(gguf: Path, tmp_path: Path) -> None:
     doc = yaml.safe_load(r.stdout)
     launch = doc["backends"][0]["launch"]
     assert (launch["model"], launch["served_name"], launch["gpus"]) == (str(gguf), "tiny-chat", [])
+    assert (launch["start"], launch["idle_timeout"]) == ("at_boot", 1800.0)  # stopped when idle, like any other
     (tmp_path / "qs.yaml").write_text(r.stdout)
     check = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(tmp_path / "qs.yaml")],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
@@ -200,3 +201,14 @@ def test_a_failing_step_is_one_message_not_a_traceback(tmp_path: Path) -> None:
                        cwd=ROOT, timeout=60, env=env)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "cannot start: cannot get" in r.stderr and "fix:" in r.stderr and "--model" in r.stderr
+
+
+def test_nothing_is_launched_when_a_server_is_found_or_configured(spawn: Spawner) -> None:
+    dbl = spawn.double("qs-found", "found-model")
+    gw = spawn.gateway(None, extra=("--quickstart",), env={"GATEWAY_AUTODISCOVER__PORTS": f"[{dbl.port}]"})
+    assert [m["id"] for m in httpx.get(gw.url + "/v1/models").json()["data"]] == ["found-model"]
+    assert f"at http://127.0.0.1:{dbl.port}: serving that instead" in gw.proc.output()
+    assert "launching:" not in gw.proc.output()
+    gw = spawn.gateway({"backends": [{"name": "d", "kind": "openai", "url": dbl.url}]}, extra=("--quickstart",))
+    assert "backends are configured; nothing to launch" in gw.proc.output()
+    assert "launching:" not in gw.proc.output()
