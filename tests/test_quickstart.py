@@ -212,3 +212,17 @@ def test_nothing_is_launched_when_a_server_is_found_or_configured(spawn: Spawner
     gw = spawn.gateway({"backends": [{"name": "d", "kind": "openai", "url": dbl.url}]}, extra=("--quickstart",))
     assert "backends are configured; nothing to launch" in gw.proc.output()
     assert "launching:" not in gw.proc.output()
+
+
+def test_a_gpu_with_the_cpu_build_is_said_and_sized_for_the_cpu(gguf: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                tmp_path: Path) -> None:
+    from gateway.quickstart import setup
+
+    monkeypatch.setattr(setup, "this_machine", lambda: Machine(gpu_free=24 << 30, ram_available=16 << 30, cores=8))
+    monkeypatch.setenv("PATH", "/nonexistent")  # only the cached (CPU) build is found
+    p = setup.plan(str(gguf), None)
+    assert p.gpus == [] and p.binary == llama_build.installed()
+    assert "the GPU is not used: the llama-server built here is CPU only" in capsys.readouterr().err
+    os.symlink(llama_build.installed(), tmp_path / "llama-server")  # another build, maybe CUDA's: the GPU is used
+    assert setup.plan(str(gguf), str(tmp_path / "llama-server")).gpus == [0]

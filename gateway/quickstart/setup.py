@@ -9,7 +9,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,10 @@ class Plan:
 def plan(given_model: str | None, given_binary: str | None) -> Plan:
     machine = this_machine()
     binary = find_llama_server(given_binary, say)
+    if machine.gpu_free is not None and binary == llama_build.installed():
+        say("the GPU is not used: the llama-server built here is CPU only; for the GPU put a CUDA build of "
+            "llama.cpp on PATH (or give it with --llama-server)")
+        machine = replace(machine, gpu_free=None)  # the model is chosen for the CPU it will run on
     if given_model:
         path = Path(given_model).expanduser().resolve()
         if not path.is_file():
@@ -52,10 +56,6 @@ def plan(given_model: str | None, given_binary: str | None) -> Plan:
         choice = choose(machine)
         say(f"model: {choice.model.alias} ({choice.model.repo}, {choice.model.filename}): {choice.why}")
         path, alias, gpus = fetch(choice.model.repo, choice.model.filename, say), choice.model.alias, choice.gpus
-    if gpus and binary == llama_build.installed():
-        say("the GPU is not used: the llama-server built here is CPU only; for the GPU put a CUDA build of "
-            "llama.cpp on PATH (or give it with --llama-server)")
-        gpus = []
     return Plan(binary, path, alias, gpus, free_port())
 
 
