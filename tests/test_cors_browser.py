@@ -81,7 +81,17 @@ def chromium() -> str:
 
 
 def page_result(exe: str, url: str, profile: Path) -> str:
-    """The page's #out text once its script settled, from the DOM chromium dumps."""
+    """The page's #out text once its script settled, from the DOM chromium dumps. Still "pending" means
+    chromium dumped before the script ended (its virtual-time budget ran out on a loaded machine): asked
+    again, at most three times in all; a result or a failure of the script is final."""
+    for _ in range(3):
+        text = _dump(exe, url, profile)
+        if text != "pending":
+            break
+    return text
+
+
+def _dump(exe: str, url: str, profile: Path) -> str:
     r = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                         f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", url],
                        capture_output=True, text=True, timeout=120)
