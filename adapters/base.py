@@ -21,6 +21,7 @@ class Endpoint(enum.StrEnum):
     EMBEDDINGS = "embeddings"
     RESPONSES = "responses"  # OpenAI's Responses API, passed through to servers that implement it
     MESSAGES = "messages"  # Anthropic's Messages API, passed through to servers that implement it
+    COUNT_TOKENS = "count_tokens"  # its POST /v1/messages/count_tokens, the same way
 
 
 class State(enum.StrEnum):

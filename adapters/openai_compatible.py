@@ -45,6 +45,7 @@ class OpenAICompatibleAdapter(Adapter):
         Endpoint.EMBEDDINGS: "/v1/embeddings",
         Endpoint.RESPONSES: "/v1/responses",
         Endpoint.MESSAGES: "/v1/messages",
+        Endpoint.COUNT_TOKENS: "/v1/messages/count_tokens",
     }
     models_path: ClassVar[str] = "/v1/models"
 
@@ -62,7 +63,7 @@ class OpenAICompatibleAdapter(Adapter):
                       stream: bool) -> UpstreamRequest:
         # `body` is this request's own parsed dict: patching it in place is safe and cheap.
         body["model"] = upstream_model
-        if endpoint is Endpoint.RESPONSES or endpoint is Endpoint.MESSAGES:
+        if endpoint is Endpoint.RESPONSES or endpoint is Endpoint.MESSAGES or endpoint is Endpoint.COUNT_TOKENS:
             return self.native_request(endpoint, body, stream)
         strip = False
         if stream and self.stream_usage:
@@ -78,13 +79,13 @@ class OpenAICompatibleAdapter(Adapter):
     def native_request(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamRequest:
         """POST /v1/responses or /v1/messages as the client sent it, but for `model`. No stream_options
         patch: both protocols report usage in their stream's own events anyway."""
-        if not getattr(self.capabilities, endpoint.value):  # the server has no such route
+        if not (self.capabilities.responses if endpoint is Endpoint.RESPONSES else self.capabilities.messages):
             what = "the Responses API (POST /v1/responses)" if endpoint is Endpoint.RESPONSES \
                 else "Anthropic's Messages API (POST /v1/messages)"
             raise CapabilityMissing(f"backend {self.target.name} ({self.kind}) does not serve {what}",
                                     param="input" if endpoint is Endpoint.RESPONSES else "messages")
         if self.target.media_urls == "data_only":
-            if endpoint is Endpoint.MESSAGES:
+            if endpoint is not Endpoint.RESPONSES:
                 refuse_media_links(body, nested=True)  # image blocks' `source`, also inside tool results
             elif isinstance(body.get("input"), list):
                 try:  # input items hold content parts as chat messages do

@@ -72,7 +72,9 @@ class GatewayApp:
                                   "generate": front(Endpoint.CHAT, "ollama.generate"),
                                   "raw": front(Endpoint.COMPLETIONS, "ollama.generate"),
                                   "embed": front(Endpoint.EMBEDDINGS, "ollama.embed")})
-        anthropic = AnthropicFront(gw, front(Endpoint.MESSAGES, "messages"), front(Endpoint.CHAT, "anthropic.messages"))
+        anthropic = AnthropicFront(gw, front(Endpoint.MESSAGES, "messages"),
+                                   front(Endpoint.COUNT_TOKENS, "messages.count_tokens"),
+                                   front(Endpoint.CHAT, "anthropic.messages"))
         self.fronts: dict[str, Any] = {**dict.fromkeys(OllamaFront.paths, ollama),
                                        **dict.fromkeys(AnthropicFront.paths, anthropic)}
 

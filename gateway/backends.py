@@ -17,7 +17,7 @@ from adapters.base import SERVING_STATES, Adapter, Endpoint, ServedModel, State
  NEED_JSON_MODE, NEED_MESSAGES) = (1 << i for i in range(10))
 ENDPOINT_NEED = {Endpoint.CHAT: NEED_CHAT, Endpoint.COMPLETIONS: NEED_COMPLETIONS,
                  Endpoint.EMBEDDINGS: NEED_EMBEDDINGS, Endpoint.RESPONSES: NEED_RESPONSES,
-                 Endpoint.MESSAGES: NEED_MESSAGES}
+                 Endpoint.MESSAGES: NEED_MESSAGES, Endpoint.COUNT_TOKENS: NEED_MESSAGES}
 NEED_NAMES = {NEED_CHAT: "chat completions", NEED_COMPLETIONS: "text completions",
               NEED_EMBEDDINGS: "embeddings", NEED_TOOLS: "tools", NEED_LOGPROBS: "logprobs",
               NEED_N: "n > 1", NEED_STRUCTURED: "response_format (structured output)",

@@ -20,7 +20,7 @@ from gateway.jsonio import may_hold_big_int
 
 # The field each endpoint cannot do without, besides `model`.
 REQUIRED_INPUT = {Endpoint.CHAT: "messages", Endpoint.COMPLETIONS: "prompt", Endpoint.EMBEDDINGS: "input",
-                  Endpoint.RESPONSES: "input", Endpoint.MESSAGES: "messages"}
+                  Endpoint.RESPONSES: "input", Endpoint.MESSAGES: "messages", Endpoint.COUNT_TOKENS: "messages"}
 
 
 _NOT_JSON = "We could not parse the JSON body of your request: it is not valid JSON."
@@ -72,7 +72,7 @@ def routing_fields(endpoint: Endpoint, body: Any) -> tuple[str, bool, int]:
     if value is None:
         raise InvalidRequest(f"'{field}' is a required property.", param=field,
                              code="missing_required_parameter")
-    if endpoint is Endpoint.CHAT or endpoint is Endpoint.MESSAGES:
+    if endpoint is Endpoint.CHAT or endpoint is Endpoint.MESSAGES or endpoint is Endpoint.COUNT_TOKENS:
         if type(value) is not list or not value:
             raise InvalidRequest("'messages' must be a non-empty array of message objects.", param="messages",
                                  code="invalid_type")

@@ -247,3 +247,39 @@ def test_media_links_refused_in_anthropics_blocks(module_spawn: Spawner, native:
     r = httpx.post(gw.url + "/v1/messages", json={"model": b.model, "max_tokens": 3, "messages": [
         {"role": "user", "content": [{"type": "text", "text": "hi"}]}]}, timeout=60)
     assert r.status_code == 200, r.text
+
+
+def test_count_tokens_is_the_servers_own_count(native: dict[str, Any], spawn: Spawner,
+                                              client: Callable[..., anthropic.Anthropic]) -> None:
+    """POST /v1/messages/count_tokens, passed through: the count the server gives directly, the prompt the
+    same messages are then charged for; refused in Anthropic's shape for a kind that cannot count (TGI)."""
+    gw: Gateway = native["gw"]
+    ask: dict[str, Any] = {"system": "Be brief.", "messages": [{"role": "user", "content": "Say hello to me"}]}
+    for name in ("llama", "vllm"):
+        b: BackendUnderTest = native["backends"][name]
+        via = client(gw.url).messages.count_tokens(model=b.model, **ask)
+        assert via.input_tokens == client(b.url).messages.count_tokens(model=b.model, **ask).input_tokens > 0
+        made = client(b.url).messages.create(model=b.model, max_tokens=1, **ask)
+        assert via.input_tokens == whole_prompt(made), name
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client(gw.url).messages.count_tokens(model=native["backends"]["tgi"].model, **ask)
+    assert e.value.body["type"] == "error" and "llama.cpp, vLLM" in e.value.body["error"]["message"]
+    after = counters(gw)
+    assert after[("requests", "messages.count_tokens", "llama", "200")] >= 1
+
+
+def test_counting_tokens_is_not_charged_to_a_keys_limits(native: dict[str, Any], spawn: Spawner,
+                                                         client: Callable[..., anthropic.Anthropic]) -> None:
+    b: BackendUnderTest = native["backends"]["llama"]
+    key = "count-tokens-key-0123456789abcdef"
+    gw = spawn.gateway({"auth": {"keys": [{"name": "cc", "key": key, "limits": {"rpm": 1, "tpm": 100}}]},
+                        "backends": [{"name": "l", "kind": "llamacpp", "url": b.url}]})
+    c = client(gw.url, key)
+    ask: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(4):  # an agent counts before every turn: none of it is a request or tokens against the limits
+        assert c.messages.count_tokens(model=b.model, **ask).input_tokens > 0
+    assert c.messages.create(model=b.model, max_tokens=2, **ask).content  # the one request a minute
+    with pytest.raises(anthropic.RateLimitError):
+        c.messages.create(model=b.model, max_tokens=2, **ask)
+    with pytest.raises(anthropic.AuthenticationError):  # but a key is still needed
+        client(gw.url, "wrong-key-0123456789abcdef").messages.count_tokens(model=b.model, **ask)

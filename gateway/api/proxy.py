@@ -46,6 +46,8 @@ class ProxyEndpoint:
         # The natively passed-through protocols: their own usage shape and stream end (no [DONE])
         self.native_usage = {Endpoint.RESPONSES: responses_usage, Endpoint.MESSAGES: anthropic_usage}.get(endpoint)
         self.native_tap = {Endpoint.RESPONSES: ResponsesTap, Endpoint.MESSAGES: MessagesTap}.get(endpoint)
+        # Counting a prompt's tokens generates nothing: no request or token limit is charged for it
+        self.limited = endpoint is not Endpoint.COUNT_TOKENS
         self.body_slots = body_slots  # shared by the inference endpoints of one gateway
         self.health = health
 
@@ -82,7 +84,7 @@ class ProxyEndpoint:
             if ident is not None:
                 if not ident.allows(model):
                     raise model_not_allowed(model)
-                if ident.subjects:  # limits: reserve before, settle in `finally`
+                if ident.subjects and self.limited:  # limits: reserve before, settle in `finally`
                     gk = gw.gatekeeper
                     adm = (gk.admit_now(ident, body, len(raw), reply.rid.decode()) if gk.local
                            else await gk.admit(ident, body, len(raw), reply.rid.decode()))

@@ -19,7 +19,7 @@ import orjson
 
 from gateway.api.asgi import Receive, Scope, Send, header
 from gateway.backends import NEED_MESSAGES
-from gateway.errors import GatewayError, Unauthorized
+from gateway.errors import CapabilityMissing, GatewayError, Unauthorized
 from gateway.fronts.anthropic_translate import (MessageStream, check_request, error_doc, event, message_answer,
                                                 messages_request)
 from gateway.fronts.bridge import ChatEventRelay, error_message, read_raw, serve_as
@@ -27,6 +27,7 @@ from gateway.protocol import parse_body
 from gateway.runtime import Gateway
 
 CHAT_PATH = "/v1/chat/completions"
+COUNT_PATH = "/v1/messages/count_tokens"
 
 
 async def send_doc(send: Send, status: int, doc: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -134,12 +135,12 @@ def anthropic_events(chunk: bytes) -> bytes:
 
 
 class AnthropicFront:
-    paths = frozenset({"/v1/messages"})
+    paths = frozenset({"/v1/messages", COUNT_PATH})
 
-    def __init__(self, gw: Gateway, native: Any, chat: Any) -> None:
-        # native: the pass-through handler (metrics: messages); chat: a chat completions handler of its own
-        # (metrics: anthropic.messages)
-        self.gw, self.native, self.chat = gw, native, chat
+    def __init__(self, gw: Gateway, native: Any, count: Any, chat: Any) -> None:
+        # native: the pass-through handler (metrics: messages); count: that of /v1/messages/count_tokens
+        # (messages.count_tokens); chat: a chat completions handler of its own (anthropic.messages)
+        self.gw, self.native, self.count, self.chat = gw, native, count, chat
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
@@ -151,9 +152,18 @@ class AnthropicFront:
                 raise Unauthorized("Incorrect or missing API key. Send it as 'x-api-key: <key>' or "
                                    "'Authorization: Bearer <key>'.")
             raw = await read_raw(gw, scope, receive)
-            body = check_request(parse_body(raw))
+            counting = scope["path"] == COUNT_PATH
+            body = check_request(parse_body(raw), counting)
             route = gw.table.resolve(body["model"])
-            if any(d.backend.capmask & NEED_MESSAGES for d in route.deployments):
+            native = any(d.backend.capmask & NEED_MESSAGES for d in route.deployments)
+            if counting:
+                if not native:
+                    raise CapabilityMissing(
+                        f"Token counting is served for models on backends that count with the model's own "
+                        f"template and tokenizer (llama.cpp, vLLM); none of {route.name}'s backends does.",
+                        param="model", code="unsupported_endpoint")
+                return await serve_as(self.count, COUNT_PATH, body, scope, receive, NativeRelay(send), raw)
+            if native:
                 return await serve_as(self.native, "/v1/messages", body, scope, receive, NativeRelay(send), raw)
             chat = messages_request(body)
             stops = [s for s in body.get("stop_sequences") or [] if isinstance(s, str)]

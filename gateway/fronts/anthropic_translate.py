@@ -130,14 +130,15 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     return out
 
 
-def check_request(body: Any) -> dict[str, Any]:
-    """What every Messages request must be, translated or passed through: Anthropic's required fields, and
-    no server tools or MCP servers (no backend behind the gateway runs them)."""
+def check_request(body: Any, counting: bool = False) -> dict[str, Any]:
+    """What every Messages request must be, translated or passed through: Anthropic's required fields
+    (`counting`: of count_tokens, which has no max_tokens), and no server tools or MCP servers (no backend
+    behind the gateway runs them)."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise InvalidRequest("model: Field required", param="model")
-    if type(body.get("max_tokens")) is not int or body["max_tokens"] < 1:
+    if not counting and (type(body.get("max_tokens")) is not int or body["max_tokens"] < 1):
         raise InvalidRequest("max_tokens: Field required (an integer of at least 1)", param="max_tokens")
     if not isinstance(body.get("messages"), list):
         raise InvalidRequest("messages: Field required", param="messages")
