@@ -76,13 +76,14 @@ def needed_bytes(m: QuickModel) -> int:
 
 
 def choose(machine: Machine) -> Choice:
+    needs = {m.alias: needed_bytes(m) for m in CATALOG}
     for m in CATALOG:
-        need = needed_bytes(m)
+        need = needs[m.alias]
         if machine.gpu_free is not None and need <= machine.gpu_free:
             return Choice(m, [0], f"GPU 0 has {human(machine.gpu_free)} free; {m.alias} needs about {human(need)}")
     budget = machine.ram_available // 2
     for m in CATALOG:
-        need = needed_bytes(m)
+        need = needs[m.alias]
         if m is CATALOG[0] and machine.cores < CPU_CORES_FOR_LARGER:
             continue
         if need <= budget:
@@ -91,7 +92,7 @@ def choose(machine: Machine) -> Choice:
                                  f"available); {m.alias} needs about {human(need)}")
     smallest = CATALOG[-1]
     return Choice(smallest, [], f"little memory available ({human(machine.ram_available)}): trying the smallest, "
-                                f"{smallest.alias} (about {human(needed_bytes(smallest))})")
+                                f"{smallest.alias} (about {human(needs[smallest.alias])})")
 
 
 def sized_file(path: str, machine: Machine) -> tuple[list[int], str]:
