@@ -11,6 +11,10 @@ on core 0 for the Redis case). Four gateways, measured in turns (round-robin, `-
 Prints a markdown table: throughput at 64 connections, the gateway's CPU time per request (from /proc) and
 its median per-round ratio to "no auth" (the steadier figure: throughput on a saturated core is its
 inverse), p50 latency at 1 connection, and the direct (no gateway) figures for scale.
+
+`--copies N` runs N processes of each configuration (all taking turns): processes of one build differ by
+±5-20% on this kind of VM (memory layout), which more rounds of one process do not average away. Each
+round's figure of a configuration is then the mean over its copies.
 """
 
 from __future__ import annotations
@@ -28,16 +32,16 @@ sys.path.insert(0, str(HERE))
 import run as bench  # noqa: E402
 
 KEY = "sk-bench-0123456789abcdef"
-BASE_PORT = 18940  # the four gateways: 18940-18943
+BASE_PORT = 18940  # the gateways: 18940 on, four per copy
 TICK = os.sysconf("SC_CLK_TCK")
 REDIS_PORT = 18930
 LIMITS = {"rpm": 10**9, "tpm": 10**12, "concurrency": 10**6, "tokens_per_day": 10**15}
 
 
-def config(name: str) -> dict[str, Any]:
+def config(name: str, copy: int = 0) -> dict[str, Any]:
     upstream = {"name": "nginx", "kind": "openai", "url": f"http://127.0.0.1:{bench.PORTS['nginx']}"}
     cfg: dict[str, Any] = {"server": {"log_level": "warning"}, "backends": [upstream],
-                           "state": {"sqlite": str(bench.WORK / f"usage-{name}.db")}}
+                           "state": {"sqlite": str(bench.WORK / f"usage-{name}-{copy}.db")}}
     if name != "no auth":
         key: dict[str, Any] = {"name": "bench", "key": KEY}
         if name != "keys only":
@@ -57,6 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--copies", type=int, default=1, help="processes per configuration")
     args = ap.parse_args()
     bench.WORK.mkdir(exist_ok=True)
     procs = [bench.start_nginx_upstream(),
@@ -72,12 +77,14 @@ def main() -> None:
         # All four run at once on the proxy core (an idle one costs nothing) and take turns under load, many
         # short turns: the machine's drifts hit all alike, and CPU time per request (what throughput on a
         # saturated core is the inverse of) is read from /proc, steadier than throughput itself.
-        for i, name in enumerate(names):
-            cfg = bench.WORK / f"auth-bench-{i}.yaml"
-            cfg.write_text(json.dumps(config(name)))
-            gateways[name] = (BASE_PORT + i, bench.spawn(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(BASE_PORT + i)],
-                bench.PROXY_CORE, f"gateway-auth-{i}"))
+        for c in range(args.copies):
+            for i, name in enumerate(names):
+                n = c * len(names) + i
+                cfg = bench.WORK / f"auth-bench-{n}.yaml"
+                cfg.write_text(json.dumps(config(name, c)))
+                gateways[name, c] = (BASE_PORT + n, bench.spawn(
+                    [sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(BASE_PORT + n)],
+                    bench.PROXY_CORE, f"gateway-auth-{n}"))
         for port, proc in gateways.values():
             bench.wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
             bench.wrk(f"http://127.0.0.1:{port}{path}", 64, 2)  # warm-up
@@ -87,7 +94,8 @@ def main() -> None:
             # measured first after another's turn ran slower, whatever its config: measured with four copies
             # of one config, 110 -> 132 µs/request by position, flat once rotated).
             k = r % len(order)
-            for name, (port, proc) in order[k:] + order[:k]:
+            turn: dict[str, dict[str, list[float]]] = {n: {"rps": [], "cpu": [], "p50": []} for n in names}
+            for (name, _copy), (port, proc) in order[k:] + order[:k]:
                 url = f"http://127.0.0.1:{port}{path}"
                 c0 = cpu_seconds(proc.pid)
                 m = bench.wrk(url, 64, args.seconds)
@@ -95,9 +103,12 @@ def main() -> None:
                 one = bench.wrk(url, 1, max(1.0, args.seconds / 3))
                 if m["non2xx"] or one["non2xx"]:
                     raise SystemExit(f"{name}: non-2xx answers {m} {one}")
-                rows[name]["rps"].append(m["rps"])
-                rows[name]["cpu"].append((c1 - c0) / m["requests"] * 1e6)
-                rows[name]["p50"].append(one["p50"])
+                turn[name]["rps"].append(m["rps"])
+                turn[name]["cpu"].append((c1 - c0) / m["requests"] * 1e6)
+                turn[name]["p50"].append(one["p50"])
+            for name in names:
+                for field, values in turn[name].items():
+                    rows[name][field].append(statistics.fmean(values))
     finally:
         for _, proc in gateways.values():
             bench.stop(proc)
@@ -105,7 +116,8 @@ def main() -> None:
             bench.stop(p)
     base = rows["no auth"]
     print(f"| gateway | req/s (c=64) | CPU µs/request | vs no auth (CPU, paired) | vs no auth (req/s) | "
-          f"p50 µs (c=1) | added vs no auth |  ({args.rounds} rounds x {args.seconds:g} s, interleaved; direct: "
+          f"p50 µs (c=1) | added vs no auth |  ({args.rounds} rounds x {args.seconds:g} s, interleaved, "
+          f"{args.copies} process(es) each; direct: "
           f"{direct['c64']['rps']:.0f} req/s, p50 {direct['c1']['p50']} µs)")
     print("|---|---|---|---|---|---|---|")
     for name in names:

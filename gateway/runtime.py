@@ -48,10 +48,11 @@ class Gateway:
         if any(i.limits or i.team_limits for i in self.keys.by_digest.values()):
             from gateway.auth.enforce import Gatekeeper
 
-            self.gatekeeper = Gatekeeper(settings, self.metrics)
+            self.gatekeeper = gk = Gatekeeper(settings, self.metrics)
             for ident in self.keys.by_digest.values():
                 ident.subjects = Gatekeeper.subjects(ident)
                 ident.leased = any(s.limits.concurrency for s in ident.subjects)
+                ident.plan = gk.plan(ident.subjects)
         self.usage = None  # usage per key name x model x day, when requests carry keys (gateway/auth/usage.py)
         if self.keys.client:
             from gateway.auth.usage import UsageRecorder

@@ -130,3 +130,4 @@ class StateSettings(Strict):
     sqlite: str = "./llm-gateway-usage.db"
     redis: str | None = Field(None, pattern=r"^rediss?://")
     redis_failure: Literal["open", "closed"] = "open"   # Redis unreachable: admit (open) or refuse (closed)
+    native_limits: bool = True   # one process: limits in C when the extension was built (limits_native.py)

@@ -1,4 +1,6 @@
-"""The limits engine in one process (gateway/auth/limits.py): exact semantics against naive oracles, on a fake clock."""
+"""The limits engine in one process (gateway/auth/limits.py): exact semantics against naive oracles, on a fake clock.
+
+Every test runs on both in-memory stores: the Python one (limits_memory.py) and the C one (limits_native.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from hypothesis import strategies as st
 
 from gateway.auth.limits import Limits, Subject, keep_alive, openai_duration, periods
 from gateway.auth.limits_memory import MemoryLimitStore
+from gateway.auth.limits_native import NativeLimitStore
+from tests.native import require_native
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC).timestamp()
 
@@ -23,8 +27,19 @@ class Clock:
         return self.t
 
 
-def store(clock: Clock, **kw: float) -> MemoryLimitStore:
-    return MemoryLimitStore(clock=clock, **kw)
+IMPL: list[type] = [MemoryLimitStore]
+
+
+@pytest.fixture(scope="module", params=[MemoryLimitStore, NativeLimitStore], ids=["python", "native"], autouse=True)
+def impl(request: pytest.FixtureRequest) -> type:
+    if request.param is NativeLimitStore:
+        require_native()
+    IMPL[0] = request.param
+    return request.param
+
+
+def store(clock: Clock | None = None, **kw: float) -> MemoryLimitStore:
+    return IMPL[0](clock=clock, **kw) if clock is not None else IMPL[0](**kw)
 
 
 def key(**limits: int) -> Subject:
@@ -284,7 +299,7 @@ def test_old_entries_are_pruned() -> None:
 
 def test_async_protocol_finish_refunds_and_releases() -> None:
     async def run() -> None:
-        s = MemoryLimitStore()
+        s = store()
         subj = key(tpm=100, concurrency=1)
         a = await s.acquire([subj], 60, "a")
         assert not (await s.acquire([subj], 10, "b")).allowed
@@ -306,7 +321,7 @@ def test_a_subject_named_twice_is_charged_once() -> None:
 
 def test_keep_alive_holds_a_long_request_past_the_ttl() -> None:
     async def run() -> None:
-        s = MemoryLimitStore(lease_ttl=0.2)
+        s = store(lease_ttl=0.2)
         subj = key(concurrency=1)
         long = await s.acquire([subj], 0, "long")
         task = asyncio.create_task(keep_alive(s, long, every=0.05))
@@ -365,3 +380,18 @@ def test_the_keeper_extends_held_leases_only() -> None:
     clock.t += 40  # t+65: old lived to t+55, fresh to t+50: both gone, as for requests that were lost
     s.refresh_held(10)  # not revived
     assert all(s.acquire_now([subj], 0, str(i)).allowed for i in range(3))
+
+
+def test_an_estimate_past_int64_is_refused_by_token_limits_and_harmless_to_others() -> None:
+    """max_tokens is the client's: 10**30 must give a 429 where tokens are limited, and not break the others."""
+    s = store(Clock())
+    huge = 10**30
+    a = s.acquire_now([key(rpm=5, concurrency=2)], huge, "1")
+    assert a.allowed
+    s.finish_now(a, huge)
+    refused = s.acquire_now([key(rpm=5, tpm=100)], huge, "2")
+    assert (refused.allowed, refused.limit_name, refused.exceeds_limit, refused.estimate) == (False, "tpm", True, huge)
+    day = s.acquire_now([Subject("key:bob", Limits(tokens_per_day=10))], huge, "3")
+    assert (day.allowed, day.limit_name) == (False, "tokens_per_day")
+    ok = s.acquire_now([key(rpm=5, tpm=100)], 10, "4")
+    assert ok.allowed and ok.requests is not None and ok.requests.remaining == 3

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.native import require_native
 from tests.procs import Gateway, Spawner, free_port
 from tests.test_limits_redis import start_redis, stop
 
@@ -32,9 +33,13 @@ def chat(gw: Gateway, key: str = KEY, model: str = "m", **body: Any) -> httpx.Re
                       json={"model": model, "messages": [{"role": "user", "content": "hi"}], **body})
 
 
-def test_rpm_counts_down_then_429_with_openai_headers_and_other_keys_pass(spawn: Spawner) -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["c-store", "python-store"])
+def test_rpm_counts_down_then_429_with_openai_headers_and_other_keys_pass(spawn: Spawner, native: bool) -> None:
+    """Both in-memory stores behind a real gateway: the C one (the default when built) and the Python one."""
+    if native:
+        require_native()
     dbl = spawn.double("d", "m")
-    gw = spawn.gateway(cfg(dbl.url, {"rpm": 3}))
+    gw = spawn.gateway(cfg(dbl.url, {"rpm": 3}, {"native_limits": native}))
     got = [chat(gw) for _ in range(3)]
     assert [r.status_code for r in got] == [200, 200, 200]
     assert [r.headers["x-ratelimit-remaining-requests"] for r in got] == ["2", "1", "0"]
@@ -49,11 +54,15 @@ def test_rpm_counts_down_then_429_with_openai_headers_and_other_keys_pass(spawn:
     assert len(dbl.requests()) == 3                       # the refused request never reached the backend
     assert chat(gw, OTHER).status_code == 200 and "x-ratelimit-limit-requests" not in chat(gw, OTHER).headers
     assert 'llm_gateway_key_limited_total{key="alice",limit="rpm"} 1.0' in httpx.get(gw.url + "/metrics").text
+    assert ("limits: in this process's memory (C store)" in gw.proc.output()) is native
 
 
-def test_a_team_limit_holds_across_its_keys(spawn: Spawner) -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["c-store", "python-store"])
+def test_a_team_limit_holds_across_its_keys(spawn: Spawner, native: bool) -> None:
+    if native:
+        require_native()
     dbl = spawn.double("d", "m")
-    gw = spawn.gateway(cfg(dbl.url, {"rpm": 100}, team={"rpm": 2}))
+    gw = spawn.gateway(cfg(dbl.url, {"rpm": 100}, {"native_limits": native}, team={"rpm": 2}))
     assert chat(gw).status_code == 200                   # alice: her own limit and the team's
     assert chat(gw).status_code == 200
     r = chat(gw)

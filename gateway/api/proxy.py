@@ -86,9 +86,9 @@ class ProxyEndpoint:
                     raise model_not_allowed(model)
                 if ident.subjects and self.limited:  # limits: reserve before, settle in `finally`
                     gk = gw.gatekeeper
-                    adm = (gk.admit_now(ident, body, len(raw), reply.rid.decode()) if gk.local
-                           else await gk.admit(ident, body, len(raw), reply.rid.decode()))
-                    reply.head = [reply.rid_header, *adm.headers()]
+                    adm = (gk.admit_now(ident, body, len(raw), reply.rid) if gk.local
+                           else await gk.admit(ident, body, len(raw), reply.rid))
+                    reply.head = adm.head(reply.rid_header)
             session = None
             if gw.affinity:
                 sid = header(scope, b"x-session-id")
@@ -132,8 +132,7 @@ class ProxyEndpoint:
                 p, c = reply.usage or (0, 0)
                 m.observe_key(ident.name, status, p, c)
                 if gw.usage is not None:
-                    gw.usage.record(ident.name, model, team=ident.team, prompt_tokens=p, completion_tokens=c,
-                                    status=status, latency=end - t0)
+                    gw.usage.record(ident.name, model, ident.team, p, c, status, False, end - t0)
                 if adm is not None:
                     gk = gw.gatekeeper
                     used, answered = None if reply.usage is None else p + c, status < 400 or reply.committed

@@ -79,6 +79,7 @@ class Identity:
     team_limits: Limits | None = None
     subjects: tuple = ()  # type: ignore[type-arg]  # its limits (gateway/auth/enforce.py)
     leased: bool = False                          # some subject has a concurrency limit
+    plan: int = -1                                # its subjects' plan in the C limits store (limits_native.py)
     _allowed: dict[str, bool] = field(default_factory=dict)
 
     def allows(self, model: str) -> bool:

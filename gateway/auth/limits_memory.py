@@ -57,7 +57,30 @@ class _State:
         self.head = i
 
 
-class MemoryLimitStore:
+class InProcess:
+    """The LimitStore protocol's coroutines over a store whose every call completes at once (`*_now`): the
+    Python store here and the C one (limits_native.py)."""
+
+    async def acquire(self, subjects: list[Subject], estimate_tokens: int, request_id: str) -> Admission:
+        return self.acquire_now(subjects, estimate_tokens, request_id)  # type: ignore[attr-defined, no-any-return]
+
+    async def settle(self, admission: Admission, used_tokens: int) -> None:
+        self.finish_now(admission, used_tokens, release=False)  # type: ignore[attr-defined]
+
+    async def release(self, admission: Admission) -> None:
+        self.finish_now(admission, 0, settle=False)  # type: ignore[attr-defined]
+
+    async def finish(self, admission: Admission, used_tokens: int) -> None:
+        self.finish_now(admission, used_tokens)  # type: ignore[attr-defined]
+
+    async def refresh(self, admission: Admission) -> bool:
+        return self.refresh_now(admission)  # type: ignore[attr-defined, no-any-return]
+
+    async def flush(self) -> None:
+        """Nothing to wait for: every call has taken effect when it returns."""
+
+
+class MemoryLimitStore(InProcess):
     """One process: every call runs to completion on the event loop, so it is atomic without locks.
 
     Per call: amortised O(1) per subject for rpm/tpm (pruning pops each entry once) and for leases (a release
@@ -260,24 +283,6 @@ class MemoryLimitStore:
             for token, expiry in leases.items():
                 if now < expiry < due:
                     leases[token] = now + self.lease_ttl
-
-    async def acquire(self, subjects: list[Subject], estimate_tokens: int, request_id: str) -> Admission:
-        return self.acquire_now(subjects, estimate_tokens, request_id)
-
-    async def settle(self, admission: Admission, used_tokens: int) -> None:
-        self.settle_now(admission, used_tokens)
-
-    async def release(self, admission: Admission) -> None:
-        self.release_now(admission)
-
-    async def finish(self, admission: Admission, used_tokens: int) -> None:
-        self.finish_now(admission, used_tokens)
-
-    async def refresh(self, admission: Admission) -> bool:
-        return self.refresh_now(admission)
-
-    async def flush(self) -> None:
-        """Nothing to wait for: every call has taken effect when it returns."""
 
     async def close(self) -> None:
         self._states.clear()
