@@ -65,11 +65,7 @@ static int now_of(Store *s, double *now) {
     return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
-static void new_day(Store *s, double now) {
-    calendar(now, &s->day, &s->month, &s->month_end);
-}
-
-/* ---- refusals: the exact reading, only once a check failed (limits_memory.py's _check and worst) ---- */
+/* ---- the checks, and a refusal's exact reading where one fails (limits_memory.py's _check and worst) ---- */
 
 typedef struct { const char *name; Py_ssize_t entry; double retry; int exceeds; } Refusal;
 
@@ -123,7 +119,7 @@ static PyObject *acquire(Store *s, Py_ssize_t pn, int64_t est, PyObject *rid) {
     double now;
     if (now_of(s, &now) < 0) return NULL;
     if (est < 0) est = 0;
-    if (day_of(now) != s->day) new_day(s, now);
+    if (day_of(now) != s->day) calendar(now, &s->day, &s->month, &s->month_end);
     Plan *p = &s->plans[pn];
     double cut = now - s->window;
     Refusal bad = {NULL, -1, 0.0, 0};
@@ -132,12 +128,7 @@ static PyObject *acquire(Store *s, Py_ssize_t pn, int64_t est, PyObject *rid) {
         State *st = s->states[e->st];
         if (st->len > st->head && st->t[st->head] <= cut) prune(st, cut);
         if (st->next_expiry <= now && st->ln) lease_sweep(st, now);
-        Lim *l = &e->lim;
-        if ((l->rpm >= 0 && st->len - st->head >= l->rpm) || (l->tpm >= 0 && st->tokens + est > l->tpm)
-                || (l->conc >= 0 && st->ln >= l->conc)
-                || (l->tpd >= 0 && quota_get(st, 0, s->day) + est > l->tpd)
-                || (l->tpmo >= 0 && quota_get(st, 1, s->month) + est > l->tpmo))
-            check(s, e, i, st, est, now, &bad);
+        check(s, e, i, st, est, now, &bad);  /* five comparisons; the refusal's reading only where one fails */
     }
     int64_t token = ++s->seq;
     int has_r = 0, has_t = 0;

@@ -61,14 +61,20 @@ class InProcess:
     """The LimitStore protocol's coroutines over a store whose every call completes at once (`*_now`): the
     Python store here and the C one (limits_native.py)."""
 
+    def settle_now(self, adm: Admission, used_tokens: int) -> None:
+        self.finish_now(adm, used_tokens, release=False)  # type: ignore[attr-defined]
+
+    def release_now(self, adm: Admission) -> None:
+        self.finish_now(adm, 0, settle=False)  # type: ignore[attr-defined]
+
     async def acquire(self, subjects: list[Subject], estimate_tokens: int, request_id: str) -> Admission:
         return self.acquire_now(subjects, estimate_tokens, request_id)  # type: ignore[attr-defined, no-any-return]
 
     async def settle(self, admission: Admission, used_tokens: int) -> None:
-        self.finish_now(admission, used_tokens, release=False)  # type: ignore[attr-defined]
+        self.settle_now(admission, used_tokens)
 
     async def release(self, admission: Admission) -> None:
-        self.finish_now(admission, 0, settle=False)  # type: ignore[attr-defined]
+        self.release_now(admission)
 
     async def finish(self, admission: Admission, used_tokens: int) -> None:
         self.finish_now(admission, used_tokens)  # type: ignore[attr-defined]
@@ -250,12 +256,6 @@ class MemoryLimitStore(InProcess):
                             quota[key] += delta
             if release and st.leases:
                 st.leases.pop(adm.token, None)
-
-    def settle_now(self, adm: Admission, used_tokens: int) -> None:
-        self.finish_now(adm, used_tokens, release=False)
-
-    def release_now(self, adm: Admission) -> None:
-        self.finish_now(adm, 0, settle=False)
 
     def refresh_now(self, adm: Admission) -> bool:
         """Extend the admission's leases by a TTL; False if one had already expired (it is not revived)."""

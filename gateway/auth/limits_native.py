@@ -53,9 +53,7 @@ class NativeLimitStore(InProcess):
 
     def acquire_now(self, subjects: list[Subject] | tuple[Subject, ...], estimate_tokens: int,
                     request_id: str) -> Any:
-        got = self._plans.get(id(subjects))
-        plan = got[1] if got is not None and got[0] is subjects else self.plan(subjects)
-        adm = self.c.acquire(plan, estimate_tokens, request_id)
+        adm = self.c.acquire(self.plan(subjects), estimate_tokens, request_id)
         return self.refusal(adm, subjects, request_id, estimate_tokens) if type(adm) is tuple else adm
 
     @staticmethod
@@ -68,12 +66,6 @@ class NativeLimitStore(InProcess):
     def finish_now(self, adm: Any, used_tokens: int, settle: bool = True, release: bool = True) -> None:
         if adm.allowed:
             self.c.finish(adm, used_tokens, settle, release)
-
-    def settle_now(self, adm: Any, used_tokens: int) -> None:
-        self.finish_now(adm, used_tokens, release=False)
-
-    def release_now(self, adm: Any) -> None:
-        self.finish_now(adm, 0, settle=False)
 
     def refresh_now(self, adm: Any) -> bool:
         return bool(adm.allowed) and self.c.refresh(adm)
