@@ -107,6 +107,8 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
         await gw.upstream.start()
         if gw.usage is not None:
             await gw.usage.start()
+        if gw.gatekeeper is not None:
+            gw.gatekeeper.start()
         if gw.supervisor is not None:
             gw.supervisor.probe = monitor.probe
             await gw.supervisor.start()

@@ -56,6 +56,10 @@ class KeyCounters:
     def __init__(self) -> None:
         self.rows: dict[str, list[int]] = {}   # key name -> requests by status class (index 1-5), prompt, completion
 
+    def row(self, key: str) -> list[int]:
+        """A key name's counters, which its Identity holds (`counts`) and proxy.py adds to per request."""
+        return self.rows.setdefault(key, [0] * 8)
+
     def collect(self) -> Any:
         reqs = CounterMetricFamily("llm_gateway_key_requests", "Requests per key name, by status class.",
                                    labels=["key", "status"])
@@ -243,14 +247,6 @@ class Metrics:
         self._child(self.sup_events[event], backend).inc()
         if event == "start" and seconds is not None:
             self._child(self.startup, backend).observe(seconds)
-
-    def observe_key(self, key: str, status: int, prompt: int, completion: int) -> None:
-        row = self.keys.rows.get(key)
-        if row is None:
-            row = self.keys.rows[key] = [0] * 8
-        row[status // 100 if 100 <= status < 600 else 5] += 1
-        row[6] += prompt
-        row[7] += completion
 
     def observe_limited(self, key: str, limit: str) -> None:
         self._child(self.limited, key, limit).inc()

@@ -44,6 +44,8 @@ class Gateway:
         except ValueError as exc:  # a hashed key without its secret, or one key listed twice
             raise ConfigError(str(exc)) from None
         self.api_keys = self.keys.client  # true: inference needs a key
+        for ident in self.keys.by_digest.values():  # the per-key counters, one row per name
+            ident.counts = self.metrics.keys.row(ident.name)
         self.gatekeeper = None  # per-key limits, only when some key or team has them
         if any(i.limits or i.team_limits for i in self.keys.by_digest.values()):
             from gateway.auth.enforce import Gatekeeper
@@ -53,6 +55,7 @@ class Gateway:
                 ident.subjects = Gatekeeper.subjects(ident)
                 ident.leased = any(s.limits.concurrency for s in ident.subjects)
                 ident.plan = gk.plan(ident.subjects)
+                gk.leased = gk.leased or ident.leased
         self.usage = None  # usage per key name x model x day, when requests carry keys (gateway/auth/usage.py)
         if self.keys.client:
             from gateway.auth.usage import UsageRecorder

@@ -57,6 +57,36 @@ def test_rpm_counts_down_then_429_with_openai_headers_and_other_keys_pass(spawn:
     assert ("limits: in this process's memory (C store)" in gw.proc.output()) is native
 
 
+TRIOS = [f"x-ratelimit-{part}-{kind}" for kind in ("requests", "tokens") for part in ("limit", "remaining", "reset")]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-store", "python-store"])
+def test_every_answer_carries_both_trios_whole_written_streamed_or_failed(spawn: Spawner, native: bool) -> None:
+    """A non-stream answer's head is written whole with the trios as lines (api/client_writer.py), a stream's
+    and an error's go through ASGI as pairs: the same six headers, counting down, on each (parsed by h11)."""
+    if native:
+        require_native()
+    dbl, bad = spawn.double("d", "m"), spawn.double("e", "bad", "--fail-status", "503")
+    gw = spawn.gateway({"auth": {"keys": [{"name": "alice", "key": KEY, "limits": {"rpm": 100, "tpm": 10**6}}]},
+                        "state": {"native_limits": native},
+                        "backends": [{"name": "b", "kind": "openai", "url": dbl.url},
+                                     {"name": "e", "kind": "openai", "url": bad.url}]})
+    whole = chat(gw)
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as s:
+        streamed, events = s, s.read()
+    failed = chat(gw, model="bad")
+    assert (whole.status_code, streamed.status_code, failed.status_code // 100) == (200, 200, 5)
+    assert b"data: [DONE]" in events and failed.json()["error"]["message"]
+    for r, left in ((whole, "99"), (streamed, "98"), (failed, "97")):
+        h = r.headers
+        assert all(len(h.get_list(name)) == 1 for name in TRIOS), h
+        assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == ("100", left)
+        assert h["x-ratelimit-limit-tokens"] == "1000000" and 0 < int(h["x-ratelimit-remaining-tokens"]) < 10**6
+        assert h["x-ratelimit-reset-requests"] == h["x-ratelimit-reset-tokens"] == "1m0s"
+        assert h["x-request-id"] and (r is streamed or int(h["content-length"]) == len(r.content))
+
+
 @pytest.mark.parametrize("native", [True, False], ids=["c-store", "python-store"])
 def test_a_team_limit_holds_across_its_keys(spawn: Spawner, native: bool) -> None:
     if native:

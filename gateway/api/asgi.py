@@ -119,12 +119,16 @@ class BodyRead:
 
 
 async def send_json(send: Send, status: int, body: bytes,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+                    extra: list[tuple[bytes, bytes]] | None = None, limits: Any = None) -> None:
+    """`limits`: a limited key's admission, whose x-ratelimit-* headers the answer carries (its block() when
+    the head is written whole, else its headers())."""
     headers = [(b"content-type", b"application/json")]
     if extra:
         headers.extend(extra)
-    if write_whole(send, status, headers, body):  # one write under uvicorn, else the two ASGI messages
-        return
+    if write_whole(send, status, headers, body, b"" if limits is None else limits.block()):
+        return  # one write under uvicorn, else the two ASGI messages
+    if limits is not None:
+        headers.extend(limits.headers())
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -86,9 +86,14 @@ class ProxyEndpoint:
                     raise model_not_allowed(model)
                 if ident.subjects and self.limited:  # limits: reserve before, settle in `finally`
                     gk = gw.gatekeeper
-                    adm = (gk.admit_now(ident, body, len(raw), reply.rid) if gk.local
-                           else await gk.admit(ident, body, len(raw), reply.rid))
-                    reply.head = adm.head(reply.rid_header)
+                    if gk.c_admit is not None:  # the C store, called straight
+                        adm = gk.c_admit(ident.plan, body, len(raw), reply.rid)
+                        if type(adm) is tuple:  # a refusal's reading
+                            raise gk.refused_c(ident, adm, body, len(raw), reply.rid)
+                    else:
+                        adm = (gk.admit_now(ident, body, len(raw), reply.rid) if gk.local
+                               else await gk.admit(ident, body, len(raw), reply.rid))
+                    reply.limits = adm
             session = None
             if gw.affinity:
                 sid = header(scope, b"x-session-id")
@@ -105,7 +110,7 @@ class ProxyEndpoint:
             if reply.committed:  # the SSE response had started (keepalives only): end it with the error
                 await send({"type": "http.response.body", "body": err.sse_event() + DONE_EVENT, "more_body": False})
             else:
-                await send_error(send, err, reply.head)
+                await send_error(send, err, reply.headers())
         except ClientGone:
             status = CLIENT_CLOSED
         except asyncio.CancelledError:
@@ -117,7 +122,7 @@ class ProxyEndpoint:
             log.exception("unhandled error serving %s (request id %s)", self.label, reply.rid.decode())
             try:
                 await send_error(send, GatewayError("The gateway hit an internal error; it has been logged (request "
-                                                    f"id {reply.rid.decode()})."), reply.head)
+                                                    f"id {reply.rid.decode()})."), reply.headers())
             except RuntimeError:
                 pass
         finally:
@@ -130,16 +135,24 @@ class ProxyEndpoint:
                 m.observe_overhead(self.label, reply.own + (end - reply.read_at if reply.read_at else 0.0))
             if ident is not None:   # a key: its usage (names only), then its limits settled
                 p, c = reply.usage or (0, 0)
-                m.observe_key(ident.name, status, p, c)
+                row = ident.counts  # llm_gateway_key_* (metrics.KeyCounters): counted here, without a call
+                row[status // 100 if 100 <= status < 600 else 5] += 1
+                row[6] += p
+                row[7] += c
                 if gw.usage is not None:
                     gw.usage.record(ident.name, model, ident.team, p, c, status, False, end - t0)
-                if adm is not None:
+                if adm is not None:  # settled to the usage report; without one, the estimate if a backend answered
+                    used = p + c if reply.usage is not None else adm.estimate if status < 400 or reply.committed else 0
                     gk = gw.gatekeeper
-                    used, answered = None if reply.usage is None else p + c, status < 400 or reply.committed
-                    if gk.local:
-                        gk.done_now(adm, used, answered)
+                    if gk.c_finish is not None:
+                        try:
+                            gk.c_finish(adm, used, True, True)
+                        except Exception:  # it never raises by contract; a bug must not fail the request's end
+                            log.exception("limits: settling request %s failed", reply.rid.decode())
+                    elif gk.local:
+                        gk.done_now(adm, used)
                     else:
-                        await gk.done(adm, used, answered)
+                        await gk.done(adm, used)
 
     async def serve(self, route: Route, body: dict[str, Any], stream: bool, needs: int, send: Send,
                     t0: float, watch: DisconnectWatch, session: str | None, reply: Reply) -> tuple[int, str]:
@@ -313,7 +326,7 @@ class ProxyEndpoint:
                         reply.usage = usage
                 watch.finished = True
                 await send_json(send, resp.status, data,
-                                [(b"x-llm-gateway-backend", b.name.encode()), *reply.head])
+                                [(b"x-llm-gateway-backend", b.name.encode()), *reply.head], reply.limits)
                 ok = True
                 return resp.status, b.name
             source = resp.iter_chunks()

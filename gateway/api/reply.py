@@ -28,14 +28,15 @@ class Reply:
     response has started (headers and keepalive comments only: no answer byte yet, so a failed
     attempt may still be retried, but a final error must now be an error event, not a status)."""
 
-    __slots__ = ("committed", "rid", "rid_header", "head", "raw", "backend", "own", "read_at", "usage")
+    __slots__ = ("committed", "rid", "rid_header", "head", "limits", "raw", "backend", "own", "read_at", "usage")
 
     def __init__(self) -> None:
         self.committed = False
         self.backend = ""  # the backend of the latest attempt: the metrics label of a failed request too
         self.rid = new_request_id()
         self.rid_header = (b"x-request-id", self.rid)
-        self.head = [self.rid_header]  # headers of every answer: the id, and a limited key's x-ratelimit-*
+        self.head = [self.rid_header]  # headers of every answer: the id; with `limits`, its x-ratelimit-* too
+        self.limits = None  # a limited key's admission (gateway/auth): its x-ratelimit-* headers, made when sent
         self.usage: tuple[int, int] | None = None   # (prompt, completion) tokens the backend reported
         self.raw = b""
         # The gateway's own time (llm_gateway_overhead_seconds): before the first upstream send
@@ -44,12 +45,18 @@ class Reply:
         self.read_at = 0.0
 
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Every header this request's answers carry (a non-stream answer passes `limits` to send_json instead:
+        written whole, its headers are rendered as lines)."""
+        return self.head if self.limits is None else [*self.head, *self.limits.headers()]
+
+
 async def start_sse(send: Send, reply: Reply, backend: str | None) -> None:
     """Start the SSE response once. `backend` None: started before any backend answered (keepalive
     comments while waiting), so the header cannot say who serves; a retry may still go elsewhere."""
     if not reply.committed:
         reply.committed = True
-        headers = [*SSE_HEADERS, *reply.head]
+        headers = [*SSE_HEADERS, *reply.headers()]
         if backend is not None:
             headers.append((b"x-llm-gateway-backend", backend.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})

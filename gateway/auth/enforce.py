@@ -63,9 +63,18 @@ class Gatekeeper:
         self.local = not st.redis
         self._leases: dict[int, Admission] = {}   # requests holding a concurrency lease
         self._keeper: asyncio.Task[None] | None = None
-        if isinstance(self.store, NativeLimitStore):  # straight into C: no Python frame between
-            self._admit, self._finish = self.store.c.admit, self.store.c.finish
-            self.admit_now, self.done_now = self._admit_native, self._done_native  # type: ignore[method-assign]
+        # The C store's own calls, which proxy.py makes straight (a Python frame between costs as much as the
+        # call): c_admit(plan, body, body_length, request_id) -> an admission, or a refusal's reading (a tuple)
+        # for refused_c(); c_finish(admission, used_tokens, settle, release).
+        self.c_admit = self.c_finish = None
+        if isinstance(self.store, NativeLimitStore):
+            self.c_admit, self.c_finish = self.store.c.admit, self.store.c.finish
+        self.leased = False  # some identity's limits include concurrency: start() runs the lease keeper
+
+    def start(self) -> None:
+        """At the gateway's start, in its event loop: the keeper that extends held concurrency leases."""
+        if self.leased and self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep(), name="limits:leases")
 
     def plan(self, subjects: tuple[Subject, ...]) -> int:
         """An identity's plan number in the C store (-1 for the other stores), made once at start."""
@@ -96,19 +105,6 @@ class Gatekeeper:
         adm = self.store.acquire_now(ident.subjects, self.estimate(body, raw_len), rid.decode())  # type: ignore[attr-defined]
         if not adm.allowed:
             raise self._refused(ident, adm)
-        if ident.leased and self._keeper is None:
-            self._keeper = asyncio.get_running_loop().create_task(self._keep(), name="limits:leases")
-        return adm
-
-    def _admit_native(self, ident: Identity, body: dict[str, Any], raw_len: int, rid: bytes) -> Any:
-        """admit_now with the C store: an admission made in C (its estimate too: the same as `estimate`, held
-        at 2**55 past that), or a refusal's reading to raise."""
-        adm = self._admit(ident.plan, body, raw_len, rid)
-        if type(adm) is tuple:
-            raise self._refused(ident, NativeLimitStore.refusal(adm, ident.subjects, rid.decode(),
-                                                                self.estimate(body, raw_len)))
-        if ident.leased and self._keeper is None:
-            self._keeper = asyncio.get_running_loop().create_task(self._keep(), name="limits:leases")
         return adm
 
     async def admit(self, ident: Identity, body: dict[str, Any], raw_len: int, rid: bytes) -> Admission:
@@ -120,9 +116,7 @@ class Gatekeeper:
         if ident.leased:
             # A stream may outlive its concurrency lease's TTL: one task refreshes the long-lived ones.
             adm.started = time.monotonic()
-            self._leases[id(adm)] = adm
-            if self._keeper is None:
-                self._keeper = asyncio.get_running_loop().create_task(self._keep(), name="limits:leases")
+            self._leases[id(adm)] = adm  # the keeper (start()) refreshes the long-lived ones
         return adm
 
     def _refused(self, ident: Identity, adm: Admission) -> RateLimited:
@@ -142,25 +136,25 @@ class Gatekeeper:
         self.metrics.observe_limited(ident.name, adm.limit_name or "unavailable")
         return err
 
-    def done_now(self, adm: Admission, used: int | None, answered: bool) -> None:
-        """The in-memory store's settle and release (`self.local`), at once."""
+    def refused_c(self, ident: Identity, got: tuple, body: dict[str, Any], raw_len: int,  # type: ignore[type-arg]
+                  rid: bytes) -> RateLimited:
+        """The error for a refusal c_admit read (refusals are not the hot path)."""
+        return self._refused(ident, NativeLimitStore.refusal(got, ident.subjects, rid.decode(),
+                                                             self.estimate(body, raw_len)))
+
+    def done_now(self, adm: Admission, used: int) -> None:
+        """The in-memory store's settle (to `used` tokens) and release (`self.local`), at once."""
         try:
-            self.store.finish_now(adm, used if used is not None else (adm.estimate if answered else 0))  # type: ignore[attr-defined]
+            self.store.finish_now(adm, used)  # type: ignore[attr-defined]
         except Exception:  # the stores never raise by contract; a bug here must not fail the request's end
             log.exception("limits: settling request %s failed", adm.request_id)
 
-    def _done_native(self, adm: Any, used: int | None, answered: bool) -> None:
-        try:
-            self._finish(adm, used if used is not None else (adm.estimate if answered else 0), True, True)
-        except Exception:  # the stores never raise by contract; a bug here must not fail the request's end
-            log.exception("limits: settling request %s failed", adm.request_id)
-
-    async def done(self, adm: Admission, used: int | None, answered: bool) -> None:
-        """Settle to real usage; without a usage report keep the estimate charged if a backend answered."""
+    async def done(self, adm: Admission, used: int) -> None:
+        """Settle to `used` tokens (proxy.py: the backend's usage report, else the estimate if a backend
+        answered, else 0) and release."""
         if self.local:
-            return self.done_now(adm, used, answered)
+            return self.done_now(adm, used)
         self._leases.pop(id(adm), None)
-        used = used if used is not None else (adm.estimate if answered else 0)
         try:
             await self.store.finish(adm, used)
         except Exception:  # the stores never raise by contract; a bug here must not fail the request's end

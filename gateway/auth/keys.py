@@ -80,6 +80,7 @@ class Identity:
     subjects: tuple = ()  # type: ignore[type-arg]  # its limits (gateway/auth/enforce.py)
     leased: bool = False                          # some subject has a concurrency limit
     plan: int = -1                                # its subjects' plan in the C limits store (limits_native.py)
+    counts: list[int] = field(default_factory=lambda: [0] * 8)  # its llm_gateway_key_* (runtime.py shares them)
     _allowed: dict[str, bool] = field(default_factory=dict)
 
     def allows(self, model: str) -> bool:

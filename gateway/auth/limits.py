@@ -136,9 +136,9 @@ class Admission:
     started: float = 0.0  # monotonic time of admission, for the lease refresh of long requests (enforce.py)
     handle: Any = field(default=None, repr=False)  # store-private
 
-    def head(self, first: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
-        """[first, *headers()]: a reply's head (the C admission's way: one list, made once)."""
-        return [first, *self.headers()]
+    def block(self) -> bytes:
+        """headers() as HTTP/1.1 lines (b"name: value\\r\\n" each), for a response head written whole."""
+        return b"".join([b"%s: %s\r\n" % h for h in self.headers()])
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
