@@ -66,7 +66,7 @@ class Gateway:
             else:
                 from gateway.auth.usage_sqlite import SQLiteUsageStore
                 store = SQLiteUsageStore(st.sqlite)
-            self.usage = UsageRecorder(store)
+            self.usage = UsageRecorder(store, flush_interval=st.usage_flush_interval)
         self.backends: dict[str, BackendRuntime] = {}
         for b in settings.backends:
             self.add_backend(b, rebuild=False)

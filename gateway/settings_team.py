@@ -131,3 +131,4 @@ class StateSettings(Strict):
     redis: str | None = Field(None, pattern=r"^rediss?://")
     redis_failure: Literal["open", "closed"] = "open"   # Redis unreachable: admit (open) or refuse (closed)
     native_limits: bool = True   # one process: limits in C when the extension was built (limits_native.py)
+    usage_flush_interval: float = Field(1.0, gt=0, le=3600)  # seconds between usage writes (auth/usage.py)

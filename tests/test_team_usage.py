@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,3 +100,37 @@ def test_a_gateway_without_keys_records_no_usage(spawn: Spawner, tmp_path: Path)
     r = httpx.get(gw.url + "/admin/usage")
     assert r.status_code == 409 and r.json()["error"]["code"] == "usage_not_recorded"
     assert not (tmp_path / "never.db").exists()
+
+
+def _requests_in(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        try:
+            return int(conn.execute("SELECT COALESCE(SUM(requests), 0) FROM usage").fetchone()[0])
+        except sqlite3.OperationalError:   # the table is not made yet
+            return 0
+
+
+def test_usage_flush_interval_sets_how_soon_usage_reaches_the_file(spawn: Spawner, tmp_path: Path) -> None:
+    """`state.usage_flush_interval`: 0.2 s writes a request within a second; an hour writes nothing until the
+    clean stop (which writes what is pending). Read from the SQLite files, not /admin/usage (which flushes)."""
+    dbl = spawn.double("d", "model-a")
+    gws = {}
+    for interval in (0.2, 3600):
+        db = tmp_path / f"usage-{interval}.db"
+        gws[interval] = (db, spawn.gateway({"auth": {"keys": [{"name": "alice", "key": ALICE}]},
+                                            "state": {"sqlite": str(db), "usage_flush_interval": interval},
+                                            "backends": [{"name": "d", "kind": "openai", "url": dbl.url}]}))
+    for _, gw in gws.values():
+        assert chat(gw, ALICE, "model-a").status_code == 200
+    fast, slow = gws[0.2][0], gws[3600][0]
+    deadline = time.monotonic() + 5
+    while _requests_in(fast) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _requests_in(fast) == 1
+    time.sleep(1.5)  # past the default interval: the hourly one still holds its request in memory
+    assert _requests_in(slow) == 0
+    gws[3600][1].proc.popen.send_signal(signal.SIGTERM)
+    gws[3600][1].proc.popen.wait(30)
+    assert _requests_in(slow) == 1
