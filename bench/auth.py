@@ -57,27 +57,35 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
+NAMES = ["no auth", "keys only", "keys + limits (memory)", "keys + limits (Redis)"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--copies", type=int, default=1, help="processes per configuration")
     args = ap.parse_args()
+    print(table(*measure(args.rounds, args.seconds, args.copies), args.rounds, args.seconds, args.copies))
+
+
+def measure(rounds: int, seconds: float, copies: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, Any]]:
+    """Per configuration, each round's throughput, CPU per request and p50; and the direct figures."""
     bench.WORK.mkdir(exist_ok=True)
     procs = [bench.start_nginx_upstream(),
              bench.spawn(["redis-server", "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no"],
                          bench.LOAD_CORE, "redis")]
-    names = ["no auth", "keys only", "keys + limits (memory)", "keys + limits (Redis)"]
+    names = NAMES
     rows: dict[str, dict[str, list[float]]] = {n: {"rps": [], "cpu": [], "p50": []} for n in names}
     path = "/v1/chat/completions"
     gateways = {}
     try:
         bench.wait_ready(f"http://127.0.0.1:{bench.PORTS['nginx']}/v1/models", procs[0])
-        direct = bench.measure(f"http://127.0.0.1:{bench.PORTS['nginx']}{path}", args.seconds)
+        direct = bench.measure(f"http://127.0.0.1:{bench.PORTS['nginx']}{path}", seconds)
         # All four run at once on the proxy core (an idle one costs nothing) and take turns under load, many
         # short turns: the machine's drifts hit all alike, and CPU time per request (what throughput on a
         # saturated core is the inverse of) is read from /proc, steadier than throughput itself.
-        for c in range(args.copies):
+        for c in range(copies):
             for i, name in enumerate(names):
                 n = c * len(names) + i
                 cfg = bench.WORK / f"auth-bench-{n}.yaml"
@@ -89,7 +97,7 @@ def main() -> None:
             bench.wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
             bench.wrk(f"http://127.0.0.1:{port}{path}", 64, 2)  # warm-up
         order = list(gateways.items())
-        for r in range(args.rounds):
+        for r in range(rounds):
             # Each round starts one gateway later: a fixed order made the later ones look dearer (the gateway
             # measured first after another's turn ran slower, whatever its config: measured with four copies
             # of one config, 110 -> 132 µs/request by position, flat once rotated).
@@ -98,9 +106,9 @@ def main() -> None:
             for (name, _copy), (port, proc) in order[k:] + order[:k]:
                 url = f"http://127.0.0.1:{port}{path}"
                 c0 = cpu_seconds(proc.pid)
-                m = bench.wrk(url, 64, args.seconds)
+                m = bench.wrk(url, 64, seconds)
                 c1 = cpu_seconds(proc.pid)
-                one = bench.wrk(url, 1, max(1.0, args.seconds / 3))
+                one = bench.wrk(url, 1, max(1.0, seconds / 3))
                 if m["non2xx"] or one["non2xx"]:
                     raise SystemExit(f"{name}: non-2xx answers {m} {one}")
                 turn[name]["rps"].append(m["rps"])
@@ -114,20 +122,24 @@ def main() -> None:
             bench.stop(proc)
         for p in procs:
             bench.stop(p)
+    return rows, direct
+
+
+def table(rows: dict[str, dict[str, list[float]]], direct: dict[str, Any], rounds: int, seconds: float,
+          copies: int) -> str:
     base = rows["no auth"]
-    print(f"| gateway | req/s (c=64) | CPU µs/request | vs no auth (CPU, paired) | vs no auth (req/s) | "
-          f"p50 µs (c=1) | added vs no auth |  ({args.rounds} rounds x {args.seconds:g} s, interleaved, "
-          f"{args.copies} process(es) each; direct: "
-          f"{direct['c64']['rps']:.0f} req/s, p50 {direct['c1']['p50']} µs)")
-    print("|---|---|---|---|---|---|---|")
-    for name in names:
+    out = [f"| gateway | req/s (c=64) | CPU µs/request | vs no auth (CPU, paired) | vs no auth (req/s) | "
+           f"p50 µs (c=1) | added vs no auth |  ({rounds} rounds x {seconds:g} s, interleaved, "
+           f"{copies} process(es) each; direct: {direct['c64']['rps']:.0f} req/s, p50 {direct['c1']['p50']} µs)",
+           "|---|---|---|---|---|---|---|"]
+    for name in NAMES:
         r = rows[name]
         paired = statistics.median(b / x for b, x in zip(base["cpu"], r["cpu"]))  # <1: costs more than no auth
         rps, p50 = statistics.median(r["rps"]), statistics.median(r["p50"])
-        print(f"| {name} | {rps:.0f} | {statistics.median(r['cpu']):.1f} | {paired:.3f} | "
-              f"{rps / statistics.median(base['rps']):.3f} | {p50:.0f} | "
-              f"{p50 - statistics.median(base['p50']):+.0f} µs |")
-
+        out.append(f"| {name} | {rps:.0f} | {statistics.median(r['cpu']):.1f} | {paired:.3f} | "
+                   f"{rps / statistics.median(base['rps']):.3f} | {p50:.0f} | "
+                   f"{p50 - statistics.median(base['p50']):+.0f} µs |")
+    return "\n".join(out)
 
 if __name__ == "__main__":
     main()

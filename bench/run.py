@@ -1,10 +1,11 @@
 """The benchmark: direct vs through this gateway vs peer gateways, side by side in one run.
 
-    python bench/run.py [--quick] [--peers litellm] [--compare DIR] [--out bench/RESULTS.md]
+    python bench/run.py [--quick] [--peers litellm] [--compare DIR] [--auth] [--out bench/RESULTS.md]
 
 --compare DIR adds the gateway of another checkout (e.g. `git worktree add /tmp/prev HEAD~1`) as
 "gateway-before", measured in the same run right after this one and taking turns with it in the
-stream test: the A/B every change to the request path is judged by.
+stream test: the A/B every change to the request path is judged by. --auth adds what keys and limits cost
+(bench/auth.py's table: no auth, keys only, keys + limits in memory, keys + limits in Redis).
 
 Layout (2 cores): the upstream (nginx, fixed answer) and the load generator (wrk) share core 0;
 the proxy under test runs alone on core 1, one at a time. Streams use a paced upstream
@@ -281,11 +282,19 @@ def main() -> None:
     p.add_argument("--peers", default="", help="comma-separated peer gateways to include: " + ", ".join(peers.PEERS))
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--compare", default="", help="another checkout whose gateway is measured as gateway-before")
+    p.add_argument("--auth", action="store_true", help="add issue 16's table: no auth, keys only, keys + limits in "
+                   "memory and in Redis (bench/auth.py, 10 rounds x 2 s, 3 processes each; ~7 min)")
     a = p.parse_args()
     a.peers = [x for x in a.peers.split(",") if x]
     res = run(a)
     (WORK / "results.json").write_text(json.dumps(res, indent=1))
     text = report(res, a.quick)
+    if a.auth:
+        import auth  # bench/auth.py (it imports this module's helpers)
+        rounds, secs, copies = (2, 1.0, 1) if a.quick else (10, 2.0, 3)
+        text += ("\n## Keys and limits (bench/auth.py)\n\nThe same requests through four gateways taking turns; CPU "
+                 "per request read from /proc, the steadier figure (README \"Performance\").\n\n"
+                 + auth.table(*auth.measure(rounds, secs, copies), rounds, secs, copies) + "\n")
     Path(a.out).write_text(text)
     print(text)
 
