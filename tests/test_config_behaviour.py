@@ -91,6 +91,9 @@ def env(module_spawn: Spawner) -> Iterator[dict[str, Any]]:
         ],
     }
     gw = module_spawn.gateway(cfg, env={"UPSTREAM_TEST_KEY": ENV_SECRET})
+    # Every backend ready first: on a busy machine a start-up probe can miss the 0.3 s connect_timeout, and the
+    # backend then waits for its next probe (seen once in CI: `doomed` down while its tests ran).
+    wait_for(lambda: all(b["state"] == "ready" for b in admin(gw).values()), timeout=40)
     yield {"gw": gw, **d}
 
 
