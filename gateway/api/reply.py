@@ -35,7 +35,7 @@ class Reply:
         self.backend = ""  # the backend of the latest attempt: the metrics label of a failed request too
         self.rid = new_request_id()
         self.rid_header = (b"x-request-id", self.rid)
-        self.head = [self.rid_header]  # headers of every answer: the id; with `limits`, its x-ratelimit-* too
+        self.head = [self.rid_header]  # headers of every answer: the id (headers() adds the limits' own)
         self.limits = None  # a limited key's admission (gateway/auth): its x-ratelimit-* headers, made when sent
         self.usage: tuple[int, int] | None = None   # (prompt, completion) tokens the backend reported
         self.raw = b""
@@ -43,7 +43,6 @@ class Reply:
         # (limiter wait excluded), then, non-stream, from the upstream answer read (read_at) to the end.
         self.own = -1.0
         self.read_at = 0.0
-
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """Every header this request's answers carry (a non-stream answer passes `limits` to send_json instead:

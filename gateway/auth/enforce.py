@@ -114,9 +114,9 @@ class Gatekeeper:
         if not adm.allowed:
             raise self._refused(ident, adm)
         if ident.leased:
-            # A stream may outlive its concurrency lease's TTL: one task refreshes the long-lived ones.
+            # A stream may outlive its concurrency lease's TTL: the keeper (start()) refreshes the long-lived ones.
             adm.started = time.monotonic()
-            self._leases[id(adm)] = adm  # the keeper (start()) refreshes the long-lived ones
+            self._leases[id(adm)] = adm
         return adm
 
     def _refused(self, ident: Identity, adm: Admission) -> RateLimited:
