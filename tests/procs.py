@@ -15,6 +15,7 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+STAND_IN_NVML = ROOT / "tests" / "doubles" / "nvml"   # pynvml for a GPU that is not here (its docstring)
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from tests.procs import Gateway, Spawner, free_port
+from tests.procs import STAND_IN_NVML, Gateway, Spawner, free_port
 
 pytestmark = pytest.mark.llamacpp
 
@@ -209,21 +209,11 @@ def test_no_orphan_when_the_gateway_dies(spawn: Spawner, llama_binary: Path, mod
     assert not port_open(a["url"])
 
 
-STAND_IN_NVML = (   # nvidia-ml-py's calls placement makes; FREE bytes free on every device
-    "import os\nclass NVMLError(Exception):\n    pass\n"
-    "class _Mem:\n    def __init__(self, free):\n        self.free = free\n        self.total = free\n"
-    "def nvmlInit():\n    pass\n"
-    "def nvmlShutdown():\n    pass\n"
-    "def nvmlDeviceGetHandleByIndex(i):\n    return i\n"
-    "def nvmlDeviceGetMemoryInfo(h):\n    return _Mem(int(os.environ['STAND_IN_FREE']))\n")
-
-
 def test_placement_refuses_a_start_that_will_not_fit_what_nvml_says_is_free(
-        spawn: Spawner, llama_binary: Path, models: dict[str, Path], tmp_path: Path) -> None:
-    (tmp_path / "pynvml.py").write_text(STAND_IN_NVML)
+        spawn: Spawner, llama_binary: Path, models: dict[str, Path]) -> None:
     a = backend("a", models["a"], llama_binary, start="on_demand", group="gpu0", gpus=[0], gpu_layers=0)
     cfg = config(a, groups={"gpu0": {"gpus": [0]}})
-    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {"PYTHONPATH": f"{STAND_IN_NVML}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     gw = spawn.gateway(cfg, env={**env, "STAND_IN_FREE": str(1 << 20)})          # 1 MiB free
     r = chat(gw, "tiny-a")
     assert r.status_code == 503, r.text

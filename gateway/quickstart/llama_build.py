@@ -3,10 +3,16 @@ share it).
 
 The source is the llama.cpp vendored in the `llama-cpp-python` sdist from PyPI (`vendor/llama.cpp`; for
 0.3.36 ggml-org/llama.cpp@0c1e57098), fetched with pip (PyPI is reachable where the hub may not be). Only the
-`llama-server` target is built: CPU only, static libraries, no web UI, no SSL, nothing downloaded at build
+`llama-server` target is built: static libraries, no web UI, no SSL, nothing downloaded at build
 time (~8 min on 2 cores). It is installed into <cache>/llama-server-<VERSION>/ (the cache is
 ~/.cache/llm-gateway, or LLM_GATEWAY_CACHE_DIR). A marker file written last records the recipe, so a
 half-finished or differently configured build is redone; a lock file serialises concurrent builds.
+
+With a `CudaTarget` (cuda.py: a GPU seen by NVML and a CUDA toolkit here) the same build adds
+`-DGGML_CUDA=ON` for that GPU's architecture alone (~20 min on 2 cores), into
+<cache>/llama-server-<VERSION>-<cuda tag>/ (cuda11.8-sm75). Its binary links the toolkit's libcudart and
+libcublas where they are (the build's RUNPATH) and the driver's libcuda; where CUDA finds no device it runs
+on the CPU.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.quickstart.cuda import CudaTarget
 
 BUILD_MINUTES = "about 8 minutes on 2 cores, less on more"
 TOOLS = ("cmake", "g++", "make")
@@ -54,7 +63,14 @@ CMAKE_FLAGS = (
     "-DLLAMA_BUILD_TOOLS=ON",
     "-DLLAMA_BUILD_SERVER=ON",
 )
-BUILD_JOBS = 2
+JOB_MEMORY = 2 << 30   # a compiler job's worst case here (nvcc on the flash-attention kernels)
+
+
+def build_jobs() -> int:
+    """One compiler job per core, as many as the memory holds."""
+    from gateway.quickstart.models import available_memory
+
+    return max(1, min(os.cpu_count() or 1, available_memory() // JOB_MEMORY))
 
 
 class LlamaServerUnavailable(RuntimeError):
@@ -69,45 +85,63 @@ def _log(msg: str) -> None:
     print(f"[llama-server build] {msg}", file=sys.stderr, flush=True)
 
 
-def install_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
-    return cache_root() / f"llama-server-{version}"
+def install_dir(version: str = LLAMA_CPP_PYTHON_VERSION, cuda: CudaTarget | None = None) -> Path:
+    return cache_root() / (f"llama-server-{version}-{cuda.tag}" if cuda else f"llama-server-{version}")
 
 
-def _recipe(version: str) -> dict[str, Any]:
-    return {"llama_cpp_python": version, "cmake_flags": list(CMAKE_FLAGS), "target": "llama-server"}
+def _recipe(version: str, cuda: CudaTarget | None = None) -> dict[str, Any]:
+    flags = [*CMAKE_FLAGS, *(cuda.cmake_flags() if cuda else ())]
+    return {"llama_cpp_python": version, "cmake_flags": flags, "target": "llama-server"}
 
 
-def installed(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path | None:
-    """The cached build of `version`, if complete."""
-    dest = install_dir(version)
+def installed(version: str = LLAMA_CPP_PYTHON_VERSION, cuda: CudaTarget | None = None) -> Path | None:
+    """The cached build of `version` (for `cuda`, else the CPU one), if complete; a CUDA build whose
+    toolkit libraries are gone (ldd: not found) is not."""
+    dest = install_dir(version, cuda)
     binary, marker = dest / "llama-server", dest / "BUILD-COMPLETE.json"
     try:
-        return binary if binary.is_file() and json.loads(marker.read_text()).get("recipe") == _recipe(version) \
-            else None
+        if not binary.is_file() or json.loads(marker.read_text()).get("recipe") != _recipe(version, cuda):
+            return None
     except (OSError, ValueError):
         return None
+    return None if cuda and unresolved_libraries(binary) else binary
+
+
+def unresolved_libraries(binary: Path) -> list[str]:
+    try:
+        ldd = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False).stdout
+    except OSError:  # no ldd: the binary's own start will say what is missing
+        return []
+    return re.findall(r"^\s*(\S+) => not found", ldd, re.M)
 
 
 def ensure_llama_server(version: str = LLAMA_CPP_PYTHON_VERSION,
-                        toolchain: Callable[[Path], None] | None = None) -> Path:
-    """The path of the cached `llama-server`; builds it (once per machine and version) if missing.
-    `toolchain(log)` may install missing build tools first (the tests' CI does, with apt-get)."""
-    found = installed(version)
+                        toolchain: Callable[[Path], None] | None = None,
+                        cuda: CudaTarget | None = None, host_cxx: str | None = None) -> Path:
+    """The path of the cached `llama-server`; builds it (once per machine, version and CUDA target) if
+    missing. `toolchain(log)` may install missing build tools first (the tests' CI does, with apt-get);
+    `host_cxx` is the host compiler nvcc is to use (cuda.choose_host_compiler)."""
+    found = installed(version, cuda)
     if found is not None:
         return found
     cache_root().mkdir(parents=True, exist_ok=True)
-    with open(cache_root() / f"llama-server-{version}.lock", "w") as lock:
-        if installed(version) is None:
+    dest = install_dir(version, cuda)
+    with open(dest.with_name(dest.name + ".lock"), "w") as lock:
+        if installed(version, cuda) is None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                _log(f"another process is building llama-server {version}; waiting for its lock")
+                _log(f"another process is building {dest.name}; waiting for its lock")
                 fcntl.flock(lock, fcntl.LOCK_EX)
-        if installed(version) is None:   # re-check: whoever held the lock may have finished it
-            dest = install_dir(version)
-            _build(version, dest, dest / "llama-server", dest / "BUILD-COMPLETE.json", toolchain)
-    found = installed(version)
-    assert found is not None
+        if installed(version, cuda) is None:   # re-check: whoever held the lock may have finished it
+            compilers = () if cuda is None else (
+                f"-DCMAKE_CUDA_COMPILER={cuda.nvcc}",
+                *((f"-DCMAKE_CUDA_HOST_COMPILER={host_cxx}",) if host_cxx else ()))
+            _build(version, _recipe(version, cuda), compilers, dest, toolchain)
+    found = installed(version, cuda)
+    if found is None:
+        raise LlamaServerUnavailable(f"{dest / 'llama-server'} was built but cannot find its libraries: "
+                                     f"{', '.join(unresolved_libraries(dest / 'llama-server'))}")
     return found
 
 
@@ -137,16 +171,21 @@ def _run(argv: list[str], log: Path, *, cwd: Path | None = None, env: dict[str, 
                                      f"{tail}")
 
 
-def _build(version: str, dest: Path, binary: Path, marker: Path,
+def _build(version: str, recipe: dict[str, Any], compilers: tuple[str, ...], dest: Path,
            toolchain: Callable[[Path], None] | None) -> None:
+    from gateway.quickstart.cuda import BUILD_MINUTES as CUDA_MINUTES
+
     t0 = time.monotonic()
-    log = cache_root() / f"llama-server-{version}-build.log"
+    binary, marker = dest / "llama-server", dest / "BUILD-COMPLETE.json"
+    log = dest.with_name(dest.name + "-build.log")
     log.write_text("")
-    work = cache_root() / f"llama-server-{version}-build"
+    work = dest.with_name(dest.name + "-build")
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(dest, ignore_errors=True)
     work.mkdir(parents=True)
-    _log(f"building llama-server from llama-cpp-python {version} ({BUILD_MINUTES}); log: {log}")
+    what = "llama-server with CUDA" if compilers else "llama-server"
+    _log(f"building {what} from llama-cpp-python {version} ({CUDA_MINUTES if compilers else BUILD_MINUTES}); "
+         f"log: {log}")
     if toolchain is not None:
         toolchain(log)
     if missing := missing_tools():
@@ -176,10 +215,11 @@ def _build(version: str, dest: Path, binary: Path, marker: Path,
     # Stop llama.cpp's build-info from asking git about some enclosing repository.
     env = {"GIT_CEILING_DIRECTORIES": str(work)}
     _log(f"configuring llama.cpp@{commit} with cmake")
-    _run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS, f"-DLLAMA_BUILD_COMMIT={commit}"], log,
-         env=env)
-    _log(f"compiling the llama-server target with -j{BUILD_JOBS}")
-    _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(BUILD_JOBS)], log, env=env,
+    _run(["cmake", "-S", str(src), "-B", str(build), *recipe["cmake_flags"], *compilers,
+          f"-DLLAMA_BUILD_COMMIT={commit}"], log, env=env)
+    jobs = build_jobs()
+    _log(f"compiling the llama-server target with -j{jobs}")
+    _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(jobs)], log, env=env,
          progress=True)
 
     built = build / "bin" / "llama-server"
@@ -205,7 +245,7 @@ def _build(version: str, dest: Path, binary: Path, marker: Path,
         raise LlamaServerUnavailable(f"built llama-server does not run: {out.stdout}{out.stderr}")
     staging.rename(dest)
     seconds = round(time.monotonic() - t0)
-    marker.write_text(json.dumps({"recipe": _recipe(version), "llama_cpp_commit": commit,
+    marker.write_text(json.dumps({"recipe": recipe, "llama_cpp_commit": commit,
                                   "version_output": (out.stdout + out.stderr).strip(),
                                   "build_seconds": seconds}, indent=2))
     shutil.rmtree(work, ignore_errors=True)

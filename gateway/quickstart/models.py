@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from gateway.quickstart.cuda import Gpu, read_gpu
 from gateway.recipes import SizingError, size_model
 from gateway.recipes.sizing import human
 
@@ -39,6 +40,7 @@ class Machine:
     gpu_free: int | None   # bytes free on GPU 0 (NVML), None: no GPU seen
     ram_available: int     # bytes
     cores: int
+    gpu: Gpu | None = None  # GPU 0's architecture and driver (NVML), for the CUDA build
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,7 @@ def this_machine() -> Machine:
         gpu: int | None = nvml_memory([0], "free")[0]
     except Exception:  # no driver, no device, no nvidia-ml-py (NvmlUnavailable), a broken one: the CPU it is
         gpu = None
-    return Machine(gpu, available_memory(), os.cpu_count() or 1)
+    return Machine(gpu, available_memory(), os.cpu_count() or 1, read_gpu(0) if gpu is not None else None)
 
 
 def available_memory() -> int:

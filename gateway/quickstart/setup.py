@@ -39,10 +39,10 @@ class Plan:
 
 def plan(given_model: str | None, given_binary: str | None) -> Plan:
     machine = this_machine()
-    binary = find_llama_server(given_binary, say)
+    binary = find_llama_server(given_binary, say, machine.gpu)
     if machine.gpu_free is not None and binary == llama_build.installed():
-        say("the GPU is not used: the llama-server built here is CPU only; for the GPU put a CUDA build of "
-            "llama.cpp on PATH (or give it with --llama-server)")
+        say("the GPU is not used: the llama-server built here is CPU only; for the GPU install the CUDA toolkit "
+            "(so a CUDA build is made) or put a CUDA build of llama.cpp on PATH (or give it with --llama-server)")
         machine = replace(machine, gpu_free=None)  # the model is chosen for the CPU it will run on
     if given_model:
         path = Path(given_model).expanduser().resolve()

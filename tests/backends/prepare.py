@@ -18,9 +18,10 @@ Step = tuple[str, Callable[[], Path], type[Exception]]
 
 
 def steps() -> Sequence[Step]:
-    from tests.backends import fastchat_env, frameworks_env, llamacpp, vllm_cpu
+    from tests.backends import cuda_toolkit, fastchat_env, frameworks_env, llamacpp, vllm_cpu
 
     return (("llama-server", llamacpp.ensure_llama_server, llamacpp.LlamaServerUnavailable),
+            ("llama-server (CUDA)", cuda_toolkit.ensure_cuda_llama_server, llamacpp.LlamaServerUnavailable),
             ("vLLM (CPU)", vllm_cpu.ensure_vllm_venv, vllm_cpu.VllmUnavailable),
             ("FastChat", fastchat_env.ensure_fastchat_venv, fastchat_env.FastChatUnavailable),
             ("framework clients", frameworks_env.ensure_frameworks_venv, frameworks_env.FrameworksUnavailable))
