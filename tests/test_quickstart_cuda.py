@@ -150,13 +150,13 @@ def test_the_host_compiler_is_checked_before_a_build(nvcc_env: Path, toolkit: ob
     assert int(gxx.split(".")[0]) > 11  # this machine's g++ is newer than CUDA 11.8 accepts
     monkeypatch.setenv("CUDAHOSTCXX", "/usr/bin/g++")
     with pytest.raises(CudaUnavailable) as e:
-        cuda.choose_host_compiler(target)
+        cuda.check_toolchain(target)
     assert "unsupported GNU version" in e.value.message and "CUDAHOSTCXX" in e.value.fix
     # not set: nvcc's default, which for Debian's nvcc is the newest g++-N it supports (its g++ wrapper)
     monkeypatch.delenv("CUDAHOSTCXX")
-    assert cuda.choose_host_compiler(target) is None
+    assert cuda.check_toolchain(target) is None
     monkeypatch.setenv("CUDAHOSTCXX", str(toolkit.host_cxx))  # type: ignore[attr-defined]
-    assert cuda.choose_host_compiler(target) == str(toolkit.host_cxx)  # type: ignore[attr-defined]
+    assert cuda.check_toolchain(target) == str(toolkit.host_cxx)  # type: ignore[attr-defined]
 
 
 def test_serve_quickstart_on_a_gpu_machine_launches_the_cuda_build(spawn: Spawner, cuda_binary: Path,

@@ -60,7 +60,7 @@ def cuda_build(gpu: cuda.Gpu, say: Callable[[str], None]) -> Path | None:
             return cached
         if missing := llama_build.missing_tools():
             raise cuda.CudaUnavailable(f"building it needs {', '.join(missing)}, not found", fix=NO_TOOLS_FIX)
-        host = cuda.choose_host_compiler(target)
+        host = cuda.check_toolchain(target)
     except cuda.CudaUnavailable as exc:
         say(f"no CUDA build of llama-server for {where}: {exc.message}\n  fix: {exc.fix}")
         return None

@@ -5,7 +5,8 @@ cannot be made here or would not run.
 - nvcc: $CUDACXX (CMake's own variable), `nvcc` on PATH, $CUDA_HOME/bin, $CUDA_PATH/bin, /usr/local/cuda/bin.
 - The host compiler: $CUDAHOSTCXX (CMake's own variable), else nvcc's default (NVIDIA's: gcc on PATH;
   Debian's nvcc: the newest g++-N it supports). Each CUDA release accepts only some GCC versions ("unsupported
-  GNU version"), so a one-line kernel is compiled with it before a build starts.
+  GNU version"), so a one-line kernel is compiled with it, and linked with cuBLAS (which a toolkit assembled
+  from parts may lack), before a build starts.
 - The architecture: the GPU's compute capability (NVML), 8.6 -> "86". A GPU newer than the toolkit gets the
   newest PTX this nvcc makes ("90-virtual"), which the driver compiles when the binary loads.
 - The driver: a toolkit of a newer CUDA major than the driver runs (or, for PTX, any newer release) builds a
@@ -24,7 +25,7 @@ from pathlib import Path
 
 BUILD_MINUTES = "about 20 minutes on 2 cores for one GPU architecture, less on more cores"
 STANDARD_HOME = "/usr/local/cuda"   # where NVIDIA's installers put the toolkit (a link to cuda-X.Y)
-KERNEL = "__global__ void k(float *x) { x[threadIdx.x] *= 2.0f; }\n"
+PROGRAM = "__global__ void k(float *x) { x[threadIdx.x] *= 2.0f; }\nint main() { return 0; }\n"
 
 
 class CudaUnavailable(Exception):
@@ -140,25 +141,32 @@ def check_driver(gpu: Gpu, toolkit: tuple[int, int], arch: str) -> None:
             fix=f"update the NVIDIA driver, or point CUDACXX at a CUDA {driver[0]}.x nvcc")
 
 
-def _compiles(nvcc: Path, host: str | None, arch: str) -> str | None:
-    """None if nvcc (with this host compiler) compiles a kernel for `arch`, else what it said."""
+def _builds(nvcc: Path, host: str | None, arch: str) -> str | None:
+    """None if nvcc (with this host compiler) compiles a kernel for `arch` and links it with cuBLAS, as
+    llama.cpp's CUDA backend is linked; else what it said."""
     number = arch.split("-")[0]
     gencode = f"-arch=compute_{number}" if arch.endswith("-virtual") else f"-arch=sm_{number}"
     with tempfile.TemporaryDirectory(prefix="llm-gateway-nvcc-") as d:
-        (Path(d) / "k.cu").write_text(KERNEL)
-        args = [gencode, "-c", str(Path(d) / "k.cu"), "-o", str(Path(d) / "k.o")]
+        (Path(d) / "k.cu").write_text(PROGRAM)
+        args = [gencode, str(Path(d) / "k.cu"), "-o", str(Path(d) / "k"), "-lcublas"]
         out = _nvcc(nvcc, *(["-ccbin", host] if host else []), *args, timeout=300)
     return None if out.returncode == 0 else (out.stdout + out.stderr).strip()
 
 
-def choose_host_compiler(t: CudaTarget) -> str | None:
-    """The host compiler for nvcc (None: its default), proven by compiling a kernel."""
+def check_toolchain(t: CudaTarget) -> str | None:
+    """The host compiler for nvcc (None: its default), proven with the rest of the toolchain by building a
+    kernel program linked with cuBLAS (about a second)."""
     nvcc, toolkit, arch = t.nvcc, t.release, t.arch
     given = os.environ.get("CUDAHOSTCXX")
-    said = _compiles(nvcc, given, arch)
+    said = _builds(nvcc, given, arch)
     if said is None:
         return given
     first = "\n".join(said.splitlines()[:6])
+    if "-lcublas" in said:
+        raise CudaUnavailable(
+            f"the CUDA toolkit of {nvcc} has no cuBLAS (libcublas), which llama.cpp's CUDA backend links:\n{first}",
+            fix="install the toolkit's cuBLAS development files (NVIDIA's packages: libcublas-dev-X-Y; conda: "
+                "libcublas-dev) or a complete CUDA toolkit; or put a CUDA llama-server on PATH")
     fix = (f"CUDA {toolkit[0]}.{toolkit[1]} accepts only some GCC versions (NVIDIA's installation guide lists "
            f"them): install one (Debian/Ubuntu: sudo apt-get install g++-N) and set CUDAHOSTCXX=g++-N"
            if "unsupported" in said else "repair the CUDA toolkit or the host compiler (the error above)")
@@ -170,7 +178,7 @@ def choose_host_compiler(t: CudaTarget) -> str | None:
 def target_for(gpu: Gpu) -> CudaTarget:
     """The CUDA build for `gpu` with the toolkit found here (a few nvcc queries, well under a second);
     CudaUnavailable says why there is none. The host compiler is checked only before a build
-    (choose_host_compiler), not when the build is in the cache already."""
+    (check_toolchain), not when the build is in the cache already."""
     nvcc = find_nvcc()
     if nvcc is None and os.environ.get("CUDACXX"):
         raise CudaUnavailable(f"CUDACXX={os.environ['CUDACXX']} is not an executable file",

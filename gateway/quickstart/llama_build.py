@@ -120,7 +120,7 @@ def ensure_llama_server(version: str = LLAMA_CPP_PYTHON_VERSION,
                         cuda: CudaTarget | None = None, host_cxx: str | None = None) -> Path:
     """The path of the cached `llama-server`; builds it (once per machine, version and CUDA target) if
     missing. `toolchain(log)` may install missing build tools first (the tests' CI does, with apt-get);
-    `host_cxx` is the host compiler nvcc is to use (cuda.choose_host_compiler)."""
+    `host_cxx` is the host compiler nvcc is to use (cuda.check_toolchain)."""
     found = installed(version, cuda)
     if found is not None:
         return found

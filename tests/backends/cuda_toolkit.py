@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.quickstart import llama_build
-from gateway.quickstart.cuda import CudaTarget, choose_host_compiler, release
+from gateway.quickstart.cuda import CudaTarget, check_toolchain, release
 from gateway.quickstart.llama_build import LlamaServerUnavailable, _run, cache_root
 
 DEBIAN_TOOLKIT = "11.8.89~11.8.0-5~deb12u1"   # bookworm non-free's nvidia-cuda-toolkit
@@ -160,7 +160,7 @@ def ensure_cuda_llama_server() -> Path:
     t = target(tk)
     # the quickstart's check, as on a user's machine: nvcc's default (Debian's picks its g++-11) or CUDAHOSTCXX
     return llama_build.installed(cuda=t) or llama_build.ensure_llama_server(
-        toolchain=_ensure_toolchain, cuda=t, host_cxx=choose_host_compiler(t))
+        toolchain=_ensure_toolchain, cuda=t, host_cxx=check_toolchain(t))
 
 
 def runs(binary: Path) -> str:
