@@ -75,8 +75,7 @@ def measure(rounds: int, seconds: float, copies: int) -> tuple[dict[str, dict[st
     procs = [bench.start_nginx_upstream(),
              bench.spawn(["redis-server", "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no"],
                          bench.LOAD_CORE, "redis")]
-    names = NAMES
-    rows: dict[str, dict[str, list[float]]] = {n: {"rps": [], "cpu": [], "p50": []} for n in names}
+    rows: dict[str, dict[str, list[float]]] = {n: {"rps": [], "cpu": [], "p50": []} for n in NAMES}
     path = "/v1/chat/completions"
     gateways = {}
     try:
@@ -86,8 +85,8 @@ def measure(rounds: int, seconds: float, copies: int) -> tuple[dict[str, dict[st
         # short turns: the machine's drifts hit all alike, and CPU time per request (what throughput on a
         # saturated core is the inverse of) is read from /proc, steadier than throughput itself.
         for c in range(copies):
-            for i, name in enumerate(names):
-                n = c * len(names) + i
+            for i, name in enumerate(NAMES):
+                n = c * len(NAMES) + i
                 cfg = bench.WORK / f"auth-bench-{n}.yaml"
                 cfg.write_text(json.dumps(config(name, c)))
                 gateways[name, c] = (BASE_PORT + n, bench.spawn(
@@ -102,7 +101,7 @@ def measure(rounds: int, seconds: float, copies: int) -> tuple[dict[str, dict[st
             # measured first after another's turn ran slower, whatever its config: measured with four copies
             # of one config, 110 -> 132 µs/request by position, flat once rotated).
             k = r % len(order)
-            turn: dict[str, dict[str, list[float]]] = {n: {"rps": [], "cpu": [], "p50": []} for n in names}
+            turn: dict[str, dict[str, list[float]]] = {n: {"rps": [], "cpu": [], "p50": []} for n in NAMES}
             for (name, _copy), (port, proc) in order[k:] + order[:k]:
                 url = f"http://127.0.0.1:{port}{path}"
                 c0 = cpu_seconds(proc.pid)
@@ -114,7 +113,7 @@ def measure(rounds: int, seconds: float, copies: int) -> tuple[dict[str, dict[st
                 turn[name]["rps"].append(m["rps"])
                 turn[name]["cpu"].append((c1 - c0) / m["requests"] * 1e6)
                 turn[name]["p50"].append(one["p50"])
-            for name in names:
+            for name in NAMES:
                 for field, values in turn[name].items():
                     rows[name][field].append(statistics.fmean(values))
     finally:
@@ -140,6 +139,7 @@ def table(rows: dict[str, dict[str, list[float]]], direct: dict[str, Any], round
                    f"{rps / statistics.median(base['rps']):.3f} | {p50:.0f} | "
                    f"{p50 - statistics.median(base['p50']):+.0f} µs |")
     return "\n".join(out)
+
 
 if __name__ == "__main__":
     main()

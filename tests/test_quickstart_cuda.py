@@ -21,14 +21,16 @@ from gateway.quickstart import cuda, llama_build
 from gateway.quickstart.binary import find_llama_server
 from gateway.quickstart.cuda import CudaUnavailable, Gpu
 from tests.backends.availability import unavailable
+from tests.backends.cuda_toolkit import Toolkit
 from tests.procs import STAND_IN_NVML, Spawner
+from tests.test_quickstart import said, stream
 
 pytestmark = pytest.mark.llamacpp
 T4 = Gpu("Stand-in T4", (7, 5), 12040)   # what the cached build is for, with a CUDA 12.4 driver
 
 
 @pytest.fixture(scope="module")
-def toolkit() -> object:
+def toolkit() -> Toolkit:
     from tests.backends import cuda_toolkit
     try:
         return cuda_toolkit.ensure_toolkit()
@@ -37,7 +39,7 @@ def toolkit() -> object:
 
 
 @pytest.fixture(scope="module")
-def cuda_binary(toolkit: object, llama_binary: Path) -> Path:
+def cuda_binary(toolkit: Toolkit, llama_binary: Path) -> Path:
     from tests.backends import cuda_toolkit
     try:
         return cuda_toolkit.ensure_cuda_llama_server()
@@ -46,28 +48,23 @@ def cuda_binary(toolkit: object, llama_binary: Path) -> Path:
 
 
 @pytest.fixture
-def nvcc_env(toolkit: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def nvcc_env(toolkit: Toolkit, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """This process finds the unpacked toolkit's nvcc as a user's CUDACXX would name it, and no llama-server
     on PATH."""
-    nvcc = toolkit.nvcc  # type: ignore[attr-defined]
+    nvcc = toolkit.nvcc
     monkeypatch.setenv("CUDACXX", str(nvcc))
     monkeypatch.delenv("CUDAHOSTCXX", raising=False)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     yield nvcc
 
 
-def said() -> tuple[list[str], object]:
-    lines: list[str] = []
-    return lines, lines.append
-
-
 def test_the_cuda_build_links_cuda_and_runs_without_a_device(cuda_binary: Path, llama_binary: Path,
-                                                            toolkit: object) -> None:
+                                                            toolkit: Toolkit) -> None:
     marker = json.loads((cuda_binary.parent / "BUILD-COMPLETE.json").read_text())
     assert {"-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=75"} <= set(marker["recipe"]["cmake_flags"])
     assert cuda_binary.parent.name == f"llama-server-{llama_build.LLAMA_CPP_PYTHON_VERSION}-cuda11.8-sm75"
     ldd = subprocess.run(["ldd", str(cuda_binary)], capture_output=True, text=True, check=True).stdout
-    root = str(toolkit.root)  # type: ignore[attr-defined]
+    root = str(toolkit.root)
     for lib in ("libcudart.so.11.0", "libcublas.so.11", "libcuda.so.1"):
         assert any(line.strip().startswith(lib) and root in line for line in ldd.splitlines()), (lib, ldd)
     assert "not found" not in ldd
@@ -82,11 +79,11 @@ def test_the_cuda_build_links_cuda_and_runs_without_a_device(cuda_binary: Path, 
 
 def test_a_gpu_with_a_toolkit_gets_the_cuda_build(cuda_binary: Path, nvcc_env: Path) -> None:
     lines, say = said()
-    assert find_llama_server(None, say, T4) == cuda_binary  # type: ignore[arg-type]
+    assert find_llama_server(None, say, T4) == cuda_binary
     assert "built earlier with CUDA for Stand-in T4 (compute capability 7.5)" in lines[0]
     # without a GPU, the CPU build, as before
     lines, say = said()
-    assert find_llama_server(None, say, None) == llama_build.installed()  # type: ignore[arg-type]
+    assert find_llama_server(None, say, None) == llama_build.installed()
 
 
 def test_the_architecture_follows_the_gpu_and_this_nvcc(nvcc_env: Path) -> None:
@@ -107,7 +104,7 @@ def test_each_reason_for_no_cuda_build_is_said_and_the_cpu_build_used(cuda_binar
 
     def cpu_with(gpu: Gpu, reason: str, fix: str) -> None:
         lines, say = said()
-        assert find_llama_server(None, say, gpu) == cpu  # type: ignore[arg-type]
+        assert find_llama_server(None, say, gpu) == cpu
         text = "\n".join(lines)
         assert reason in text and fix in text.partition("fix: ")[2] and "built earlier" in lines[-1], text
 
@@ -143,7 +140,7 @@ def test_each_reason_for_no_cuda_build_is_said_and_the_cpu_build_used(cuda_binar
     assert cuda.find_nvcc() == nvcc_env
 
 
-def test_the_host_compiler_is_checked_before_a_build(nvcc_env: Path, toolkit: object,
+def test_the_host_compiler_is_checked_before_a_build(nvcc_env: Path, toolkit: Toolkit,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     target = cuda.CudaTarget(nvcc_env, (11, 8), "75")
     gxx = subprocess.run(["g++", "-dumpversion"], capture_output=True, text=True, check=True).stdout.strip()
@@ -155,14 +152,13 @@ def test_the_host_compiler_is_checked_before_a_build(nvcc_env: Path, toolkit: ob
     # not set: nvcc's default, which for Debian's nvcc is the newest g++-N it supports (its g++ wrapper)
     monkeypatch.delenv("CUDAHOSTCXX")
     assert cuda.check_toolchain(target) is None
-    monkeypatch.setenv("CUDAHOSTCXX", str(toolkit.host_cxx))  # type: ignore[attr-defined]
-    assert cuda.check_toolchain(target) == str(toolkit.host_cxx)  # type: ignore[attr-defined]
+    monkeypatch.setenv("CUDAHOSTCXX", str(toolkit.host_cxx))
+    assert cuda.check_toolchain(target) == str(toolkit.host_cxx)
 
 
 def test_serve_quickstart_on_a_gpu_machine_launches_the_cuda_build(spawn: Spawner, cuda_binary: Path,
                                                                     nvcc_env: Path, tmp_path: Path) -> None:
     from tests.backends.llamacpp import write_tiny_gguf
-    from tests.test_quickstart import stream
 
     gguf = write_tiny_gguf(tmp_path / "Tiny-Chat.gguf")
     env = {"PYTHONPATH": f"{STAND_IN_NVML}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
@@ -182,11 +178,11 @@ def test_serve_quickstart_on_a_gpu_machine_launches_the_cuda_build(spawn: Spawne
 
 
 def test_a_build_is_announced_with_its_time_and_its_failure_is_one_message(
-        nvcc_env: Path, toolkit: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        nvcc_env: Path, toolkit: Toolkit, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from gateway.quickstart import QuickstartError
 
     monkeypatch.setenv("LLM_GATEWAY_CACHE_DIR", str(tmp_path / "cache"))   # nothing cached for this GPU
-    monkeypatch.setenv("CUDAHOSTCXX", str(toolkit.host_cxx))  # type: ignore[attr-defined]
+    monkeypatch.setenv("CUDAHOSTCXX", str(toolkit.host_cxx))
     asked: list[tuple[object, object]] = []
 
     def failing_build(*, cuda: object, host_cxx: object) -> Path:  # the 20-minute build itself is prepare's
@@ -196,11 +192,11 @@ def test_a_build_is_announced_with_its_time_and_its_failure_is_one_message(
     monkeypatch.setattr(llama_build, "ensure_llama_server", failing_build)
     lines, say = said()
     with pytest.raises(QuickstartError) as e:
-        find_llama_server(None, say, Gpu("L4", (8, 9), 12020))  # type: ignore[arg-type]
+        find_llama_server(None, say, Gpu("L4", (8, 9), 12020))
     assert "building it with CUDA 11.8" in lines[-1] and "for L4 (compute capability 8.9)" in lines[-1]
-    assert "about 20 minutes on 2 cores" in lines[-1] and f"host compiler {toolkit.host_cxx}" in lines[-1]  # type: ignore[attr-defined]
+    assert "about 20 minutes on 2 cores" in lines[-1] and f"host compiler {toolkit.host_cxx}" in lines[-1]
     [(target, host)] = asked
-    assert (target.arch, target.tag, host) == ("89", "cuda11.8-sm89", str(toolkit.host_cxx))  # type: ignore[attr-defined]
+    assert (target.arch, target.tag, host) == ("89", "cuda11.8-sm89", str(toolkit.host_cxx))
     assert e.value.message.startswith("building llama-server with CUDA failed: cmake --build")
     assert "--llama-server" in e.value.fix and "Traceback" not in str(e.value)
 

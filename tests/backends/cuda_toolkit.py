@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +43,6 @@ class Toolkit:
     root: Path        # the unpacked tree: root/usr/...
     nvcc: Path
     host_cxx: Path
-
-    @property
-    def cuda_root(self) -> Path:
-        return self.root / "usr"
 
 
 def toolkit_dir() -> Path:
@@ -155,15 +150,12 @@ def ensure_cuda_llama_server() -> Path:
     from tests.backends.llamacpp import _ensure_toolchain
 
     tk = ensure_toolkit()
-    # CMake's own variable for a toolkit outside the usual places (the quickstart honours it as users set it)
-    os.environ["CUDAToolkit_ROOT"] = str(tk.cuda_root)
     t = target(tk)
+    found = llama_build.installed(cuda=t)
+    if found is not None:
+        return found
+    # CMake's own variable for a toolkit outside the usual places (the quickstart honours it as users set it)
+    os.environ["CUDAToolkit_ROOT"] = str(tk.root / "usr")
     # the quickstart's check, as on a user's machine: nvcc's default (Debian's picks its g++-11) or CUDAHOSTCXX
-    return llama_build.installed(cuda=t) or llama_build.ensure_llama_server(
-        toolchain=_ensure_toolchain, cuda=t, host_cxx=check_toolchain(t))
+    return llama_build.ensure_llama_server(toolchain=_ensure_toolchain, cuda=t, host_cxx=check_toolchain(t))
 
-
-def runs(binary: Path) -> str:
-    """`llama-server --version`'s output (it also says what CUDA found)."""
-    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=120, check=False)
-    return out.stdout + out.stderr
